@@ -1,0 +1,57 @@
+//! `edgehub check-config`: validate a file, print a summary, exit 0 or 2.
+
+mod support;
+
+use support::{edgehub, sample_config};
+
+#[test]
+fn check_config_accepts_the_sample_file() {
+    let output = edgehub()
+        .args(["check-config", "--config"])
+        .arg(sample_config())
+        .output()
+        .expect("run edgehub");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "status {:?}, stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(
+        stdout.contains("shutdown.grace_period = \"10s\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_rejects_a_typo_and_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgehub.toml");
+    std::fs::write(&path, "[log]\nlevel = \"info\"\nfromat = \"json\"\n").expect("write config");
+
+    let output = edgehub()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run edgehub");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("`log.fromat`"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn check_config_rejects_a_missing_file_and_names_it() {
+    let output = edgehub()
+        .args(["check-config", "--config", "/nonexistent/edgehub.toml"])
+        .output()
+        .expect("run edgehub");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("/nonexistent/edgehub.toml"), "{stderr}");
+}

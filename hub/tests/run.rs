@@ -1,0 +1,114 @@
+//! `edgehub run` as a process: starts, reports ready, stops cleanly on a signal.
+
+mod support;
+
+use std::path::Path;
+
+use support::{edgehub, RunningHub, Signal, READY};
+
+/// Starts `edgehub run` with `args` in `cwd`, waits for ready, sends `signal` and
+/// returns the exit status and stderr.
+fn run_until(signal: Signal, cwd: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut command = edgehub();
+    command.current_dir(cwd).arg("run").args(args);
+    let mut hub = RunningHub::start(command);
+    hub.wait_for_line(READY);
+    hub.signal(signal);
+    hub.wait_for_exit()
+}
+
+fn assert_clean_stop(status: std::process::ExitStatus, stderr: &str) {
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("edgehub shutting down"), "{stderr}");
+    assert!(stderr.contains("edgehub stopped cleanly"), "{stderr}");
+}
+
+#[test]
+fn run_on_embedded_default_starts_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (status, stderr) = run_until(Signal::SIGTERM, dir.path(), &[]);
+    assert_clean_stop(status, &stderr);
+    assert!(stderr.contains("config=embedded default"), "{stderr}");
+    assert!(stderr.contains("signal=\"SIGTERM\""), "{stderr}");
+    assert!(dir.path().join("edgehub-data").is_dir());
+    // stderr is a pipe, not a terminal: no colour codes for journald.
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+#[test]
+fn run_on_embedded_default_starts_and_stops_cleanly_on_sigint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (status, stderr) = run_until(Signal::SIGINT, dir.path(), &[]);
+    assert_clean_stop(status, &stderr);
+    assert!(stderr.contains("signal=\"SIGINT\""), "{stderr}");
+    assert!(dir.path().join("edgehub-data").is_dir());
+}
+
+#[test]
+fn run_uses_the_first_state_directory_entry_when_data_dir_is_unset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut command = edgehub();
+    command.current_dir(dir.path()).arg("run").env(
+        "STATE_DIRECTORY",
+        format!("{}:/nonexistent/other", state.display()),
+    );
+    let mut hub = RunningHub::start(command);
+    hub.wait_for_line(READY);
+    hub.signal(Signal::SIGTERM);
+    let (status, stderr) = hub.wait_for_exit();
+    assert_clean_stop(status, &stderr);
+    assert!(state.is_dir(), "{stderr}");
+    assert!(!dir.path().join("edgehub-data").exists());
+}
+
+#[test]
+fn run_with_json_format_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(&config, "[log]\nformat = \"json\"\n").expect("write config");
+    let config = config.display().to_string();
+    let (status, stderr) = run_until(Signal::SIGTERM, dir.path(), &["--config", &config]);
+    assert_clean_stop(status, &stderr);
+    for line in stderr.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\nstderr:\n{stderr}"));
+        assert!(event.get("message").is_some(), "{line}");
+    }
+}
+
+#[test]
+fn run_fails_with_status_1_and_names_an_unusable_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("blocker"), b"").expect("write file");
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(&config, "[hub]\ndata_dir = \"blocker/data\"\n").expect("write config");
+    let output = edgehub()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run edgehub");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(stderr.contains("blocker/data"), "{stderr}");
+    assert!(!stderr.contains(READY), "{stderr}");
+}
+
+#[test]
+fn run_refuses_an_invalid_config_with_status_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(&config, "[hub]\nid = \"a/b\"\n").expect("write config");
+    let output = edgehub()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run edgehub");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("`hub.id`"), "{stderr}");
+}
