@@ -200,7 +200,8 @@ impl<const N: usize> FrameDecoder<N> {
         self.stats
     }
 
-    /// Bytes of an unfinished frame held in the buffer.
+    /// Bytes received since the last delimiter: the unfinished frame, whether held in the
+    /// buffer or (once it overflowed) being dropped. Memory use stays at `N` either way.
     pub fn pending(&self) -> usize {
         self.len + self.dropped_in_frame
     }

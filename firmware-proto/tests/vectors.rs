@@ -1,0 +1,200 @@
+//! The byte-exact vectors in `testdata/vectors.json`, checked in both directions, plus
+//! two vectors spelled out byte by byte from RFC 8949 and the COBS paper.
+
+mod support;
+
+use firmware_proto::{max_frame_len, Feed, FrameDecoder, Message};
+use support::{hex, reference_frame, unhex, vector, vectors};
+
+#[test]
+fn every_message_encodes_to_its_vector_cbor() {
+    for v in vectors() {
+        assert_eq!(hex(&v.message.to_vec()), v.cbor, "vector {}", v.name);
+    }
+}
+
+#[test]
+fn every_vector_cbor_decodes_to_its_message() {
+    for v in vectors() {
+        let decoded =
+            Message::decode(&unhex(&v.cbor)).unwrap_or_else(|e| panic!("vector {}: {e}", v.name));
+        assert_eq!(decoded, v.message, "vector {}", v.name);
+    }
+}
+
+#[test]
+fn every_vector_frame_decodes_to_its_cbor() {
+    for v in vectors() {
+        let frame = unhex(&v.frame);
+        let mut decoder = FrameDecoder::<{ max_frame_len(1024) }>::new();
+        match decoder.feed(&frame) {
+            Feed::Frame { message, rest } => {
+                assert_eq!(hex(message), v.cbor, "vector {}", v.name);
+                assert!(
+                    rest.is_empty(),
+                    "vector {}: bytes after the delimiter",
+                    v.name
+                );
+            }
+            other => panic!("vector {}: expected a frame, got {other:?}", v.name),
+        }
+    }
+}
+
+#[test]
+fn every_vector_cbor_frames_to_its_frame() {
+    for v in vectors() {
+        let cbor = unhex(&v.cbor);
+        let mut out = vec![0u8; max_frame_len(cbor.len())];
+        let n = firmware_proto::encode_frame(&cbor, &mut out).expect("buffer is large enough");
+        assert_eq!(hex(&out[..n]), v.frame, "vector {}", v.name);
+        assert_eq!(hex(&v.message.to_frame()), v.frame, "vector {}", v.name);
+    }
+}
+
+#[test]
+fn every_vector_frame_matches_the_reference_cobs_and_crc() {
+    // The vectors come from the crate itself; this ties them to an implementation written
+    // from the definitions, so a COBS or CRC bug cannot hide in both.
+    for v in vectors() {
+        assert_eq!(
+            hex(&reference_frame(&unhex(&v.cbor))),
+            v.frame,
+            "vector {}",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn the_vectors_cover_every_message_kind_and_have_unique_names() {
+    let all = vectors();
+    let mut kinds: Vec<u64> = all.iter().map(|v| v.message.kind()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    assert_eq!(kinds, vec![1, 2, 3, 4, 5, 6, 7, 8, 42]);
+    let mut names: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "duplicate vector names");
+    assert!(all.iter().all(|v| !v.description.is_empty()));
+}
+
+#[test]
+fn the_block_boundary_vectors_end_a_full_cobs_block_where_they_say() {
+    // A COBS encoder may emit a needless 0x01 code after a full final block; ours must not,
+    // and the frame must still decode. These vectors pin both cases.
+    let ends_with_crc = unhex(&vector("frame_block_ends_with_crc").frame);
+    let n = ends_with_crc.len();
+    assert_eq!(ends_with_crc[n - 256], 0xFF, "last block is a full one");
+    assert_eq!(ends_with_crc[n - 1], 0x00);
+
+    let ends_with_message = vector("frame_block_ends_with_message");
+    let cbor = unhex(&ends_with_message.cbor);
+    let run = cbor.iter().rev().take_while(|&&b| b != 0).count();
+    assert_eq!(run, 254);
+    let frame = unhex(&ends_with_message.frame);
+    // A full block for the message's tail, then a new block of the four CRC bytes.
+    assert_eq!(frame[frame.len() - 6 - 255], 0xFF);
+    assert_eq!(frame[frame.len() - 6], 0x05);
+}
+
+#[test]
+fn framing_matches_the_reference_at_every_length_up_to_three_blocks() {
+    // The crate's COBS encoder is fed the message and the CRC in two pushes; a block that
+    // fills up exactly at the end of the first push is its trickiest case. Cover every
+    // length, zero-free and with a zero in the middle, against the reference encoder.
+    for len in 1..=3 * 254 + 8 {
+        let zero_free: Vec<u8> = (0..len).map(|i| (i % 255) as u8 + 1).collect();
+        let mut with_zero = zero_free.clone();
+        with_zero[len / 2] = 0;
+        for message in [zero_free, with_zero] {
+            assert_eq!(
+                hex(&firmware_proto::frame::encode_frame_vec(&message)),
+                hex(&reference_frame(&message)),
+                "message of {len} bytes"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_needless_final_01_code_after_a_full_block_is_accepted() {
+    // Some COBS encoders end a payload that fills its last block with a lone 0x01 code;
+    // PROTOCOL.md asks decoders to accept it.
+    let v = vector("frame_block_ends_with_crc");
+    let mut frame = unhex(&v.frame);
+    frame.insert(frame.len() - 1, 0x01);
+    let mut decoder = FrameDecoder::<{ max_frame_len(1024) }>::new();
+    match decoder.feed(&frame) {
+        Feed::Frame { message, .. } => assert_eq!(hex(message), v.cbor),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+/// `heartbeat_with_time` spelled out from RFC 8949 §3 and the COBS paper.
+#[test]
+fn heartbeat_with_time_is_byte_for_byte_what_rfc_8949_and_cobs_prescribe() {
+    let cbor: &[u8] = &[
+        0x82, // major type 4 (array), 2 elements: the envelope
+        0x07, // major type 0, value 7: kind Heartbeat
+        0xa1, // major type 5 (map), 1 pair: the body
+        0x00, // key 0: time
+        0x1b, // major type 0, 8-byte argument follows (the value exceeds 2^32 - 1)
+        0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, // 0x18bcfe56800 = 1_700_000_000_000
+    ];
+    let v = vector("heartbeat_with_time");
+    assert_eq!(hex(cbor), v.cbor);
+    // CRC-32/ISO-HDLC of the 13 bytes is 0x84f5d9e7 (zlib.crc32 agrees), sent little-endian.
+    assert_eq!(firmware_proto::frame::CRC32.checksum(cbor), 0x84f5_d9e7);
+    let frame: &[u8] = &[
+        0x04, 0x82, 0x07, 0xa1, // 3 bytes, then a zero (the key 0)
+        0x02, 0x1b, // 1 byte, then a zero
+        0x01, // no bytes, then a zero
+        0x06, 0x01, 0x8b, 0xcf, 0xe5, 0x68, // 5 bytes, then a zero (the value's last byte)
+        0x05, 0xe7, 0xd9, 0xf5, 0x84, // the CRC, last block: no zero implied after it
+        0x00, // the delimiter
+    ];
+    assert_eq!(hex(frame), v.frame);
+}
+
+/// `telemetry_with_time` spelled out from RFC 8949 §3 and §3.3 (half-precision floats).
+#[test]
+fn telemetry_with_time_is_byte_for_byte_what_rfc_8949_prescribes() {
+    let mut cbor: Vec<u8> = vec![
+        0x82, 0x03, // envelope [3 = Telemetry, …]
+        0xa3, // body map, 3 pairs
+        0x00, 0x02, // key 0 seq: 2
+        0x01, 0x1b, 0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68,
+        0x7b, // key 1 time: 1_700_000_000_123
+        0x02, 0x83, // key 2 readings: array of 3
+        0x83, 0x6b, // [name, value, unit]; text of 11 bytes
+    ];
+    cbor.extend_from_slice(b"temperature");
+    // Half float 0x4d60: sign 0, exponent 0b10011 (19 - 15 = 4), mantissa 0x160:
+    // (1 + 352/1024) * 2^4 = 21.5.
+    cbor.extend_from_slice(&[0xf9, 0x4d, 0x60, 0x63]);
+    cbor.extend_from_slice(b"Cel");
+    cbor.extend_from_slice(&[0x82, 0x69]); // [name, value]; text of 9 bytes
+    cbor.extend_from_slice(b"door_open");
+    cbor.push(0xf5); // simple value 21: true
+    cbor.extend_from_slice(&[0x82, 0x65]);
+    cbor.extend_from_slice(b"state");
+    cbor.push(0x64);
+    cbor.extend_from_slice(b"idle");
+    assert_eq!(hex(&cbor), vector("telemetry_with_time").cbor);
+}
+
+#[test]
+fn a_ten_reading_telemetry_message_is_well_under_200_bytes() {
+    let v = vector("telemetry_ten_readings");
+    let Message::Telemetry(t) = &v.message else {
+        panic!("telemetry_ten_readings is not a telemetry message");
+    };
+    assert_eq!(t.readings.len(), 10);
+    let size = v.message.to_vec().len();
+    let frame = v.message.to_frame().len();
+    println!("10-reading telemetry: {size} bytes of CBOR, {frame} bytes framed");
+    assert!(size < 200, "10-reading telemetry grew to {size} bytes");
+}
