@@ -8,7 +8,7 @@
 //! default)]` struct, add it as a field of [`Config`], document it in
 //! `config/edgehub.toml` and in [`Config::summary`].
 
-mod duration;
+pub mod duration;
 mod hub;
 mod log;
 mod shutdown;
@@ -27,7 +27,7 @@ pub use self::shutdown::ShutdownConfig;
 pub const SAMPLE: &str = include_str!("../../config/edgehub.toml");
 
 /// The whole configuration of one hub process.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where this configuration came from; reported at startup, never read from the file.
@@ -39,6 +39,51 @@ pub struct Config {
     pub log: LogConfig,
     /// `[shutdown]`: how long stages get to finish when the hub is asked to stop.
     pub shutdown: ShutdownConfig,
+    /// `[tls]`: server certificate, client CAs, CRLs, identity field.
+    pub tls: crate::tls::TlsSettings,
+    /// `[[listeners]]`: where clients connect. Default: wss 8443, mqtts 8883, and plain
+    /// MQTT on loopback 1883.
+    #[serde(deserialize_with = "crate::front::settings::deserialize_listeners")]
+    pub listeners: Vec<crate::front::ListenerSettings>,
+    /// `[limits]`: timeouts, connection caps and rates per peer.
+    pub limits: crate::front::Limits,
+    /// `[broker]`: sizing of the embedded broker.
+    pub broker: crate::broker::BrokerSettings,
+    /// `[acl]`: roles and the topics each may publish and subscribe to.
+    pub acl: crate::acl::AclConfig,
+    /// `[auth]`: password users and JWT verification for clients without certificates.
+    pub auth: crate::auth::AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: ConfigSource::default(),
+            hub: HubConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            tls: Default::default(),
+            listeners: crate::front::ListenerSettings::defaults(),
+            limits: Default::default(),
+            broker: Default::default(),
+            acl: Default::default(),
+            auth: Default::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The directory relative paths in the file are taken from: the file's own
+    /// directory, or the working directory for the embedded default.
+    pub fn base_dir(&self) -> PathBuf {
+        match &self.source {
+            ConfigSource::File(path) => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            ConfigSource::Embedded => PathBuf::from("."),
+        }
+    }
 }
 
 /// Where a configuration was loaded from.
@@ -174,7 +219,12 @@ impl Config {
             serde_path_to_error::deserialize(deserializer).map_err(|error| {
                 let key = error.path().to_string();
                 let inner = error.into_inner();
-                let (location, snippet) = locate(text, inner.span());
+                let (location, mut snippet) = locate(text, inner.span());
+                // Someone may have typed a plain password where the hash belongs: never
+                // echo that line into a terminal or the journal.
+                if key.ends_with("password_hash") {
+                    snippet.clear();
+                }
                 ConfigError::Invalid {
                     origin: source.clone(),
                     key,
@@ -189,7 +239,41 @@ impl Config {
 
     /// A short human-readable summary of the effective settings, one `key = value` a line.
     pub fn summary(&self) -> String {
-        format!(
+        let mut listeners = String::new();
+        for l in &self.listeners {
+            let auth: Vec<&str> = l
+                .auth
+                .iter()
+                .map(|a| match a {
+                    crate::front::AuthMethod::Certificate => "certificate",
+                    crate::front::AuthMethod::Password => "password",
+                    crate::front::AuthMethod::Jwt => "jwt",
+                    crate::front::AuthMethod::Anonymous => "anonymous",
+                })
+                .collect();
+            listeners.push_str(&format!(
+                "listener              = {:?} {} {} auth={}\n",
+                l.name,
+                l.kind.as_str(),
+                l.bind,
+                auth.join("|")
+            ));
+        }
+        let tls = if self.tls.uses_dev_pki() {
+            "development PKI in <data_dir>/pki".to_string()
+        } else {
+            format!(
+                "{:?}",
+                self.tls
+                    .cert
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display()
+                    .to_string()
+            )
+        };
+        listeners.push_str(&format!("tls                   = {tls}\n"));
+        let head = format!(
             "hub.id                = {:?}\n\
              hub.data_dir          = {:?}\n\
              log.level             = {:?}\n\
@@ -200,7 +284,8 @@ impl Config {
             self.log.level.as_str(),
             self.log.format.as_str(),
             humantime::format_duration(self.shutdown.grace_period).to_string(),
-        )
+        );
+        head + &listeners
     }
 }
 
@@ -425,5 +510,15 @@ mod tests {
         }
         out.push('"');
         out
+    }
+
+    #[test]
+    fn a_plain_password_typed_as_a_hash_is_not_echoed_in_the_error() {
+        let text = "[[auth.users]]\nname = \"web\"\npassword_hash = \"hunter2-secret\"\n";
+        let error = Config::parse(text, ConfigSource::Embedded)
+            .expect_err("not a PHC string")
+            .to_string();
+        assert!(error.contains("password_hash"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }

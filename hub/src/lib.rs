@@ -1,58 +1,191 @@
 //! edgehub: an IoT edge hub that bridges serial and WebSocket devices to MQTT.
 //!
-//! [`run`] is the whole hub: it takes a validated [`Config`] and a future that resolves
-//! when the hub should stop, so the binary passes "SIGINT or SIGTERM" and tests pass a
-//! channel. Stages (listeners, sources, ingest, journal, sinks) are wired in `run`, in
-//! data-flow order, each spawned on [`shutdown::Stages`].
+//! [`Hub::start`] builds every stage from a validated [`Config`] and binds the listeners;
+//! [`Hub::run`] serves until a shutdown future resolves, then drains the stages. The binary
+//! passes "SIGINT or SIGTERM" as that future; tests pass a channel and read the bound
+//! addresses from [`Hub::local_addr`] (listeners on port 0).
 
+pub mod acl;
+pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod data_dir;
+pub mod front;
 pub mod logging;
+pub mod pki;
 pub mod shutdown;
+pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use crate::config::{Config, ConfigError, ConfigSource};
 use crate::data_dir::DataDirError;
+use crate::front::{FrontDoor, FrontStats, Shared};
 use crate::shutdown::{ShutdownError, Stages};
+use crate::tls::ClientAuth;
 
 /// The hub's version, as logged at startup.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Why the hub stopped with an error.
+/// Why the hub could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// The data directory could not be created or used.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    /// TLS settings or files are unusable.
+    #[error("[tls]: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// ACL rules are inconsistent.
+    #[error("[acl]: {0}")]
+    Acl(#[from] acl::InvalidAclConfig),
+    /// Users or JWT settings are unusable.
+    #[error("[auth]: {0}")]
+    Auth(#[from] auth::AuthSetupError),
+    /// The embedded broker did not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// A listener could not be set up.
+    #[error(transparent)]
+    Front(#[from] front::FrontError),
     /// Stages did not finish within the grace period.
     #[error(transparent)]
     Shutdown(#[from] ShutdownError),
 }
 
-/// Runs the hub until `shutdown` resolves, then drains every stage within
-/// `config.shutdown.grace_period`.
+/// A hub whose stages are built and whose listeners are bound.
+pub struct Hub {
+    config: Config,
+    front: FrontDoor,
+    stats: Arc<FrontStats>,
+}
+
+impl Hub {
+    /// Prepares the data directory, TLS, access rules and the embedded broker, and binds
+    /// every listener. Nothing is served until [`Hub::run`].
+    pub async fn start(config: Config) -> Result<Hub, HubError> {
+        tracing::info!(
+            version = VERSION,
+            hub_id = %config.hub.id,
+            config = %config.source,
+            data_dir = %config.hub.data_dir.display(),
+            "edgehub starting"
+        );
+        data_dir::prepare(&config.hub.data_dir)?;
+
+        let needs_tls = config.listeners.iter().any(|l| l.kind.is_tls());
+        let tls_settings = if needs_tls {
+            Some(
+                config
+                    .tls
+                    .resolve(&config.hub.data_dir, &config.base_dir())?,
+            )
+        } else {
+            None
+        };
+        let acl = Arc::new(acl::Acl::new(&config.acl)?);
+        let auth = Arc::new(auth::Authenticator::new(
+            &config.auth.resolve(&config.base_dir()),
+            &acl,
+        )?);
+        for l in &config.listeners {
+            let wants = |m| l.auth.contains(&m);
+            if wants(front::AuthMethod::Password) && !auth.has_users() {
+                tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+            }
+            if wants(front::AuthMethod::Jwt) && !auth.has_jwt() {
+                tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+            }
+        }
+
+        let broker_settings = config.broker.clone();
+        let max_connections = config.limits.max_connections;
+        let broker = tokio::task::spawn_blocking(move || {
+            broker::Broker::start(&broker_settings, max_connections)
+        })
+        .await
+        .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+
+        // One server config per client-certificate mode in use: a listener that accepts
+        // only certificates requires one; one that also takes passwords or tokens asks
+        // for one but lets browsers without a certificate through to CONNECT.
+        let mut server_configs = std::collections::HashMap::new();
+        if let Some(resolved) = &tls_settings {
+            for l in config.listeners.iter().filter(|l| l.kind.is_tls()) {
+                let mode = client_auth_mode(l);
+                if let std::collections::hash_map::Entry::Vacant(e) = server_configs.entry(mode) {
+                    e.insert(tls::server_config(resolved, mode)?);
+                }
+            }
+        }
+
+        let stats = Arc::new(FrontStats::default());
+        let shared = Arc::new(Shared {
+            broker,
+            acl,
+            auth,
+            limits: Arc::new(config.limits.clone()),
+            stats: stats.clone(),
+            identity_source: config.tls.identity,
+            password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
+        });
+        let front = FrontDoor::bind(&config.listeners, shared, |l| {
+            server_configs.get(&client_auth_mode(l)).cloned()
+        })
+        .await?;
+        Ok(Hub {
+            config,
+            front,
+            stats,
+        })
+    }
+
+    /// The address a listener is bound to, by its configured name.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.front
+            .local_addrs()
+            .into_iter()
+            .find_map(|(name, addr)| (name == listener).then_some(addr))
+    }
+
+    /// The front door's counters.
+    pub fn stats(&self) -> Arc<FrontStats> {
+        self.stats.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, closes every connection
+    /// and waits for the stages within `shutdown.grace_period`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
+        let stages = Stages::new();
+        let front = self.front;
+        stages.spawn("front door", move |token| front.run(token));
+
+        tracing::info!("edgehub ready");
+        shutdown.await;
+
+        let grace_period =
+            humantime::format_duration(self.config.shutdown.grace_period).to_string();
+        tracing::info!(%grace_period, running = stages.running().len(), "edgehub shutting down");
+        stages.drain(self.config.shutdown.grace_period).await?;
+        tracing::info!("edgehub stopped cleanly");
+        Ok(())
+    }
+}
+
+fn client_auth_mode(l: &front::ListenerSettings) -> ClientAuth {
+    let certificate = l.auth.contains(&front::AuthMethod::Certificate);
+    if !certificate {
+        ClientAuth::None
+    } else if l.auth.len() == 1 {
+        ClientAuth::Required
+    } else {
+        ClientAuth::Optional
+    }
+}
+
+/// Runs the hub until `shutdown` resolves: [`Hub::start`] then [`Hub::run`].
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
-    tracing::info!(
-        version = VERSION,
-        hub_id = %config.hub.id,
-        config = %config.source,
-        data_dir = %config.hub.data_dir.display(),
-        "edgehub starting"
-    );
-    // A one-off mkdir before any stage exists; not worth a blocking-pool hop.
-    data_dir::prepare(&config.hub.data_dir)?;
-
-    let stages = Stages::new();
-    // Later stages are spawned here, sources last so that every consumer is ready:
-    // stages.spawn("journal", |token| journal.run(token)); ...
-
-    tracing::info!("edgehub ready");
-    shutdown.await;
-
-    let grace_period = humantime::format_duration(config.shutdown.grace_period).to_string();
-    tracing::info!(%grace_period, running = stages.running().len(), "edgehub shutting down");
-    stages.drain(config.shutdown.grace_period).await?;
-    tracing::info!("edgehub stopped cleanly");
-    Ok(())
+    Hub::start(config).await?.run(shutdown).await
 }

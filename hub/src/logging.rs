@@ -83,9 +83,20 @@ fn filter(
                         value: value.to_owned(),
                         reason: error.to_string(),
                     })?;
-            Ok((filter, None))
+            Ok((quiet_broker(filter, value), None))
         }
     }
+}
+
+/// The embedded broker logs every connection of the front door's at info and routine
+/// disconnects as errors; the front door logs what matters about each client itself. So
+/// rumqttd stays silent unless the configured level names it (`level = "info,rumqttd=info"`).
+/// RUST_LOG is taken as given, for debugging.
+fn quiet_broker(filter: EnvFilter, level: &str) -> EnvFilter {
+    if level.contains("rumqttd") {
+        return filter;
+    }
+    filter.add_directive("rumqttd=off".parse().expect("static directive"))
 }
 
 #[cfg(test)]
@@ -104,9 +115,18 @@ mod tests {
     fn config_level_is_used_when_rust_log_is_unset_or_empty() {
         for rust_log in [None, Some(OsStr::new(""))] {
             let (filter, overridden) = filter(&config("warn"), rust_log).expect("filter");
-            assert_eq!(filter.to_string(), "warn");
+            let text = filter.to_string();
+            assert!(text.split(',').any(|d| d == "warn"), "{text}");
             assert_eq!(overridden, None);
         }
+    }
+
+    #[test]
+    fn the_embedded_broker_is_silent_unless_the_level_names_it() {
+        let (quiet, _) = filter(&config("info"), None).expect("filter");
+        assert!(quiet.to_string().contains("rumqttd=off"), "{quiet}");
+        let (named, _) = filter(&config("info,rumqttd=warn"), None).expect("filter");
+        assert!(!named.to_string().contains("rumqttd=off"), "{named}");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! directory unusable, stages still running after `shutdown.grace_period`); 2 usage or
 //! configuration error; 130/143 a second SIGINT/SIGTERM ended the process during drain.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hub::pki::{PkiOptions, RevokeTarget, DEFAULT_DEVICES, DEFAULT_VALIDITY_DAYS};
 use hub::shutdown::{stop_signals, supervise, Supervised};
 use hub::Config;
 
@@ -43,12 +45,138 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Read a password (at a terminal: twice, without echo; else the first line of
+    /// standard input) and print its argon2id hash for `password_hash` in [[auth.users]].
+    HashPassword,
+    /// Create and manage a development PKI: CA, server, dashboard and device certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Write a development CA, a server certificate for this machine, a dashboard client
+    /// certificate, device certificates and an empty CRL.
+    Init {
+        /// Directory to write to (created with mode 0700).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Number of device certificates (device-0001, device-0002, ...).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_DEVICES)]
+        devices: usize,
+        /// Extra DNS name for the server certificate (repeatable); the hostname,
+        /// `localhost` and this machine's addresses are always included.
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+        /// Extra IP address for the server certificate (repeatable).
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<IpAddr>,
+        /// Days the CA and certificates are valid for.
+        #[arg(long, value_name = "D", default_value_t = DEFAULT_VALIDITY_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Replace an existing PKI in DIR (every certificate it issued stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue one more device certificate from the CA in DIR.
+    Issue {
+        /// PKI directory made by `edgehub pki init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Device id: the certificate's CN and the device's MQTT identity.
+        #[arg(long, value_name = "ID")]
+        device: String,
+    },
+    /// Revoke a certificate: add it to DIR/ca.crl (reload the hub afterwards).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["device", "cert"])))]
+    Revoke {
+        /// PKI directory made by `edgehub pki init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Id of a device whose certificate is in DIR/devices.
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// Certificate file issued by the CA in DIR.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Pki { command } => pki(command),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `edgehub hash-password`: only the hash goes to stdout, so it can be captured.
+fn hash_password() -> ExitCode {
+    match hub::auth::read_new_password().and_then(|pw| hub::auth::hash_password(pw.as_bytes())) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("edgehub: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `edgehub pki ...`: prints file paths and how to use them, never key material.
+fn pki(command: PkiCommand) -> ExitCode {
+    let outcome = match command {
+        PkiCommand::Init {
+            dir,
+            devices,
+            hostnames,
+            ips,
+            days,
+            force,
+        } => {
+            let opts = PkiOptions {
+                devices,
+                hostnames,
+                extra_ips: ips,
+                validity_days: days,
+                force,
+            };
+            hub::pki::init(&dir, &opts).map(|files| print!("{}", files.describe()))
+        }
+        PkiCommand::Issue { dir, device } => hub::pki::issue_device(&dir, &device).map(|files| {
+            println!(
+                "Issued {}:\n  certificate  {}\n  key          {}\n\
+                     The device connects with this certificate and key and trusts {}.",
+                files.id,
+                files.cert.display(),
+                files.key.display(),
+                dir.join("ca.crt").display()
+            );
+        }),
+        PkiCommand::Revoke { dir, device, cert } => {
+            let target = match (device, cert) {
+                (Some(id), _) => RevokeTarget::Device(id),
+                (None, Some(path)) => RevokeTarget::Cert(path),
+                // clap's required group makes this unreachable; say so rather than panic.
+                (None, None) => {
+                    eprintln!("edgehub: pki revoke needs --device ID or --cert FILE");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            hub::pki::revoke(&dir, &target).map(|revoked| println!("{revoked}"))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("edgehub: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

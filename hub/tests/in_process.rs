@@ -7,6 +7,10 @@ use hub::{Config, HubError};
 fn config_in(dir: &std::path::Path) -> Config {
     let mut config = Config::load(None).expect("embedded default loads");
     config.hub.data_dir = dir.join("data");
+    // The default listeners, on ports the OS picks, so tests never collide.
+    for listener in &mut config.listeners {
+        listener.bind.set_port(0);
+    }
     config
 }
 

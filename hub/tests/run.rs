@@ -9,6 +9,7 @@ use support::{edgehub, RunningHub, Signal, READY};
 /// Starts `edgehub run` with `args` in `cwd`, waits for ready, sends `signal` and
 /// returns the exit status and stderr.
 fn run_until(signal: Signal, cwd: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let _ports = support::default_ports();
     let mut command = edgehub();
     command.current_dir(cwd).arg("run").args(args);
     let mut hub = RunningHub::start(command);
@@ -48,6 +49,7 @@ fn run_on_embedded_default_starts_and_stops_cleanly_on_sigint() {
 fn run_uses_the_first_state_directory_entry_when_data_dir_is_unset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
+    let _ports = support::default_ports();
     let mut command = edgehub();
     command.current_dir(dir.path()).arg("run").env(
         "STATE_DIRECTORY",

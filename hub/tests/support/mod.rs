@@ -138,3 +138,1134 @@ impl Drop for RunningHub {
         }
     }
 }
+
+/// TLS clients and test certificates, for tests that talk to hub TLS listeners.
+pub mod tls {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    /// Every certificate in a PEM file.
+    pub fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
+        let pem = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("PEM certificates in {}: {e}", path.display()))
+    }
+
+    /// The private key in a PEM file.
+    pub fn pem_key(path: &Path) -> PrivateKeyDer<'static> {
+        let pem = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        rustls_pemfile::private_key(&mut pem.as_slice())
+            .unwrap_or_else(|e| panic!("PEM key in {}: {e}", path.display()))
+            .unwrap_or_else(|| panic!("no key in {}", path.display()))
+    }
+
+    /// A rustls client (ring provider) that trusts the CAs in `ca` and presents
+    /// `client` = (certificate, key) when the server asks for one.
+    pub fn client_config(ca: &Path, client: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+        client_config_with_alpn(ca, client, Vec::new())
+    }
+
+    /// [`client_config`] that offers the ALPN protocols `alpn`.
+    pub fn client_config_with_alpn(
+        ca: &Path,
+        client: Option<(&Path, &Path)>,
+        alpn: Vec<Vec<u8>>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in pem_certs(ca) {
+            roots.add(cert).expect("CA certificate is a trust anchor");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots);
+        let mut config = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(pem_certs(cert), pem_key(key))
+                .expect("client certificate and key match"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn;
+        Arc::new(config)
+    }
+
+    /// The rustls error inside an I/O error from tokio-rustls, if there is one.
+    pub fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+        error.get_ref()?.downcast_ref::<rustls::Error>()
+    }
+
+    /// Issues a client certificate (clientAuth, CN `cn`) from the CA in `pki_dir` into
+    /// `out_dir/<file_stem>.crt|.key`, after `customize` adjusted its parameters (validity,
+    /// SANs, more names). Returns (certificate, key).
+    pub fn issue_client_cert(
+        pki_dir: &Path,
+        out_dir: &Path,
+        file_stem: &str,
+        cn: &str,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf) {
+        let ca_key = KeyPair::from_pem(
+            &std::fs::read_to_string(pki_dir.join("ca.key")).expect("read ca.key"),
+        )
+        .expect("CA key");
+        let issuer = Issuer::from_ca_cert_pem(
+            &std::fs::read_to_string(pki_dir.join("ca.crt")).expect("read ca.crt"),
+            ca_key,
+        )
+        .expect("CA certificate");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        params.serial_number = Some(rand::random::<u64>().into());
+        customize(&mut params);
+        let cert = params.signed_by(&key, &issuer).expect("sign certificate");
+        let cert_path = out_dir.join(format!("{file_stem}.crt"));
+        let key_path = out_dir.join(format!("{file_stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+}
+
+/// Serialises tests that run the embedded default, whose listeners use fixed ports
+/// (8443, 8883, 1883): two at once in one test binary would fight over them.
+pub fn default_ports() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A hub running in-process on loopback ports chosen by the OS, with its development PKI.
+pub mod hub {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    use hub::{Config, ConfigSource};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    /// Listener names in [`TestHub`]'s configuration.
+    pub const WSS: &str = "wss";
+    /// MQTT over TLS, certificates only.
+    pub const MQTTS: &str = "mqtts";
+    /// Plain MQTT on loopback, anonymous.
+    pub const MQTT: &str = "mqtt";
+    /// wss accepting certificates, passwords and tokens, browsers from one origin.
+    pub const WSS_LOGIN: &str = "wss-login";
+    /// Plain ws on loopback, certificates impossible: password only.
+    pub const WS: &str = "ws";
+
+    /// The listeners every test hub has; `extra` TOML is appended after them.
+    pub const LISTENERS: &str = r#"
+[[listeners]]
+name = "wss"
+kind = "wss"
+bind = "127.0.0.1:0"
+auth = ["certificate"]
+
+[[listeners]]
+name = "mqtts"
+kind = "mqtts"
+bind = "127.0.0.1:0"
+auth = ["certificate"]
+
+[[listeners]]
+name = "mqtt"
+kind = "mqtt"
+bind = "127.0.0.1:0"
+auth = ["anonymous"]
+
+[[listeners]]
+name = "wss-login"
+kind = "wss"
+bind = "127.0.0.1:0"
+auth = ["certificate", "password", "jwt"]
+allowed_origins = ["https://dashboard.example"]
+
+[[listeners]]
+name = "ws"
+kind = "ws"
+bind = "127.0.0.1:0"
+auth = ["password"]
+"#;
+
+    /// A running hub and where to reach it.
+    pub struct TestHub {
+        /// Holds the data directory (and the PKI under `pki/`).
+        pub dir: tempfile::TempDir,
+        addrs: Vec<(String, SocketAddr)>,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<Result<(), hub::HubError>>>,
+        /// The hub's counters.
+        pub stats: std::sync::Arc<hub::front::FrontStats>,
+    }
+
+    impl TestHub {
+        /// Starts a hub with the test listeners and `extra` configuration.
+        pub async fn start(extra: &str) -> TestHub {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let text = format!(
+                "[hub]\nid = \"test-hub\"\ndata_dir = {:?}\n\n{extra}\n{LISTENERS}",
+                dir.path().join("data")
+            );
+            let config = Config::parse(&text, ConfigSource::File(dir.path().join("edgehub.toml")))
+                .unwrap_or_else(|e| panic!("test config: {e}"));
+            let hub = hub::Hub::start(config).await.expect("hub starts");
+            let addrs = [WSS, MQTTS, MQTT, WSS_LOGIN, WS]
+                .iter()
+                .map(|n| (n.to_string(), hub.local_addr(n).expect("listener bound")))
+                .collect();
+            let stats = hub.stats();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(hub.run(async {
+                let _ = stopped.await;
+            }));
+            TestHub {
+                dir,
+                addrs,
+                stop: Some(stop),
+                task: Some(task),
+                stats,
+            }
+        }
+
+        /// The address of the listener named `name`.
+        pub fn addr(&self, name: &str) -> SocketAddr {
+            self.addrs
+                .iter()
+                .find_map(|(n, a)| (n == name).then_some(*a))
+                .unwrap_or_else(|| panic!("no listener {name}"))
+        }
+
+        /// The development PKI directory.
+        pub fn pki(&self) -> PathBuf {
+            self.dir.path().join("data").join("pki")
+        }
+
+        /// Stops the hub and returns what `run` returned.
+        pub async fn stop(mut self) -> Result<(), hub::HubError> {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            let task = self.task.take().expect("running");
+            tokio::time::timeout(super::DEADLINE, task)
+                .await
+                .expect("hub stops within the deadline")
+                .expect("hub task does not panic")
+        }
+    }
+
+    impl Drop for TestHub {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+/// MQTT clients (rumqttc) configured for the test hub's listeners.
+pub mod mqtt {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
+
+    /// How a test client reaches the hub.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Via {
+        /// Plain TCP.
+        Tcp,
+        /// TLS.
+        Tls,
+        /// WebSocket over TLS, path /mqtt.
+        Wss,
+        /// Plain WebSocket, path /mqtt.
+        Ws,
+    }
+
+    /// The certificate a client presents: a file stem under the PKI dir ("dashboard",
+    /// "devices/device-0001"), or none.
+    pub fn tls_config(pki: &Path, cert: Option<&str>) -> TlsConfiguration {
+        let files = cert.map(|stem| {
+            (
+                pki.join(format!("{stem}.crt")),
+                pki.join(format!("{stem}.key")),
+            )
+        });
+        let config = super::tls::client_config(
+            &pki.join("ca.crt"),
+            files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        );
+        TlsConfiguration::Rustls(config)
+    }
+
+    /// MQTT 3.1.1 options for `addr` via `via`.
+    pub fn options_v4(
+        id: &str,
+        addr: SocketAddr,
+        via: Via,
+        tls: Option<TlsConfiguration>,
+    ) -> MqttOptions {
+        let host = match via {
+            Via::Wss => format!("wss://localhost:{}/mqtt", addr.port()),
+            Via::Ws => format!("ws://127.0.0.1:{}/mqtt", addr.port()),
+            Via::Tcp => "127.0.0.1".to_string(),
+            Via::Tls => "localhost".to_string(),
+        };
+        let mut o = MqttOptions::new(id, host, addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_transport(match via {
+            Via::Tcp => Transport::Tcp,
+            Via::Ws => Transport::Ws,
+            Via::Tls => Transport::Tls(tls.expect("TLS config")),
+            Via::Wss => Transport::Wss(tls.expect("TLS config")),
+        });
+        o
+    }
+
+    /// Connects a 3.1.1 client and waits for its CONNACK.
+    pub async fn connect_v4(options: MqttOptions) -> (AsyncClient, EventLoop) {
+        let (client, mut events) = AsyncClient::new(options, 64);
+        loop {
+            let event = tokio::time::timeout(super::DEADLINE, events.poll())
+                .await
+                .expect("CONNACK within the deadline")
+                .expect("connects");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) = event {
+                assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+                return (client, events);
+            }
+        }
+    }
+
+    /// Polls until an incoming packet satisfies `pick`, returning what it returned.
+    pub async fn next_incoming<T>(
+        events: &mut EventLoop,
+        mut pick: impl FnMut(&rumqttc::Packet) -> Option<T>,
+    ) -> T {
+        loop {
+            let event = tokio::time::timeout(super::DEADLINE, events.poll())
+                .await
+                .expect("event within the deadline")
+                .expect("connection stays up");
+            if let rumqttc::Event::Incoming(p) = event {
+                if let Some(t) = pick(&p) {
+                    return t;
+                }
+            }
+        }
+    }
+
+    /// Drives `events` in the background; incoming packets go to the returned channel.
+    pub fn spawn_events(
+        mut events: EventLoop,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = events.poll().await {
+                if let rumqttc::Event::Incoming(p) = event {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Raw peers for the front door's hostile-peer tests: hand-built MQTT bytes over plain
+/// sockets, TLS attempts, and the "a good client still works" check that ends each test.
+pub mod peer {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4;
+    use rumqttc::{MqttOptions, Packet, QoS};
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncRead, AsyncReadExt};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::TlsConnector;
+
+    use super::hub::TestHub;
+    use super::mqtt::{connect_v4, next_incoming, options_v4, spawn_events, tls_config, Via};
+    use super::DEADLINE;
+
+    /// Polls `condition` until it holds; `what` names it in the panic after [`DEADLINE`].
+    pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the hub has counted at least `n` refusals for `reason`.
+    pub async fn wait_for_rejects(hub: &TestHub, reason: hub::front::Reject, n: u64) {
+        let what = format!("{} refusals counted as {}", n, reason.as_str());
+        eventually(&what, || hub.stats.rejected(reason) >= n).await;
+    }
+
+    /// A 3.1.1 CONNECT (clean session, no credentials).
+    pub fn connect_packet(client_id: &str, keep_alive: u16) -> BytesMut {
+        let mut connect = v4::Connect::new(client_id);
+        connect.keep_alive = keep_alive;
+        let mut out = BytesMut::new();
+        connect.write(&mut out).expect("encode CONNECT");
+        out
+    }
+
+    /// A 3.1.1 PUBLISH.
+    pub fn publish_packet(topic: &str, qos: rumqttc::QoS, pkid: u16, payload: &[u8]) -> BytesMut {
+        let mut publish = v4::Publish::new(topic, qos, payload.to_vec());
+        publish.pkid = pkid;
+        let mut out = BytesMut::new();
+        publish.write(&mut out).expect("encode PUBLISH");
+        out
+    }
+
+    /// A 3.1.1 SUBSCRIBE for one filter.
+    pub fn subscribe_packet(filter: &str, qos: rumqttc::QoS, pkid: u16) -> BytesMut {
+        let mut subscribe = v4::Subscribe::new(filter, qos);
+        subscribe.pkid = pkid;
+        let mut out = BytesMut::new();
+        subscribe.write(&mut out).expect("encode SUBSCRIBE");
+        out
+    }
+
+    /// Reads the next 3.1.1 packet, keeping extra bytes in `buf`; `None` when the
+    /// connection closes or breaks first.
+    pub async fn read_packet<R: AsyncRead + Unpin>(
+        io: &mut R,
+        buf: &mut BytesMut,
+    ) -> Option<v4::Packet> {
+        loop {
+            match v4::Packet::read(buf, 1 << 24) {
+                Ok(packet) => return Some(packet),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("the hub sent bytes that are not MQTT: {e}"),
+            }
+            let read = tokio::time::timeout(DEADLINE, io.read_buf(buf))
+                .await
+                .expect("a packet or the end of the connection within the deadline");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// How a connection ended, seen from the peer.
+    #[derive(Debug)]
+    pub struct Closed {
+        /// Every byte received before the end.
+        pub received: Vec<u8>,
+        /// The error that ended it, if it did not end with EOF (a reset, a TLS alert).
+        pub error: Option<std::io::Error>,
+    }
+
+    /// Reads until the other side closes; panics if it stays open past [`DEADLINE`].
+    pub async fn read_until_closed<R: AsyncRead + Unpin>(io: &mut R) -> Closed {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout(DEADLINE, io.read(&mut chunk))
+                .await
+                .expect("the hub closes the connection within the deadline");
+            match read {
+                Ok(0) => {
+                    return Closed {
+                        received,
+                        error: None,
+                    }
+                }
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) => {
+                    return Closed {
+                        received,
+                        error: Some(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// TCP then TLS (server name "localhost") to `addr`.
+    pub async fn tls_connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("localhost").expect("server name");
+            TlsConnector::from(config).connect(name, tcp).await
+        };
+        tokio::time::timeout(DEADLINE, connect)
+            .await
+            .expect("TLS handshake finished within the deadline")
+    }
+
+    /// Connects with `config` and returns the TLS error that ends the connection. In TLS
+    /// 1.3 the server judges the client's certificate after the client considers the
+    /// handshake done, so the refusal may only show on the first read.
+    pub async fn tls_refusal(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> rustls::Error {
+        let error = match tls_connect(addr, config).await {
+            Err(e) => e,
+            Ok(mut tls) => match read_until_closed(&mut tls).await {
+                Closed { error: Some(e), .. } => e,
+                closed => panic!("the connection ended without a TLS error: {closed:?}"),
+            },
+        };
+        super::tls::rustls_error(&error)
+            .unwrap_or_else(|| panic!("not a TLS error: {error}"))
+            .clone()
+    }
+
+    /// Connects with `options`, subscribes to a topic of its own, publishes to it and
+    /// receives the message back: the whole path through the front door and the broker.
+    pub async fn exchange_a_message(mut options: MqttOptions) {
+        let n: u32 = rand::random();
+        options.set_client_id(format!("good-{n:08x}"));
+        let topic = format!("devices/good-{n:08x}/cmd");
+        let (client, mut events) = connect_v4(options).await;
+        client
+            .subscribe(&topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let granted = next_incoming(&mut events, |p| match p {
+            Packet::SubAck(a) => Some(a.return_codes.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            granted,
+            [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+        );
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, b"still here".to_vec())
+            .await
+            .expect("publish");
+        let payload = next_incoming(&mut events, |p| match p {
+            Packet::Publish(p) if p.topic == topic => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], b"still here");
+        let _ = client.disconnect().await;
+        let _rest = spawn_events(events);
+    }
+
+    /// [`exchange_a_message`] as the dashboard certificate of the PKI in `pki`, over
+    /// `via` (TLS or WSS) to `addr`.
+    pub async fn good_client_exchanges_a_message(pki: &Path, addr: SocketAddr, via: Via) {
+        let tls = match via {
+            Via::Tls | Via::Wss => Some(tls_config(pki, Some("dashboard"))),
+            Via::Tcp | Via::Ws => None,
+        };
+        exchange_a_message(options_v4("good", addr, via, tls)).await;
+    }
+}
+
+/// One MQTT client of either protocol version (rumqttc's 3.1.1 or 5 client), connected to a
+/// [`hub::TestHub`] listener and driven in the background, so that one scenario can run
+/// over every listener and both versions. What it receives is normalised to [`Seen`].
+pub mod client {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use rumqttc::v5;
+    use rumqttc::v5::mqttbytes::v5 as p5;
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+
+    use super::hub::{TestHub, MQTT, MQTTS, WS, WSS, WSS_LOGIN};
+    use super::mqtt::{tls_config, Via};
+    use super::DEADLINE;
+
+    /// MQTT protocol version, chosen per connection.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Version {
+        /// MQTT 3.1.1 (`rumqttc::AsyncClient`).
+        V311,
+        /// MQTT 5 (`rumqttc::v5::AsyncClient`).
+        V5,
+    }
+
+    /// Both versions, for loops.
+    pub const VERSIONS: [Version; 2] = [Version::V311, Version::V5];
+
+    /// A received application message.
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Msg {
+        /// Topic (a topic alias already resolved).
+        pub topic: String,
+        /// Payload as text (tests use text payloads).
+        pub payload: String,
+        /// QoS it was delivered with.
+        pub qos: u8,
+        /// Retain flag as delivered.
+        pub retain: bool,
+    }
+
+    /// The answer to a QoS 1/2 PUBLISH (PUBACK or PUBREC).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Ack {
+        /// Accepted (3.1.1 acks carry no reason, so every 3.1.1 ack is this).
+        Ok,
+        /// MQTT 5 reason 0x87.
+        NotAuthorized,
+        /// Any other MQTT 5 reason.
+        Other(String),
+    }
+
+    /// One SUBACK entry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Sub {
+        /// Granted with this QoS.
+        Granted(u8),
+        /// Refused with this code (0x80 in 3.1.1; 0x80, 0x87, ... in 5).
+        Refused(u8),
+    }
+
+    /// Why a connection attempt failed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Refused {
+        /// CONNACK "bad user name or password" (3.1.1: 4, 5: 0x86).
+        BadCredentials,
+        /// CONNACK "not authorized" (3.1.1: 5, 5: 0x87).
+        NotAuthorized,
+        /// Another CONNACK code, or no CONNACK at all.
+        Other(String),
+    }
+
+    /// What the background task saw.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Seen {
+        /// An incoming PUBLISH.
+        Publish(Msg),
+        /// PUBACK.
+        PubAck(Ack),
+        /// PUBREC.
+        PubRec(Ack),
+        /// PUBREL for a QoS 2 message we received.
+        PubRel,
+        /// PUBCOMP.
+        PubComp,
+        /// SUBACK.
+        SubAck(Vec<Sub>),
+        /// A server DISCONNECT (MQTT 5), with its reason.
+        Disconnect(String),
+        /// The connection ended; the event loop's error.
+        Closed(String),
+    }
+
+    /// How to connect.
+    #[derive(Debug, Clone)]
+    pub struct Connect {
+        listener: &'static str,
+        version: Version,
+        client_id: String,
+        cert: Option<String>,
+        login: Option<(String, String)>,
+        will: Option<(String, String, u8, bool)>,
+        clean: bool,
+    }
+
+    impl Connect {
+        /// A clean-session client `client_id` on `listener` speaking `version`, with no
+        /// credentials.
+        pub fn new(listener: &'static str, version: Version, client_id: &str) -> Connect {
+            Connect {
+                listener,
+                version,
+                client_id: client_id.to_owned(),
+                cert: None,
+                login: None,
+                will: None,
+                clean: true,
+            }
+        }
+
+        /// Presents the certificate `stem` from the hub's PKI ("dashboard",
+        /// "devices/device-0001").
+        pub fn cert(mut self, stem: &str) -> Connect {
+            self.cert = Some(stem.to_owned());
+            self
+        }
+
+        /// Sends a username and password (or token) in CONNECT.
+        pub fn login(mut self, user: &str, password: &str) -> Connect {
+            self.login = Some((user.to_owned(), password.to_owned()));
+            self
+        }
+
+        /// Sets a last will.
+        pub fn will(mut self, topic: &str, payload: &str, qos: u8, retain: bool) -> Connect {
+            self.will = Some((topic.to_owned(), payload.to_owned(), qos, retain));
+            self
+        }
+
+        /// Asks for a session that outlives the connection (3.1.1 clean session 0; 5 clean
+        /// start 0 with a session expiry of an hour).
+        pub fn persistent(mut self) -> Connect {
+            self.clean = false;
+            self
+        }
+
+        /// Connects and waits for the CONNACK.
+        pub async fn to(self, hub: &TestHub) -> Result<Peer, Refused> {
+            let addr = hub.addr(self.listener);
+            let via = match self.listener {
+                WSS | WSS_LOGIN => Via::Wss,
+                MQTTS => Via::Tls,
+                WS => Via::Ws,
+                MQTT => Via::Tcp,
+                other => panic!("no transport known for listener {other:?}"),
+            };
+            let host = match via {
+                Via::Wss => format!("wss://localhost:{}/mqtt", addr.port()),
+                Via::Ws => format!("ws://127.0.0.1:{}/mqtt", addr.port()),
+                Via::Tcp => "127.0.0.1".to_string(),
+                Via::Tls => "localhost".to_string(),
+            };
+            let pki = hub.pki();
+            let tls = || tls_config(&pki, self.cert.as_deref());
+            let transport = match via {
+                Via::Tcp => rumqttc::Transport::Tcp,
+                Via::Ws => rumqttc::Transport::Ws,
+                Via::Tls => rumqttc::Transport::Tls(tls()),
+                Via::Wss => rumqttc::Transport::Wss(tls()),
+            };
+            match self.version {
+                Version::V311 => self.connect_v4(host, addr.port(), transport).await,
+                Version::V5 => self.connect_v5(host, addr.port(), transport).await,
+            }
+        }
+
+        async fn connect_v4(
+            self,
+            host: String,
+            port: u16,
+            transport: rumqttc::Transport,
+        ) -> Result<Peer, Refused> {
+            let mut o = rumqttc::MqttOptions::new(self.client_id, host, port);
+            o.set_keep_alive(Duration::from_secs(30))
+                .set_clean_session(self.clean)
+                .set_transport(transport);
+            if let Some((user, password)) = self.login {
+                o.set_credentials(user, password);
+            }
+            if let Some((topic, payload, qos, retain)) = self.will {
+                o.set_last_will(rumqttc::LastWill::new(topic, payload, qos_v4(qos), retain));
+            }
+            let (client, mut events) = rumqttc::AsyncClient::new(o, 64);
+            let connack = loop {
+                let event = tokio::time::timeout(DEADLINE, events.poll())
+                    .await
+                    .expect("CONNACK or an error within the deadline");
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => break ack,
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                        return Err(match code {
+                            rumqttc::ConnectReturnCode::BadUserNamePassword => {
+                                Refused::BadCredentials
+                            }
+                            rumqttc::ConnectReturnCode::NotAuthorized => Refused::NotAuthorized,
+                            other => Refused::Other(format!("{other:?}")),
+                        })
+                    }
+                    Err(e) => return Err(Refused::Other(e.to_string())),
+                }
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                loop {
+                    let seen = match events.poll().await {
+                        Ok(rumqttc::Event::Incoming(p)) => match seen_v4(p) {
+                            Some(seen) => seen,
+                            None => continue,
+                        },
+                        Ok(rumqttc::Event::Outgoing(_)) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Seen::Closed(e.to_string()));
+                            return;
+                        }
+                    };
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Peer {
+                client: Client::V4(client),
+                rx,
+                buffer: VecDeque::new(),
+                task,
+                session_present: connack.session_present,
+                assigned_client_id: None,
+            })
+        }
+
+        async fn connect_v5(
+            self,
+            host: String,
+            port: u16,
+            transport: rumqttc::Transport,
+        ) -> Result<Peer, Refused> {
+            let mut o = v5::MqttOptions::new(self.client_id, host, port);
+            o.set_keep_alive(Duration::from_secs(30))
+                .set_clean_start(self.clean)
+                .set_transport(transport);
+            if !self.clean {
+                o.set_session_expiry_interval(Some(3600));
+            }
+            if let Some((user, password)) = self.login {
+                o.set_credentials(user, password);
+            }
+            if let Some((topic, payload, qos, retain)) = self.will {
+                o.set_last_will(p5::LastWill::new(topic, payload, qos_v5(qos), retain, None));
+            }
+            let (client, mut events) = v5::AsyncClient::new(o, 64);
+            let connack = loop {
+                let event = tokio::time::timeout(DEADLINE, events.poll())
+                    .await
+                    .expect("CONNACK or an error within the deadline");
+                match event {
+                    Ok(v5::Event::Incoming(p5::Packet::ConnAck(ack))) => break ack,
+                    Ok(_) => {}
+                    Err(v5::ConnectionError::ConnectionRefused(code)) => {
+                        return Err(match code {
+                            p5::ConnectReturnCode::BadUserNamePassword => Refused::BadCredentials,
+                            p5::ConnectReturnCode::NotAuthorized => Refused::NotAuthorized,
+                            other => Refused::Other(format!("{other:?}")),
+                        })
+                    }
+                    Err(e) => return Err(Refused::Other(e.to_string())),
+                }
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                loop {
+                    let seen = match events.poll().await {
+                        Ok(v5::Event::Incoming(p)) => match seen_v5(p) {
+                            Some(seen) => seen,
+                            None => continue,
+                        },
+                        Ok(v5::Event::Outgoing(_)) => continue,
+                        Err(e) => {
+                            let _ = tx.send(Seen::Closed(e.to_string()));
+                            return;
+                        }
+                    };
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Peer {
+                client: Client::V5(client),
+                rx,
+                buffer: VecDeque::new(),
+                task,
+                session_present: connack.session_present,
+                assigned_client_id: connack
+                    .properties
+                    .and_then(|p| p.assigned_client_identifier),
+            })
+        }
+    }
+
+    /// The request side of either client.
+    #[derive(Clone)]
+    pub enum Client {
+        /// 3.1.1.
+        V4(rumqttc::AsyncClient),
+        /// 5.
+        V5(v5::AsyncClient),
+    }
+
+    /// A connected client whose event loop runs in a background task.
+    pub struct Peer {
+        /// The request side, for what the helpers below do not cover.
+        pub client: Client,
+        rx: mpsc::UnboundedReceiver<Seen>,
+        buffer: VecDeque<Seen>,
+        task: JoinHandle<()>,
+        /// CONNACK's session-present flag.
+        pub session_present: bool,
+        /// MQTT 5 CONNACK's assigned client identifier.
+        pub assigned_client_id: Option<String>,
+    }
+
+    impl Peer {
+        /// Waits for the first event (buffered or new) that `pick` accepts; events it
+        /// passes over stay buffered, in order, for later waits.
+        pub async fn next<T>(&mut self, what: &str, mut pick: impl FnMut(&Seen) -> Option<T>) -> T {
+            if let Some(i) = self.buffer.iter().position(|s| pick(s).is_some()) {
+                let seen = self.buffer.remove(i).expect("index from position");
+                return pick(&seen).expect("picked before");
+            }
+            loop {
+                let seen = tokio::time::timeout(DEADLINE, self.rx.recv())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("no {what} within {DEADLINE:?}; buffered: {:?}", self.buffer)
+                    })
+                    .unwrap_or_else(|| panic!("event task gone while waiting for {what}"));
+                if let Some(t) = pick(&seen) {
+                    return t;
+                }
+                if let Seen::Closed(why) = &seen {
+                    panic!(
+                        "connection closed ({why}) while waiting for {what}; buffered: {:?}",
+                        self.buffer
+                    );
+                }
+                self.buffer.push_back(seen);
+            }
+        }
+
+        /// The next application message.
+        pub async fn message(&mut self) -> Msg {
+            self.next("PUBLISH", |s| match s {
+                Seen::Publish(m) => Some(m.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        /// Subscribes to `filters` (filter, QoS) in one SUBSCRIBE and returns the SUBACK.
+        pub async fn subscribe(&mut self, filters: &[(&str, u8)]) -> Vec<Sub> {
+            match &self.client {
+                Client::V4(c) => c
+                    .subscribe_many(
+                        filters
+                            .iter()
+                            .map(|(f, q)| rumqttc::SubscribeFilter::new(f.to_string(), qos_v4(*q))),
+                    )
+                    .await
+                    .expect("subscribe request queued"),
+                Client::V5(c) => c
+                    .subscribe_many(filters.iter().map(|(f, q)| p5::Filter::new(*f, qos_v5(*q))))
+                    .await
+                    .expect("subscribe request queued"),
+            }
+            self.next("SUBACK", |s| match s {
+                Seen::SubAck(codes) => Some(codes.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        /// Publishes and, for QoS 1 and 2, waits for the PUBACK or PUBREC (and, after an
+        /// accepting PUBREC, for the PUBCOMP) and returns its verdict.
+        pub async fn publish(
+            &mut self,
+            topic: &str,
+            qos: u8,
+            retain: bool,
+            payload: &str,
+        ) -> Option<Ack> {
+            match &self.client {
+                Client::V4(c) => c
+                    .publish(topic, qos_v4(qos), retain, payload.as_bytes().to_vec())
+                    .await
+                    .expect("publish request queued"),
+                Client::V5(c) => c
+                    .publish(topic, qos_v5(qos), retain, payload.as_bytes().to_vec())
+                    .await
+                    .expect("publish request queued"),
+            }
+            self.ack(qos).await
+        }
+
+        /// Waits for the acknowledgement of a PUBLISH sent at `qos` (see [`Peer::publish`]).
+        pub async fn ack(&mut self, qos: u8) -> Option<Ack> {
+            match qos {
+                0 => None,
+                1 => Some(
+                    self.next("PUBACK", |s| match s {
+                        Seen::PubAck(a) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .await,
+                ),
+                _ => {
+                    let rec = self
+                        .next("PUBREC", |s| match s {
+                            Seen::PubRec(a) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .await;
+                    if rec == Ack::Ok {
+                        self.next("PUBCOMP", |s| matches!(s, Seen::PubComp).then_some(()))
+                            .await;
+                    }
+                    Some(rec)
+                }
+            }
+        }
+
+        /// Waits until the connection ends and returns why; a server DISCONNECT seen on the
+        /// way is included.
+        pub async fn closed(&mut self) -> String {
+            let mut disconnect = None;
+            let why = self
+                .next("the connection to close", |s| match s {
+                    Seen::Closed(why) => Some(why.clone()),
+                    _ => None,
+                })
+                .await;
+            for s in &self.buffer {
+                if let Seen::Disconnect(reason) = s {
+                    disconnect = Some(reason.clone());
+                }
+            }
+            match disconnect {
+                Some(reason) => format!("DISCONNECT {reason}, then {why}"),
+                None => why,
+            }
+        }
+
+        /// Sends DISCONNECT and waits for the hub to close the connection.
+        pub async fn disconnect(mut self) {
+            match &self.client {
+                Client::V4(c) => c.disconnect().await.expect("disconnect request queued"),
+                Client::V5(c) => c.disconnect().await.expect("disconnect request queued"),
+            }
+            self.closed().await;
+        }
+
+        /// Drops the connection without DISCONNECT, as a crashed or unplugged client would.
+        pub async fn kill(mut self) {
+            self.task.abort();
+            // The aborted task drops the event loop, and with it the socket.
+            let _ = (&mut self.task).await;
+        }
+    }
+
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn qos_v4(q: u8) -> rumqttc::QoS {
+        rumqttc::qos(q).expect("QoS 0, 1 or 2")
+    }
+
+    fn qos_v5(q: u8) -> v5::mqttbytes::QoS {
+        v5::mqttbytes::qos(q).expect("QoS 0, 1 or 2")
+    }
+
+    fn seen_v4(p: rumqttc::Packet) -> Option<Seen> {
+        use rumqttc::Packet as P;
+        Some(match p {
+            P::Publish(p) => Seen::Publish(Msg {
+                topic: p.topic,
+                payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                qos: p.qos as u8,
+                retain: p.retain,
+            }),
+            P::PubAck(_) => Seen::PubAck(Ack::Ok),
+            P::PubRec(_) => Seen::PubRec(Ack::Ok),
+            P::PubRel(_) => Seen::PubRel,
+            P::PubComp(_) => Seen::PubComp,
+            P::SubAck(a) => Seen::SubAck(
+                a.return_codes
+                    .iter()
+                    .map(|c| match c {
+                        rumqttc::SubscribeReasonCode::Success(q) => Sub::Granted(*q as u8),
+                        rumqttc::SubscribeReasonCode::Failure => Sub::Refused(0x80),
+                    })
+                    .collect(),
+            ),
+            _ => return None,
+        })
+    }
+
+    fn seen_v5(p: p5::Packet) -> Option<Seen> {
+        use p5::Packet as P;
+        let ack = |ok: bool, not_authorized: bool, debug: String| {
+            if ok {
+                Ack::Ok
+            } else if not_authorized {
+                Ack::NotAuthorized
+            } else {
+                Ack::Other(debug)
+            }
+        };
+        Some(match p {
+            P::Publish(p) => Seen::Publish(Msg {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                qos: p.qos as u8,
+                retain: p.retain,
+            }),
+            P::PubAck(a) => Seen::PubAck(ack(
+                a.reason == p5::PubAckReason::Success,
+                a.reason == p5::PubAckReason::NotAuthorized,
+                format!("{:?}", a.reason),
+            )),
+            P::PubRec(a) => Seen::PubRec(ack(
+                a.reason == p5::PubRecReason::Success,
+                a.reason == p5::PubRecReason::NotAuthorized,
+                format!("{:?}", a.reason),
+            )),
+            P::PubRel(_) => Seen::PubRel,
+            P::PubComp(_) => Seen::PubComp,
+            P::SubAck(a) => Seen::SubAck(a.return_codes.iter().map(sub_v5).collect()),
+            P::Disconnect(d) => Seen::Disconnect(format!("{:?}", d.reason_code)),
+            _ => return None,
+        })
+    }
+
+    fn sub_v5(c: &p5::SubscribeReasonCode) -> Sub {
+        use p5::SubscribeReasonCode as C;
+        match c {
+            C::Success(q) => Sub::Granted(*q as u8),
+            C::Failure | C::Unspecified => Sub::Refused(0x80),
+            C::ImplementationSpecific => Sub::Refused(0x83),
+            C::NotAuthorized => Sub::Refused(0x87),
+            C::TopicFilterInvalid => Sub::Refused(0x8F),
+            C::PkidInUse => Sub::Refused(0x91),
+            C::QuotaExceeded => Sub::Refused(0x97),
+            C::SharedSubscriptionsNotSupported => Sub::Refused(0x9E),
+            C::SubscriptionIdNotSupported => Sub::Refused(0xA1),
+            C::WildcardSubscriptionsNotSupported => Sub::Refused(0xA2),
+        }
+    }
+
+    /// `[[auth.users]]` entries for `(name, password, role)`.
+    pub fn users_toml(users: &[(&str, &str, Option<&str>)]) -> String {
+        let mut toml = String::new();
+        for (name, password, role) in users {
+            let hash = hub::auth::hash_password(password.as_bytes()).expect("hash password");
+            toml.push_str(&format!(
+                "[[auth.users]]\nname = {name:?}\npassword_hash = {hash:?}\n"
+            ));
+            if let Some(role) = role {
+                toml.push_str(&format!("role = {role:?}\n"));
+            }
+            toml.push('\n');
+        }
+        toml
+    }
+}

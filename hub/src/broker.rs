@@ -1,0 +1,265 @@
+//! The embedded MQTT broker: rumqttd as a routing core, reachable only by the hub.
+//!
+//! rumqttd's own network edge is not fit to face devices (see DESIGN.md), so it listens on
+//! two loopback ports, one per protocol version, and requires a username and a random
+//! password generated at every start. Only the front door knows them: it authenticates
+//! clients itself and forwards each accepted MQTT stream here with these credentials.
+//!
+//! rumqttd has no shutdown API and `Broker::start` blocks forever, so it runs on its own
+//! thread and ends with the process.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::time::{Duration, Instant};
+
+use rand::distr::{Alphanumeric, SampleString};
+use serde::Deserialize;
+
+/// The username the front door presents to rumqttd.
+pub const FRONT_DOOR_USER: &str = "edgehub-front-door";
+
+/// `[broker]`: sizing of the embedded broker's in-memory logs and connection limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Largest MQTT packet, in bytes, the broker accepts (publish payload and headers).
+    pub max_packet_size: usize,
+    /// Bytes in one segment of a subscription filter's in-memory log. A subscriber that
+    /// falls more than `segment_size * segment_count` bytes behind skips messages.
+    pub segment_size: usize,
+    /// Segments kept per filter; the oldest is dropped when a new one is needed.
+    pub segment_count: usize,
+    /// Most messages queued for one subscriber before the router pauses delivery to it.
+    pub max_outgoing_packets: u64,
+    /// Most QoS 1/2 messages in flight to one subscriber.
+    pub max_inflight: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            max_packet_size: 256 * 1024,
+            // 4 MiB x 4 per filter holds over a second of a busy dashboard feed, yet
+            // bounds a Pi's memory: logs grow only as far as traffic fills them.
+            segment_size: 4 * 1024 * 1024,
+            segment_count: 4,
+            max_outgoing_packets: 1000,
+            max_inflight: 100,
+        }
+    }
+}
+
+/// Why the embedded broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No free loopback port could be reserved.
+    #[error("cannot reserve a loopback port for the embedded broker: {0}")]
+    Port(#[source] std::io::Error),
+    /// The broker thread could not be spawned.
+    #[error("cannot start the embedded broker thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The broker did not start listening (rumqttd only logs bind failures).
+    #[error("the embedded broker is not listening on {addr} after {waited:?}; see the log above for rumqttd's error")]
+    NotListening {
+        /// The loopback address it should listen on.
+        addr: SocketAddr,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The settings are unusable.
+    #[error("broker.{key}: {message}")]
+    Invalid {
+        /// The key under `[broker]`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A running embedded broker and the means to reach it.
+#[derive(Clone)]
+pub struct Broker {
+    /// rumqttd's MQTT 3.1.1 listener (loopback).
+    pub v4_addr: SocketAddr,
+    /// rumqttd's MQTT 5 listener (loopback).
+    pub v5_addr: SocketAddr,
+    password: String,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password never reaches a log line.
+        f.debug_struct("Broker")
+            .field("v4_addr", &self.v4_addr)
+            .field("v5_addr", &self.v5_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerSettings {
+    fn validate(&self) -> Result<(), BrokerError> {
+        // rumqttd panics in its router below 1 KiB segments.
+        if self.segment_size < 64 * 1024 {
+            return Err(BrokerError::Invalid {
+                key: "segment_size",
+                message: format!(
+                    "{} bytes is too small; use at least 65536",
+                    self.segment_size
+                ),
+            });
+        }
+        if self.segment_count < 2 {
+            return Err(BrokerError::Invalid {
+                key: "segment_count",
+                message: "must be at least 2".into(),
+            });
+        }
+        if self.max_packet_size < 1024 {
+            return Err(BrokerError::Invalid {
+                key: "max_packet_size",
+                message: "must be at least 1024 bytes".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// Starts rumqttd on its own thread and waits until both listeners accept connections.
+    ///
+    /// Blocks for at most a few seconds; call it from `spawn_blocking` or before the
+    /// runtime is busy.
+    pub fn start(settings: &BrokerSettings, max_connections: usize) -> Result<Broker, BrokerError> {
+        settings.validate()?;
+        let v4_addr = free_loopback_port()?;
+        let v5_addr = free_loopback_port()?;
+        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+
+        let config = rumqttd_config(settings, max_connections, v4_addr, v5_addr, &password);
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(error) = broker.start() {
+                    tracing::error!(%error, "embedded broker stopped");
+                }
+            })
+            .map_err(BrokerError::Thread)?;
+
+        for addr in [v4_addr, v5_addr] {
+            wait_listening(addr, Duration::from_secs(10))?;
+        }
+        tracing::debug!(%v4_addr, %v5_addr, "embedded broker listening on loopback");
+        Ok(Broker {
+            v4_addr,
+            v5_addr,
+            password,
+        })
+    }
+
+    /// The loopback address for a client speaking `protocol_level` (4: 3.1.1, 5: MQTT 5).
+    pub fn addr_for(&self, protocol_level: u8) -> SocketAddr {
+        if protocol_level == 5 {
+            self.v5_addr
+        } else {
+            self.v4_addr
+        }
+    }
+
+    /// The password the front door presents as [`FRONT_DOOR_USER`].
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+fn rumqttd_config(
+    settings: &BrokerSettings,
+    max_connections: usize,
+    v4_addr: SocketAddr,
+    v5_addr: SocketAddr,
+    password: &str,
+) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        // The front door has already waited for CONNECT; this only guards the loopback hop.
+        connection_timeout_ms: 5000,
+        max_payload_size: settings.max_packet_size,
+        max_inflight_count: settings.max_inflight,
+        auth: Some(HashMap::from([(
+            FRONT_DOOR_USER.to_string(),
+            password.to_string(),
+        )])),
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = |name: &str, listen| rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
+    };
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            // rumqttd counts its own links too; leave headroom over the front door's cap.
+            max_connections: max_connections + 64,
+            max_outgoing_packet_count: settings.max_outgoing_packets,
+            max_segment_size: settings.segment_size,
+            max_segment_count: settings.segment_count,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("1".into(), server("broker-v4", v4_addr))])),
+        v5: Some(HashMap::from([("1".into(), server("broker-v5", v5_addr))])),
+        ..Default::default()
+    }
+}
+
+/// Reserves a free port by binding and releasing it. Another process could take it in
+/// between; [`wait_listening`] then fails loudly instead of the broker silently not
+/// listening.
+fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
+    let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::Port)?;
+    listener.local_addr().map_err(BrokerError::Port)
+}
+
+/// Waits until a socket listens on `addr`. It reads the kernel's socket table rather than
+/// connecting (rumqttd would log an error for a peer that never sends CONNECT) or binding
+/// (a probe could steal the port from rumqttd at the wrong moment).
+fn wait_listening(addr: SocketAddr, limit: Duration) -> Result<(), BrokerError> {
+    let start = Instant::now();
+    loop {
+        if is_listening(addr) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(BrokerError::NotListening {
+                addr,
+                waited: start.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True when `/proc/net/tcp` lists a socket in LISTEN state (0A) on the IPv4 `addr`.
+fn is_listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else {
+        return false;
+    };
+    // The kernel prints the address as the host-order u32 of the network-order bytes.
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|table| {
+            table.lines().skip(1).any(|line| {
+                let mut cols = line.split_whitespace();
+                let local = cols.nth(1);
+                let state = cols.nth(1);
+                local == Some(wanted.as_str()) && state == Some("0A")
+            })
+        })
+        .unwrap_or(false)
+}

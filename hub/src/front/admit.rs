@@ -1,0 +1,459 @@
+//! Admission: read a client's CONNECT, decide who it is and whether it may in, and open
+//! its session on the embedded broker.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::packet::{self, kind, FrameError};
+use super::stats::Reject;
+use super::{AuthMethod, Shared};
+use crate::acl::Subject;
+use crate::broker::FRONT_DOOR_USER;
+use crate::tls::PeerIdentity;
+
+/// A client that passed admission, connected to the broker.
+pub struct Admitted {
+    /// MQTT 5 (else 3.1.1).
+    pub v5: bool,
+    /// Who the client is.
+    pub subject: Subject,
+    /// The keep-alive the client asked for, in seconds.
+    pub keep_alive: u16,
+    /// When the credential (a JWT) stops being valid.
+    pub expires_at: Option<SystemTime>,
+    /// The broker connection, CONNACK already relayed.
+    pub broker: TcpStream,
+    /// Client bytes read after CONNECT.
+    pub client_leftover: BytesMut,
+    /// Broker bytes read after CONNACK.
+    pub broker_leftover: BytesMut,
+}
+
+/// Why admission failed; the client has been answered where the protocol allows.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Nothing or not a CONNECT arrived in time.
+    #[error("no CONNECT within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed or broke before CONNECT.
+    #[error("connection closed before CONNECT")]
+    Closed,
+    /// The first packet was not a valid CONNECT.
+    #[error("invalid CONNECT: {0}")]
+    Malformed(String),
+    /// The first packet was larger than `max_packet_size`.
+    #[error("first packet: {0}")]
+    TooLarge(FrameError),
+    /// A protocol level other than 3.1.1 (4) or 5.
+    #[error("unsupported MQTT protocol level {0} (3.1.1 and 5 are supported)")]
+    ProtocolVersion(u8),
+    /// Credentials missing or wrong, or no role for the identity.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// The broker did not accept the session.
+    #[error("embedded broker refused or failed: {0}")]
+    Broker(String),
+}
+
+impl Refused {
+    /// The counter this refusal goes to.
+    pub fn reason(&self) -> Reject {
+        match self {
+            Refused::Timeout(_) => Reject::Timeout,
+            Refused::Closed | Refused::Malformed(_) | Refused::Broker(_) => Reject::Malformed,
+            Refused::TooLarge(_) => Reject::PacketTooLarge,
+            Refused::ProtocolVersion(_) => Reject::ProtocolVersion,
+            Refused::NotAuthorized(_) => Reject::NotAuthorized,
+        }
+    }
+}
+
+/// The CONNECT of either protocol version, as parsed. One lives per connection for the
+/// length of admission, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Connect {
+    V4(v4::Connect),
+    V5(v5::Connect, Option<v5::LastWill>, Option<v5::Login>),
+}
+
+impl Connect {
+    fn login(&self) -> Option<(&str, &str)> {
+        match self {
+            Connect::V4(c) => c
+                .login
+                .as_ref()
+                .map(|l| (l.username.as_str(), l.password.as_str())),
+            Connect::V5(_, _, l) => l
+                .as_ref()
+                .map(|l| (l.username.as_str(), l.password.as_str())),
+        }
+    }
+
+    fn client_id(&self) -> &str {
+        match self {
+            Connect::V4(c) => &c.client_id,
+            Connect::V5(c, _, _) => &c.client_id,
+        }
+    }
+
+    fn will_topic(&self) -> Option<String> {
+        match self {
+            Connect::V4(c) => c.last_will.as_ref().map(|w| w.topic.clone()),
+            Connect::V5(_, w, _) => w
+                .as_ref()
+                .map(|w| String::from_utf8_lossy(&w.topic).into_owned()),
+        }
+    }
+
+    fn keep_alive(&self) -> u16 {
+        match self {
+            Connect::V4(c) => c.keep_alive,
+            Connect::V5(c, _, _) => c.keep_alive,
+        }
+    }
+}
+
+/// Reads and judges the CONNECT, then opens the client's session on the broker.
+pub async fn admit<C>(
+    client: &mut C,
+    shared: &Shared,
+    listener: &super::Listener,
+    cert: Option<&PeerIdentity>,
+) -> Result<Admitted, Refused>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &shared.limits;
+    let mut buf = BytesMut::with_capacity(1024);
+    let frame = tokio::time::timeout(
+        limits.connect_timeout,
+        read_frame(client, &mut buf, limits.max_packet_size),
+    )
+    .await
+    .map_err(|_| Refused::Timeout(limits.connect_timeout))??;
+    if packet::packet_type(&frame) != kind::CONNECT {
+        return Err(Refused::Malformed("first packet is not CONNECT".into()));
+    }
+    let level = packet::connect_level(&frame).map_err(|e| Refused::Malformed(e.to_string()))?;
+    let mut frame_buf = frame;
+    let connect = match level {
+        4 => match v4::Packet::read(&mut frame_buf, limits.max_packet_size) {
+            Ok(v4::Packet::Connect(c)) => Connect::V4(c),
+            other => return Err(Refused::Malformed(format!("{other:?}"))),
+        },
+        5 => match v5::Packet::read(&mut frame_buf, Some(limits.max_packet_size as u32)) {
+            Ok(v5::Packet::Connect(c, will, login)) => Connect::V5(c, will, login),
+            other => return Err(Refused::Malformed(format!("{other:?}"))),
+        },
+        other => {
+            // 3.1.1 §3.1.2.2: answer 0x01 "unacceptable protocol level" and close. A 3.1
+            // client reads the same CONNACK format.
+            let _ = write_connack_v4(client, v4::ConnectReturnCode::RefusedProtocolVersion).await;
+            return Err(Refused::ProtocolVersion(other));
+        }
+    };
+    let v5 = matches!(connect, Connect::V5(..));
+
+    let (subject, expires_at) = match authenticate(shared, listener, cert, &connect).await {
+        Ok(ok) => ok,
+        Err((bad_credentials, why)) => {
+            let _ = refuse(client, v5, bad_credentials).await;
+            return Err(Refused::NotAuthorized(why));
+        }
+    };
+    if let Some(topic) = connect.will_topic() {
+        if !shared.acl.can_publish(&subject, &topic) {
+            let _ = refuse(client, v5, false).await;
+            return Err(Refused::NotAuthorized(format!(
+                "will topic {topic:?} is not allowed for role {}",
+                subject.role
+            )));
+        }
+    }
+
+    let keep_alive = connect.keep_alive();
+    let (broker, connack, broker_leftover) = open_broker_session(shared, connect, &subject).await?;
+    client
+        .write_all(&connack)
+        .await
+        .map_err(|_| Refused::Closed)?;
+    client.flush().await.map_err(|_| Refused::Closed)?;
+    Ok(Admitted {
+        v5,
+        subject,
+        keep_alive,
+        expires_at,
+        broker,
+        client_leftover: buf,
+        broker_leftover,
+    })
+}
+
+/// Tries the listener's methods in order. A method whose credentials are present but wrong
+/// refuses at once (it never falls through to a weaker one). Err carries whether the
+/// failure was bad credentials (vs. not authorized) and why.
+async fn authenticate(
+    shared: &Shared,
+    listener: &super::Listener,
+    cert: Option<&PeerIdentity>,
+    connect: &Connect,
+) -> Result<(Subject, Option<SystemTime>), (bool, String)> {
+    let client_id = connect.client_id().to_owned();
+    for method in &listener.settings.auth {
+        let found = match method {
+            AuthMethod::Certificate => cert.map(|cert| {
+                (
+                    cert.identity.clone(),
+                    cert.organizational_units.clone(),
+                    None,
+                    None,
+                )
+            }),
+            AuthMethod::Password => match connect.login() {
+                Some((user, pass)) if !user.is_empty() && !pass.is_empty() => {
+                    let permit = shared
+                        .password_checks
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| (true, "password checks are shut down".to_string()))?;
+                    let auth = shared.auth.clone();
+                    let (user, pass) = (user.to_owned(), pass.to_owned());
+                    // Argon2 takes tens of milliseconds of CPU: keep it off the reactor.
+                    let verdict = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        auth.verify_password(&user, pass.as_bytes())
+                    })
+                    .await
+                    .map_err(|_| (true, "password check failed".to_string()))?;
+                    match verdict {
+                        Ok(user) => Some((user.name, Vec::new(), user.role, None)),
+                        Err(e) => return Err((true, e.to_string())),
+                    }
+                }
+                _ => None,
+            },
+            AuthMethod::Jwt => match connect.login() {
+                Some((_, token)) if !token.is_empty() => {
+                    match shared.auth.verify_jwt(token, SystemTime::now()) {
+                        Ok(claims) => Some((
+                            claims.identity,
+                            Vec::new(),
+                            claims.role,
+                            Some(claims.expires_at),
+                        )),
+                        Err(e) => return Err((true, e.to_string())),
+                    }
+                }
+                _ => None,
+            },
+            AuthMethod::Anonymous => Some(("anonymous".to_string(), Vec::new(), None, None)),
+        };
+        if let Some((identity, ous, explicit_role, expires_at)) = found {
+            let ous: Vec<&str> = ous.iter().map(String::as_str).collect();
+            let role = match explicit_role {
+                // A role named by a user entry or token must exist in the ACL.
+                Some(role) if shared.acl.has_role(&role) => Some(role),
+                Some(role) => {
+                    return Err((
+                        false,
+                        format!("role {role:?} of identity {identity:?} has no ACL rules"),
+                    ))
+                }
+                None => shared.acl.role_for(&identity, &ous).map(str::to_owned),
+            };
+            let Some(role) = role else {
+                return Err((false, format!("no role matches identity {identity:?}")));
+            };
+            return Ok((
+                Subject {
+                    identity,
+                    role,
+                    client_id,
+                },
+                expires_at,
+            ));
+        }
+    }
+    Err((
+        true,
+        "no credentials for any of this listener's methods".into(),
+    ))
+}
+
+/// The keep-alive the hub asks of the broker for every client session. The relay enforces
+/// the client's own keep-alive and closes the broker connection with the client's, so the
+/// broker must neither race it (rumqttd would close first, and the hub would log "session
+/// ended by the broker" instead of "keep-alive expired") nor see 0, which means "off" in
+/// MQTT but which rumqttd 0.20 refuses (`ZeroKeepAlive`, no CONNACK).
+const BROKER_KEEP_ALIVE: u16 = u16::MAX;
+
+async fn open_broker_session(
+    shared: &Shared,
+    connect: Connect,
+    subject: &Subject,
+) -> Result<(TcpStream, Bytes, BytesMut), Refused> {
+    let broker_err = |e: &dyn std::fmt::Display| Refused::Broker(e.to_string());
+    // Client ids are chosen by clients; scoping them by identity stops one client from
+    // taking over (and so disconnecting) another identity's session.
+    let scoped = |id: &str| {
+        if id.is_empty() {
+            format!("{}|auto-{:016x}", subject.identity, rand::random::<u64>())
+        } else {
+            format!("{}|{}", subject.identity, id)
+        }
+    };
+    let (level, assigned, bytes) = match connect {
+        Connect::V4(mut c) => {
+            c.client_id = scoped(&c.client_id);
+            c.keep_alive = BROKER_KEEP_ALIVE;
+            c.login = Some(v4::Login::new(FRONT_DOOR_USER, shared.broker.password()));
+            let mut out = BytesMut::new();
+            c.write(&mut out).map_err(|e| broker_err(&e))?;
+            (4, None, out)
+        }
+        Connect::V5(mut c, will, _) => {
+            // The client learns the id unscoped, as if it had chosen it, so that reconnecting
+            // with it (MQTT 5 §3.2.2.3.7) is scoped to the same broker session.
+            let assigned = c
+                .client_id
+                .is_empty()
+                .then(|| format!("auto-{:016x}", rand::random::<u64>()));
+            c.client_id = scoped(assigned.as_deref().unwrap_or(&c.client_id));
+            c.keep_alive = BROKER_KEEP_ALIVE;
+            let login = v5::Login::new(FRONT_DOOR_USER, shared.broker.password());
+            let mut out = BytesMut::new();
+            v5::Packet::Connect(c.clone(), will, Some(login))
+                .write(&mut out, None)
+                .map_err(|e| broker_err(&e))?;
+            (5, assigned, out)
+        }
+    };
+    let mut broker = TcpStream::connect(shared.broker.addr_for(level))
+        .await
+        .map_err(|e| broker_err(&e))?;
+    let _ = broker.set_nodelay(true);
+    broker.write_all(&bytes).await.map_err(|e| broker_err(&e))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let frame = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame(&mut broker, &mut buf, usize::MAX >> 4),
+    )
+    .await
+    .map_err(|_| Refused::Broker("no CONNACK from the embedded broker".into()))??;
+    if packet::packet_type(&frame) != kind::CONNACK {
+        return Err(Refused::Broker(
+            "first packet from broker is not CONNACK".into(),
+        ));
+    }
+    let connack = match assigned {
+        // The client sent no id: tell it the one we chose (MQTT 5 §3.2.2.3.7).
+        Some(id) => {
+            let mut f = frame;
+            let Ok(v5::Packet::ConnAck(mut ack)) = v5::Packet::read(&mut f, None) else {
+                return Err(Refused::Broker("bad CONNACK".into()));
+            };
+            let mut props = ack.properties.take().unwrap_or_else(empty_connack_props);
+            props.assigned_client_identifier = Some(id);
+            ack.properties = Some(props);
+            let mut out = BytesMut::new();
+            ack.write(&mut out).map_err(|e| broker_err(&e))?;
+            out.freeze()
+        }
+        None => frame.freeze(),
+    };
+    Ok((broker, connack, buf))
+}
+
+fn empty_connack_props() -> v5::ConnAckProperties {
+    v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+/// Reads until `buf` holds one complete packet and splits it off.
+async fn read_frame<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<BytesMut, Refused> {
+    loop {
+        match packet::next_frame(buf, max) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(e @ FrameError::TooLarge(_)) => return Err(Refused::TooLarge(e)),
+            Err(e) => return Err(Refused::Malformed(e.to_string())),
+        }
+        match io.read_buf(buf).await {
+            Ok(0) => return Err(Refused::Closed),
+            Err(e) => {
+                return Err(match FrameError::in_io(&e) {
+                    Some(too_large) => Refused::TooLarge(too_large.clone()),
+                    None => Refused::Closed,
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    v5: bool,
+    bad_credentials: bool,
+) -> std::io::Result<()> {
+    if v5 {
+        let code = if bad_credentials {
+            v5::ConnectReturnCode::BadUserNamePassword
+        } else {
+            v5::ConnectReturnCode::NotAuthorized
+        };
+        let mut out = BytesMut::new();
+        let _ = v5::ConnAck {
+            session_present: false,
+            code,
+            properties: None,
+        }
+        .write(&mut out);
+        client.write_all(&out).await?;
+        client.flush().await
+    } else {
+        let code = if bad_credentials {
+            v4::ConnectReturnCode::BadUserNamePassword
+        } else {
+            v4::ConnectReturnCode::NotAuthorized
+        };
+        write_connack_v4(client, code).await
+    }
+}
+
+async fn write_connack_v4<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    code: v4::ConnectReturnCode,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    let _ = v4::ConnAck::new(code, false).write(&mut out);
+    client.write_all(&out).await?;
+    client.flush().await
+}

@@ -1,0 +1,174 @@
+//! Connection admission at the TCP level: a global cap, a per-address cap and a
+//! per-address rate, checked before any byte is read so that a flood costs almost nothing.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::settings::Limits;
+use super::stats::Reject;
+
+/// Entries idle this long are forgotten (bounds the table under address churn).
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Same-address refusals are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct PerAddress {
+    open: usize,
+    tokens: f64,
+    refilled: Instant,
+    last_log: Option<Instant>,
+}
+
+/// Open connections, in total and per address.
+#[derive(Debug)]
+pub struct Conns {
+    max_total: usize,
+    max_per_address: usize,
+    rate: f64,
+    state: Mutex<(usize, HashMap<IpAddr, PerAddress>)>,
+}
+
+/// Holds a connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub struct ConnGuard {
+    conns: Arc<Conns>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut state = self.conns.lock();
+        state.0 = state.0.saturating_sub(1);
+        if let Some(entry) = state.1.get_mut(&self.ip) {
+            entry.open = entry.open.saturating_sub(1);
+        }
+    }
+}
+
+impl Conns {
+    /// An empty table with the limits in force.
+    pub fn new(limits: &Limits) -> Conns {
+        Conns {
+            max_total: limits.max_connections,
+            max_per_address: limits.max_connections_per_address,
+            rate: limits.connection_rate.max(1) as f64,
+            state: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, PerAddress>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a new connection from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Reject> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state.0 >= self.max_total {
+            return Err(Reject::TooManyConnections);
+        }
+        if state.1.len() > 4096 {
+            state
+                .1
+                .retain(|_, e| e.open > 0 || now.duration_since(e.refilled) < FORGET_AFTER);
+        }
+        let rate = self.rate;
+        let entry = state.1.entry(ip).or_insert(PerAddress {
+            open: 0,
+            tokens: rate,
+            refilled: now,
+            last_log: None,
+        });
+        entry.tokens =
+            (entry.tokens + now.duration_since(entry.refilled).as_secs_f64() * rate).min(rate);
+        entry.refilled = now;
+        if entry.open >= self.max_per_address {
+            return Err(Reject::TooManyConnections);
+        }
+        if entry.tokens < 1.0 {
+            return Err(Reject::ConnectionRate);
+        }
+        entry.tokens -= 1.0;
+        entry.open += 1;
+        state.0 += 1;
+        Ok(ConnGuard {
+            conns: self.clone(),
+            ip,
+        })
+    }
+
+    /// Whether to log a refusal for `ip` now (at most one line per address per 10 s).
+    pub fn should_log(&self, ip: IpAddr, _reason: Reject) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match state.1.get_mut(&ip) {
+            Some(e)
+                if e.last_log
+                    .is_some_and(|t| now.duration_since(t) < LOG_EVERY) =>
+            {
+                false
+            }
+            Some(e) => {
+                e.last_log = Some(now);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.lock().0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per: usize, rate: u32) -> Limits {
+        Limits {
+            max_connections: total,
+            max_connections_per_address: per,
+            connection_rate: rate,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn the_per_address_cap_refuses_the_next_and_frees_on_drop() {
+        let conns = Arc::new(Conns::new(&limits(10, 2, 100)));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = conns.admit(ip).unwrap();
+        let _b = conns.admit(ip).unwrap();
+        assert_eq!(conns.admit(ip).unwrap_err(), Reject::TooManyConnections);
+        assert!(conns.admit("10.0.0.2".parse().unwrap()).is_ok());
+        drop(a);
+        assert!(conns.admit(ip).is_ok());
+    }
+
+    #[test]
+    fn the_total_cap_counts_every_address() {
+        let conns = Arc::new(Conns::new(&limits(2, 10, 100)));
+        let _a = conns.admit("10.0.0.1".parse().unwrap()).unwrap();
+        let _b = conns.admit("10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(
+            conns.admit("10.0.0.3".parse().unwrap()).unwrap_err(),
+            Reject::TooManyConnections
+        );
+        assert_eq!(conns.open(), 2);
+    }
+
+    #[test]
+    fn a_burst_over_the_rate_is_refused() {
+        let conns = Arc::new(Conns::new(&limits(1000, 1000, 5)));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let guards: Vec<_> = (0..5).map(|_| conns.admit(ip).unwrap()).collect();
+        assert_eq!(conns.admit(ip).unwrap_err(), Reject::ConnectionRate);
+        drop(guards);
+    }
+}

@@ -1,0 +1,431 @@
+//! The front door: every network listener of the hub.
+//!
+//! Each connection gets its own task from the moment it is accepted, so a peer that
+//! stalls in the TLS handshake, the WebSocket upgrade or before CONNECT holds up nobody
+//! else, and each of those steps has a deadline. Admitted MQTT clients are relayed to the
+//! embedded broker with the ACL applied to every PUBLISH and SUBSCRIBE.
+
+mod admit;
+mod conns;
+pub mod packet;
+mod relay;
+mod session;
+pub mod settings;
+pub mod stats;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use self::conns::{ConnGuard, Conns};
+use self::session::Session;
+pub use self::settings::{AuthMethod, Limits, ListenerKind, ListenerSettings};
+pub use self::stats::{FrontStats, Reject};
+use self::ws::{Route, UpgradeRules};
+use crate::acl::Acl;
+use crate::auth::Authenticator;
+use crate::broker::Broker;
+use crate::tls::{IdentitySource, PeerIdentity};
+
+/// What every connection of every listener shares.
+pub struct Shared {
+    /// The embedded broker admitted clients are relayed to.
+    pub broker: Broker,
+    /// Topic access rules and role assignment.
+    pub acl: Arc<Acl>,
+    /// Password and token checks.
+    pub auth: Arc<Authenticator>,
+    /// Limits for every peer.
+    pub limits: Arc<Limits>,
+    /// Counters.
+    pub stats: Arc<FrontStats>,
+    /// Which certificate field is a client's identity.
+    pub identity_source: IdentitySource,
+    /// Bounds concurrent password hashes (tens of MiB and milliseconds each), so a burst
+    /// of logins queues instead of exhausting a Pi's memory.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
+}
+
+/// One bound listener.
+pub struct Listener {
+    /// Its settings.
+    pub settings: ListenerSettings,
+    name: Arc<str>,
+    tls: Option<TlsAcceptor>,
+    upgrade: UpgradeRules,
+}
+
+/// Why the front door could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// A listener's address could not be bound.
+    #[error("listener {name:?}: cannot listen on {addr}: {source}; is another program (or another edgehub) using the port? Change `bind` in the [[listeners]] entry named {name:?}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A TLS listener has no TLS configuration.
+    #[error("listener {0:?} needs TLS but no server certificate is configured")]
+    NoTls(String),
+}
+
+/// Bound listeners, ready to accept.
+pub struct FrontDoor {
+    listeners: Vec<(Arc<Listener>, TcpListener)>,
+    shared: Arc<Shared>,
+    conns: Arc<Conns>,
+}
+
+impl FrontDoor {
+    /// Binds every listener. `tls` provides the server configuration for a listener's
+    /// client-certificate mode.
+    pub async fn bind(
+        settings: &[ListenerSettings],
+        shared: Arc<Shared>,
+        tls: impl Fn(&ListenerSettings) -> Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<FrontDoor, FrontError> {
+        let mut listeners = Vec::new();
+        for s in settings {
+            let socket = TcpListener::bind(s.bind)
+                .await
+                .map_err(|source| FrontError::Bind {
+                    name: s.name.clone(),
+                    addr: s.bind,
+                    source,
+                })?;
+            let tls = if s.kind.is_tls() {
+                Some(TlsAcceptor::from(
+                    tls(s).ok_or_else(|| FrontError::NoTls(s.name.clone()))?,
+                ))
+            } else {
+                None
+            };
+            let upgrade = UpgradeRules {
+                mqtt_path: s.mqtt_path.clone(),
+                // The device gateway is not wired in yet; its path answers 404.
+                device_path: None,
+                allowed_origins: s.allowed_origins.clone(),
+            };
+            let listener = Listener {
+                name: s.name.as_str().into(),
+                settings: s.clone(),
+                tls,
+                upgrade,
+            };
+            listeners.push((Arc::new(listener), socket));
+        }
+        let conns = Arc::new(Conns::new(&shared.limits));
+        Ok(FrontDoor {
+            listeners,
+            shared,
+            conns,
+        })
+    }
+
+    /// The bound addresses, by listener name (port 0 in the config becomes the real port).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, s)| s.local_addr().ok().map(|a| (l.settings.name.clone(), a)))
+            .collect()
+    }
+
+    /// Accepts until `shutdown` is cancelled, then waits for open connections to close
+    /// (each is told to by the same token).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        for (listener, socket) in self.listeners {
+            for (name, addr) in [(&listener.settings.name, socket.local_addr())] {
+                if let Ok(addr) = addr {
+                    tracing::info!(listener = %name, kind = listener.settings.kind.as_str(), %addr, "listening");
+                }
+            }
+            tracker.spawn(accept_loop(
+                listener,
+                socket,
+                self.shared.clone(),
+                self.conns.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+async fn accept_loop(
+    listener: Arc<Listener>,
+    socket: TcpListener,
+    shared: Arc<Shared>,
+    conns: Arc<Conns>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = socket.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        shared
+            .stats
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let guard = match conns.admit(peer.ip()) {
+            Ok(guard) => guard,
+            Err(reason) => {
+                shared.stats.reject(reason);
+                if conns.should_log(peer.ip(), reason) {
+                    tracing::warn!(listener = %listener.name, %peer, reason = reason.as_str(), "connection refused");
+                }
+                drop(tcp);
+                continue;
+            }
+        };
+        let span = tracing::info_span!("conn", listener = %listener.name, %peer, identity = tracing::field::Empty);
+        tracker.spawn(
+            serve(
+                listener.clone(),
+                shared.clone(),
+                tcp,
+                peer,
+                guard,
+                shutdown.clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+/// One connection from accept to close.
+async fn serve(
+    listener: Arc<Listener>,
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _guard: ConnGuard,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let limits = shared.limits.clone();
+    match (&listener.tls, listener.settings.kind.is_websocket()) {
+        (None, false) => mqtt_client(tcp, None, &listener, &shared, peer, shutdown).await,
+        (None, true) => websocket(tcp, None, &listener, &shared, peer, shutdown).await,
+        (Some(acceptor), ws) => {
+            // A peer stalled in the handshake must not hold up shutdown for its timeout.
+            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                handshake = handshake => handshake,
+            };
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    shared.stats.reject(Reject::TlsHandshake);
+                    tracing::info!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.stats.reject(Reject::Timeout);
+                    tracing::info!(timeout = ?limits.handshake_timeout, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let cert = match tls.get_ref().1.peer_certificates() {
+                Some(chain) if !chain.is_empty() => {
+                    match crate::tls::peer_identity(chain, shared.identity_source) {
+                        Ok(id) => Some(id),
+                        Err(e) => {
+                            shared.stats.reject(Reject::NotAuthorized);
+                            tracing::info!(error = %e, "client certificate has no usable identity");
+                            return;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if ws {
+                websocket(tls, cert, &listener, &shared, peer, shutdown).await
+            } else {
+                mqtt_client(tls, cert, &listener, &shared, peer, shutdown).await
+            }
+        }
+    }
+}
+
+async fn websocket<S>(
+    mut stream: S,
+    cert: Option<PeerIdentity>,
+    listener: &Listener,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head = tokio::time::timeout(
+        shared.limits.handshake_timeout,
+        ws::preflight(&mut stream, &listener.upgrade),
+    )
+    .await;
+    let stream = match head {
+        Ok(Ok((ws::Preflight::Upgrade, head))) => ws::Rewind::new(head, stream),
+        Ok(Ok((ws::Preflight::Refuse(status, text), _))) => {
+            shared.stats.reject(Reject::Upgrade);
+            tracing::info!(status = status.as_u16(), "HTTP request refused: {text}");
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                ws::refuse_http(&mut stream, status, text),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection closed before a complete HTTP request");
+            return;
+        }
+        Err(_) => {
+            shared.stats.reject(Reject::Timeout);
+            tracing::info!("no HTTP request within the handshake timeout");
+            return;
+        }
+    };
+    let mut decision = None;
+    // tungstenite's callback type returns the whole HTTP error response.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &ws::HandshakeRequest, resp: ws::HandshakeResponse| match listener
+        .upgrade
+        .decide(req, resp)
+    {
+        Ok((route, resp)) => {
+            decision = Some(Ok(route));
+            Ok(resp)
+        }
+        Err((refusal, error)) => {
+            decision = Some(Err(refusal));
+            Err(error)
+        }
+    };
+    let config = ws::ws_config(shared.limits.max_packet_size);
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
+    let upgrade = tokio::time::timeout(shared.limits.handshake_timeout, upgrade);
+    let upgrade = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        upgrade = upgrade => upgrade,
+    };
+    let socket = match upgrade {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(e)) => {
+            shared.stats.reject(Reject::Upgrade);
+            match decision {
+                Some(Err(refusal)) => tracing::info!(%refusal, "WebSocket upgrade refused"),
+                _ => tracing::info!(error = %e, "WebSocket upgrade failed"),
+            }
+            return;
+        }
+        Err(_) => {
+            shared.stats.reject(Reject::Timeout);
+            tracing::info!("WebSocket upgrade timed out");
+            return;
+        }
+    };
+    match decision {
+        Some(Ok(Route::Mqtt)) => {
+            mqtt_client(
+                ws::WsBytes::new(socket),
+                cert,
+                listener,
+                shared,
+                peer,
+                shutdown,
+            )
+            .await
+        }
+        // Not routable until the device gateway exists (UpgradeRules has no device path).
+        Some(Ok(Route::Device)) | Some(Err(_)) | None => {}
+    }
+}
+
+async fn mqtt_client<C>(
+    mut client: C,
+    cert: Option<PeerIdentity>,
+    listener: &Listener,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let admitted = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        admitted = admit::admit(&mut client, shared, listener, cert.as_ref()) => admitted,
+    };
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(refused) => {
+            shared.stats.reject(refused.reason());
+            tracing::info!(reason = refused.reason().as_str(), "{refused}");
+            return;
+        }
+    };
+    tracing::Span::current().record("identity", admitted.subject.identity.as_str());
+    shared
+        .stats
+        .admitted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .stats
+        .open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        role = %admitted.subject.role,
+        client_id = %admitted.subject.client_id,
+        protocol = if admitted.v5 { "5" } else { "3.1.1" },
+        "client connected"
+    );
+    let session = Arc::new(Session::new(
+        admitted.v5,
+        admitted.subject,
+        peer,
+        listener.name.clone(),
+        shared.limits.clone(),
+        shared.acl.clone(),
+        shared.stats.clone(),
+        admitted.keep_alive,
+    ));
+    let ended = relay::run(
+        client,
+        admitted.client_leftover,
+        admitted.broker,
+        admitted.broker_leftover,
+        admitted.expires_at,
+        session,
+        shutdown,
+    )
+    .await;
+    shared
+        .stats
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(reason = %ended, "client disconnected");
+}

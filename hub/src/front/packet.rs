@@ -1,0 +1,267 @@
+//! The little MQTT parsing the relay does on every packet, by hand for speed.
+//!
+//! Full packets are decoded with `rumqttc::mqttbytes` where we need them (CONNECT,
+//! SUBSCRIBE, SUBACK). PUBLISH is the hot path: the relay needs only its topic (and, in
+//! MQTT 5, its topic alias) to apply the ACL, then forwards the original bytes untouched,
+//! so it reads just those fields instead of copying the packet into a struct.
+
+use bytes::BytesMut;
+
+/// MQTT control packet types (first byte, high nibble).
+pub mod kind {
+    /// CONNECT
+    pub const CONNECT: u8 = 1;
+    /// CONNACK
+    pub const CONNACK: u8 = 2;
+    /// PUBLISH
+    pub const PUBLISH: u8 = 3;
+    /// PUBREL
+    pub const PUBREL: u8 = 6;
+    /// SUBSCRIBE
+    pub const SUBSCRIBE: u8 = 8;
+    /// SUBACK
+    pub const SUBACK: u8 = 9;
+    /// DISCONNECT
+    pub const DISCONNECT: u8 = 14;
+    /// AUTH (MQTT 5)
+    pub const AUTH: u8 = 15;
+}
+
+/// A malformed or over-limit packet; the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The remaining length exceeds the configured packet limit.
+    #[error("packet of {0} bytes exceeds max_packet_size")]
+    TooLarge(usize),
+    /// The bytes do not form an MQTT packet.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+impl FrameError {
+    /// The frame error an I/O error carries: the WebSocket adapter reports a message over
+    /// the size limit this way, so that it is counted like an oversized packet.
+    pub fn in_io(error: &std::io::Error) -> Option<&FrameError> {
+        error.get_ref()?.downcast_ref()
+    }
+}
+
+/// Splits the next complete packet off the front of `buf`, or returns `None` when more
+/// bytes are needed.
+pub fn next_frame(
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+) -> Result<Option<BytesMut>, FrameError> {
+    match rumqttc::mqttbytes::check(buf.iter(), max_packet_size) {
+        Ok(header) => Ok(Some(buf.split_to(header.frame_length()))),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n)) => Err(FrameError::TooLarge(n)),
+        Err(_) => Err(FrameError::Malformed("bad remaining length")),
+    }
+}
+
+/// The packet type of a complete frame.
+pub fn packet_type(frame: &[u8]) -> u8 {
+    frame.first().map_or(0, |b| b >> 4)
+}
+
+/// Offset of the variable header: after the type byte and the remaining-length varint.
+fn body_offset(frame: &[u8]) -> Result<usize, FrameError> {
+    let mut i = 1;
+    while i < frame.len() && i <= 4 {
+        if frame[i] & 0x80 == 0 {
+            return Ok(i + 1);
+        }
+        i += 1;
+    }
+    Err(FrameError::Malformed("bad remaining length"))
+}
+
+fn read_u16(frame: &[u8], at: usize) -> Result<u16, FrameError> {
+    match frame.get(at..at + 2) {
+        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
+        None => Err(FrameError::Malformed("truncated")),
+    }
+}
+
+fn read_varint(frame: &[u8], mut at: usize) -> Result<(usize, usize), FrameError> {
+    let mut value = 0usize;
+    for shift in (0..28).step_by(7) {
+        let b = *frame
+            .get(at)
+            .ok_or(FrameError::Malformed("truncated varint"))?;
+        at += 1;
+        value |= ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            return Ok((value, at));
+        }
+    }
+    Err(FrameError::Malformed("varint too long"))
+}
+
+/// What the ACL needs from a PUBLISH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishHead<'a> {
+    /// The topic as sent; empty in MQTT 5 when a topic alias stands for it.
+    pub topic: &'a str,
+    /// QoS 0, 1 or 2.
+    pub qos: u8,
+    /// Packet id for QoS 1 and 2.
+    pub pkid: u16,
+    /// MQTT 5 topic alias, if present.
+    pub topic_alias: Option<u16>,
+}
+
+/// Reads the topic, QoS, packet id and (for MQTT 5) topic alias of a PUBLISH frame.
+pub fn publish_head(frame: &[u8], v5: bool) -> Result<PublishHead<'_>, FrameError> {
+    let first = *frame.first().ok_or(FrameError::Malformed("empty packet"))?;
+    let qos = (first >> 1) & 0b11;
+    if qos == 3 {
+        return Err(FrameError::Malformed("PUBLISH with QoS 3"));
+    }
+    let mut at = body_offset(frame)?;
+    let topic_len = read_u16(frame, at)? as usize;
+    at += 2;
+    let topic_bytes = frame
+        .get(at..at + topic_len)
+        .ok_or(FrameError::Malformed("truncated topic"))?;
+    let topic =
+        std::str::from_utf8(topic_bytes).map_err(|_| FrameError::Malformed("topic not UTF-8"))?;
+    at += topic_len;
+    let pkid = if qos > 0 {
+        let id = read_u16(frame, at)?;
+        at += 2;
+        id
+    } else {
+        0
+    };
+    let mut topic_alias = None;
+    if v5 {
+        let (props_len, start) = read_varint(frame, at)?;
+        let end = start + props_len;
+        if end > frame.len() {
+            return Err(FrameError::Malformed("properties overrun the packet"));
+        }
+        let mut p = start;
+        while p < end {
+            let id = frame[p];
+            p += 1;
+            p = match id {
+                0x01 => p + 1, // payload format indicator
+                0x02 => p + 4, // message expiry interval
+                0x23 => {
+                    topic_alias = Some(read_u16(frame, p)?);
+                    p + 2
+                }
+                0x03 | 0x08 | 0x09 => p + 2 + read_u16(frame, p)? as usize, // string / binary
+                0x26 => {
+                    // user property: two strings
+                    let k = p + 2 + read_u16(frame, p)? as usize;
+                    k + 2 + read_u16(frame, k)? as usize
+                }
+                0x0B => read_varint(frame, p)?.1, // subscription identifier
+                _ => return Err(FrameError::Malformed("unknown PUBLISH property")),
+            };
+        }
+        if p != end {
+            return Err(FrameError::Malformed("properties overrun their length"));
+        }
+    }
+    Ok(PublishHead {
+        topic,
+        qos,
+        pkid,
+        topic_alias,
+    })
+}
+
+/// Packet id of a PUBREL (or any ack-shaped packet).
+pub fn ack_pkid(frame: &[u8]) -> Result<u16, FrameError> {
+    read_u16(frame, body_offset(frame)?)
+}
+
+/// The protocol level byte of a CONNECT frame (4 for 3.1.1, 5 for MQTT 5, 3 for 3.1).
+pub fn connect_level(frame: &[u8]) -> Result<u8, FrameError> {
+    let at = body_offset(frame)?;
+    let name_len = read_u16(frame, at)? as usize;
+    frame
+        .get(at + 2 + name_len)
+        .copied()
+        .ok_or(FrameError::Malformed("truncated CONNECT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{Publish as Publish5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::{Publish, QoS};
+
+    #[test]
+    fn a_v4_publish_head_matches_what_rumqttc_wrote() {
+        let mut p = Publish::new("devices/a/telemetry", QoS::AtLeastOnce, vec![1, 2, 3]);
+        p.pkid = 42;
+        let mut buf = BytesMut::new();
+        p.write(&mut buf).unwrap();
+        let head = publish_head(&buf, false).unwrap();
+        assert_eq!(
+            head,
+            PublishHead {
+                topic: "devices/a/telemetry",
+                qos: 1,
+                pkid: 42,
+                topic_alias: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_v5_publish_head_finds_the_topic_alias_among_other_properties() {
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            topic_alias: Some(7),
+            response_topic: Some("r/t".into()),
+            correlation_data: Some(vec![9, 9].into()),
+            user_properties: vec![("k".into(), "v".into())],
+            subscription_identifiers: vec![],
+            content_type: Some("application/json".into()),
+        };
+        let mut p = Publish5::new("", QoS5::ExactlyOnce, vec![0u8; 5], Some(props));
+        p.pkid = 3;
+        let mut buf = BytesMut::new();
+        p.write(&mut buf).unwrap();
+        let head = publish_head(&buf, true).unwrap();
+        assert_eq!(
+            (head.topic, head.qos, head.pkid, head.topic_alias),
+            ("", 2, 3, Some(7))
+        );
+    }
+
+    #[test]
+    fn frames_split_at_packet_boundaries_and_wait_for_more_bytes() {
+        let mut buf = BytesMut::new();
+        Publish::new("a", QoS::AtMostOnce, vec![7; 200])
+            .write(&mut buf)
+            .unwrap();
+        let whole = buf.clone();
+        let mut partial = BytesMut::from(&whole[..100]);
+        assert_eq!(next_frame(&mut partial, 1024).unwrap(), None);
+        partial.extend_from_slice(&whole[100..]);
+        assert_eq!(next_frame(&mut partial, 1024).unwrap().unwrap(), whole);
+        assert!(partial.is_empty());
+        assert_eq!(
+            next_frame(&mut whole.clone(), 100),
+            Err(FrameError::TooLarge(whole.len() - 3))
+        );
+    }
+
+    #[test]
+    fn truncated_or_lying_publishes_are_errors_not_panics() {
+        // Topic length claims 200 bytes in a 6-byte packet.
+        assert!(publish_head(&[0x30, 4, 0, 200, b'a', b'b'], false).is_err());
+        assert!(publish_head(&[0x36, 2, 0, 0], false).is_err()); // QoS 3
+        assert!(publish_head(&[0x30, 0xff], false).is_err());
+    }
+}

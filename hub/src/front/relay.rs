@@ -1,0 +1,376 @@
+//! The relay between one authenticated MQTT client and the embedded broker.
+//!
+//! Two halves run concurrently. *Up* reads the client's packets, applies the ACL and
+//! forwards what is allowed to the broker in batches; what the ACL denies it answers itself
+//! through *down*, as the protocol says (PUBACK/PUBREC for a denied QoS 1/2 PUBLISH, SUBACK
+//! failure codes for denied filters). *Down* forwards the broker's packets to the client,
+//! merging the broker's SUBACK for a partly denied SUBSCRIBE with the denied codes, and
+//! closes a client that stops reading instead of buffering for it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::packet::{self, kind, FrameError};
+use super::session::Session;
+use super::stats::Reject;
+
+/// Why a relayed connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The client sent DISCONNECT.
+    ClientDisconnected,
+    /// The client closed the connection or it broke.
+    ClientGone(Option<std::io::Error>),
+    /// The broker closed its side (for example a newer connection took over the client id).
+    BrokerClosed,
+    /// Nothing arrived within 1.5 times the keep-alive interval.
+    KeepAliveExpired,
+    /// The client did not read what it was sent within the write timeout.
+    ClientNotReading,
+    /// A protocol violation or over-limit packet.
+    Protocol(String),
+    /// The hub is shutting down.
+    Shutdown,
+    /// The client's token expired.
+    CredentialsExpired,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::ClientDisconnected => f.write_str("client disconnected"),
+            Ended::ClientGone(None) => f.write_str("client closed the connection"),
+            Ended::ClientGone(Some(e)) => write!(f, "connection lost: {e}"),
+            Ended::BrokerClosed => {
+                f.write_str("session ended by the broker (client id taken over?)")
+            }
+            Ended::KeepAliveExpired => f.write_str("keep-alive expired"),
+            Ended::ClientNotReading => f.write_str("client stopped reading; disconnected"),
+            Ended::Protocol(e) => write!(f, "protocol violation: {e}"),
+            Ended::Shutdown => f.write_str("hub shutting down"),
+            Ended::CredentialsExpired => {
+                f.write_str("token expired; the client must reconnect with a new one")
+            }
+        }
+    }
+}
+
+/// For each pending SUBSCRIBE that was forwarded in part: per original filter, the
+/// failure code to report, or `None` where the broker's answer goes.
+type PendingSubacks = Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>>;
+
+/// Runs the relay until either side ends.
+pub async fn run<C>(
+    client: C,
+    leftover: BytesMut,
+    broker: TcpStream,
+    broker_leftover: BytesMut,
+    expires_at: Option<SystemTime>,
+    session: Arc<Session>,
+    shutdown: CancellationToken,
+) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (client_rd, client_wr) = tokio::io::split(client);
+    let (broker_rd, broker_wr) = broker.into_split();
+    let pending: PendingSubacks = Arc::default();
+    // Answers the relay itself gives the client; tiny, as each is a reply to a packet the
+    // up half just read, and up waits when it is full.
+    let (inject_tx, inject_rx) = mpsc::channel::<Bytes>(32);
+
+    let up = upstream(
+        client_rd,
+        leftover,
+        broker_wr,
+        session.clone(),
+        pending.clone(),
+        inject_tx,
+    );
+    let down = downstream(
+        broker_rd,
+        broker_leftover,
+        client_wr,
+        session,
+        pending,
+        inject_rx,
+        shutdown,
+    );
+    // A token-authenticated session lasts as long as its token.
+    let expiry = async {
+        match expires_at.map(|t| t.duration_since(SystemTime::now()).unwrap_or_default()) {
+            Some(left) => tokio::time::sleep(left).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ended = up => ended,
+        ended = down => ended,
+        _ = expiry => Ended::CredentialsExpired,
+    }
+}
+
+async fn upstream<R: AsyncRead + Unpin>(
+    mut client: R,
+    mut buf: BytesMut,
+    mut broker: tokio::net::tcp::OwnedWriteHalf,
+    session: Arc<Session>,
+    pending: PendingSubacks,
+    inject: mpsc::Sender<Bytes>,
+) -> Ended {
+    let keep_alive = session.keep_alive_timeout();
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut aliases: HashMap<u16, String> = HashMap::new();
+    let mut denied_qos2: HashSet<u16> = HashSet::new();
+    buf.reserve(16 * 1024);
+    loop {
+        // Handle every complete packet already buffered, then forward them in one write.
+        loop {
+            let frame = match packet::next_frame(&mut buf, session.limits.max_packet_size) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    session.reject(match e {
+                        FrameError::TooLarge(_) => Reject::PacketTooLarge,
+                        FrameError::Malformed(_) => Reject::Malformed,
+                    });
+                    return Ended::Protocol(e.to_string());
+                }
+            };
+            if let Some(pause) = session.charge(frame.len()) {
+                // Over the rate: forward what we have, then stop reading for a while.
+                if !out.is_empty() {
+                    if broker.write_all(&out).await.is_err() {
+                        return Ended::BrokerClosed;
+                    }
+                    out.clear();
+                }
+                tokio::time::sleep(pause).await;
+            }
+            match packet::packet_type(&frame) {
+                kind::PUBLISH => match publish_allowed(&frame, &session, &mut aliases) {
+                    Ok(None) => out.extend_from_slice(&frame),
+                    Ok(Some((qos, pkid, topic))) => {
+                        session.deny_publish(&topic);
+                        if qos == 2 && !session.v5 {
+                            denied_qos2.insert(pkid);
+                        }
+                        if let Some(reply) = session.publish_denied_reply(qos, pkid) {
+                            if inject.send(reply).await.is_err() {
+                                return Ended::ClientGone(None);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        session.reject(Reject::Malformed);
+                        return Ended::Protocol(e);
+                    }
+                },
+                kind::PUBREL => {
+                    let pkid = packet::ack_pkid(&frame).unwrap_or(0);
+                    if denied_qos2.remove(&pkid) {
+                        if inject.send(session.pubcomp(pkid)).await.is_err() {
+                            return Ended::ClientGone(None);
+                        }
+                    } else {
+                        out.extend_from_slice(&frame);
+                    }
+                }
+                kind::SUBSCRIBE => match session.filter_subscribe(frame) {
+                    Ok(super::session::SubscribeOutcome::Forward(bytes)) => {
+                        out.extend_from_slice(&bytes)
+                    }
+                    Ok(super::session::SubscribeOutcome::Partial {
+                        pkid,
+                        forward,
+                        codes,
+                    }) => {
+                        lock(&pending).insert(pkid, codes);
+                        out.extend_from_slice(&forward);
+                    }
+                    Ok(super::session::SubscribeOutcome::Refuse(suback)) => {
+                        if inject.send(suback).await.is_err() {
+                            return Ended::ClientGone(None);
+                        }
+                    }
+                    Err(e) => {
+                        session.reject(Reject::Malformed);
+                        return Ended::Protocol(e);
+                    }
+                },
+                kind::CONNECT => {
+                    session.reject(Reject::Malformed);
+                    return Ended::Protocol("second CONNECT".into());
+                }
+                kind::AUTH => {
+                    session.reject(Reject::Malformed);
+                    return Ended::Protocol(
+                        "enhanced authentication (AUTH) is not supported".into(),
+                    );
+                }
+                kind::DISCONNECT => {
+                    out.extend_from_slice(&frame);
+                    let _ = broker.write_all(&out).await;
+                    return Ended::ClientDisconnected;
+                }
+                _ => out.extend_from_slice(&frame),
+            }
+        }
+        if !out.is_empty() {
+            if broker.write_all(&out).await.is_err() {
+                return Ended::BrokerClosed;
+            }
+            out.clear();
+        }
+
+        let read = client.read_buf(&mut buf);
+        let n = match keep_alive {
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(r) => r,
+                Err(_) => return Ended::KeepAliveExpired,
+            },
+            None => read.await,
+        };
+        match n {
+            Ok(0) => return Ended::ClientGone(None),
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(too_large) = FrameError::in_io(&e) {
+                    session.reject(Reject::PacketTooLarge);
+                    return Ended::Protocol(too_large.to_string());
+                }
+                return Ended::ClientGone(Some(e));
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+    }
+}
+
+/// `Ok(None)` to forward; `Ok(Some((qos, pkid, topic)))` when the ACL denies it.
+fn publish_allowed(
+    frame: &[u8],
+    session: &Session,
+    aliases: &mut HashMap<u16, String>,
+) -> Result<Option<(u8, u16, String)>, String> {
+    let head = packet::publish_head(frame, session.v5).map_err(|e| e.to_string())?;
+    let topic: &str = match (head.topic_alias, head.topic.is_empty()) {
+        (Some(alias), false) => {
+            // The alias is bound to the topic checked below, so a later PUBLISH that uses
+            // only the alias is checked against the same topic the broker will route to.
+            aliases.insert(alias, head.topic.to_owned());
+            head.topic
+        }
+        (Some(alias), true) => match aliases.get(&alias) {
+            Some(t) => t.as_str(),
+            None => return Err(format!("topic alias {alias} used before it was set")),
+        },
+        (None, true) => return Err("PUBLISH without a topic".into()),
+        (None, false) => head.topic,
+    };
+    if session.can_publish(topic) {
+        Ok(None)
+    } else {
+        Ok(Some((head.qos, head.pkid, topic.to_owned())))
+    }
+}
+
+async fn downstream<W: AsyncWrite + Unpin>(
+    mut broker: tokio::net::tcp::OwnedReadHalf,
+    mut buf: BytesMut,
+    mut client: W,
+    session: Arc<Session>,
+    pending: PendingSubacks,
+    mut inject: mpsc::Receiver<Bytes>,
+    shutdown: CancellationToken,
+) -> Ended {
+    let write_timeout = session.limits.write_timeout;
+    buf.reserve(64 * 1024);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    // Bytes that arrived with the CONNACK are handled before waiting for more.
+    let mut ready = !buf.is_empty();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                if let Some(bye) = session.server_shutdown_disconnect() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        let _ = client.write_all(&bye).await;
+                        let _ = client.flush().await;
+                    }).await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+                return Ended::Shutdown;
+            }
+            reply = inject.recv() => {
+                let Some(reply) = reply else { return Ended::ClientGone(None) };
+                out.extend_from_slice(&reply);
+            }
+            read = async { if ready { Ok(1) } else { broker.read_buf(&mut buf).await } } => {
+                ready = false;
+                match read {
+                    Ok(0) | Err(_) => {
+                        // Deliver what the broker sent last (a DISCONNECT, say) before closing.
+                        let _ = tokio::time::timeout(write_timeout, client.write_all(&buf)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+                        return Ended::BrokerClosed;
+                    }
+                    Ok(_) => {}
+                }
+                loop {
+                    let frame = match packet::next_frame(&mut buf, usize::MAX >> 4) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(e) => return Ended::Protocol(format!("from broker: {e}")),
+                    };
+                    if packet::packet_type(&frame) == kind::SUBACK {
+                        let pkid = packet::ack_pkid(&frame).unwrap_or(0);
+                        let codes = lock(&pending).remove(&pkid);
+                        if let Some(codes) = codes {
+                            match session.merge_suback(frame, &codes) {
+                                Ok(merged) => out.extend_from_slice(&merged),
+                                Err(e) => return Ended::Protocol(format!("from broker: {e}")),
+                            }
+                            continue;
+                        }
+                    }
+                    out.extend_from_slice(&frame);
+                }
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(64 * 1024);
+                }
+            }
+        }
+        // Drain any replies that queued meanwhile so they share the write.
+        while let Ok(reply) = inject.try_recv() {
+            out.extend_from_slice(&reply);
+        }
+        if !out.is_empty() {
+            let write = async {
+                client.write_all(&out).await?;
+                client.flush().await
+            };
+            match tokio::time::timeout(write_timeout, write).await {
+                Ok(Ok(())) => out.clear(),
+                Ok(Err(e)) => return Ended::ClientGone(Some(e)),
+                Err(_) => {
+                    session.reject(Reject::SlowConsumer);
+                    return Ended::ClientNotReading;
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves a plain map behind; keep using it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

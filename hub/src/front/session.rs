@@ -1,0 +1,435 @@
+//! One admitted MQTT client: who it is, what it may do, and the packets the relay builds
+//! for it (ACL answers, merged SUBACKs). Shared by the relay's two halves.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+
+use super::settings::Limits;
+use super::stats::{FrontStats, Reject};
+use crate::acl::{Acl, Subject};
+
+/// What to do with a SUBSCRIBE after the ACL looked at each filter.
+#[derive(Debug)]
+pub enum SubscribeOutcome {
+    /// Every filter is allowed: forward these (original) bytes.
+    Forward(Bytes),
+    /// Some filters are denied: forward a reduced SUBSCRIBE and merge the SUBACK with
+    /// `codes` (per original filter: the failure code, or `None` for the broker's answer).
+    Partial {
+        /// The packet id shared by both.
+        pkid: u16,
+        /// The reduced SUBSCRIBE.
+        forward: Bytes,
+        /// Per original filter.
+        codes: Vec<Option<u8>>,
+    },
+    /// Every filter is denied: answer the client with this SUBACK, forward nothing.
+    Refuse(Bytes),
+}
+
+/// SUBACK failure code for a denied filter: 0x80 in 3.1.1, "not authorized" 0x87 in 5.
+fn denied_code(v5: bool) -> u8 {
+    if v5 {
+        0x87
+    } else {
+        0x80
+    }
+}
+
+/// A connected, authenticated client.
+pub struct Session {
+    /// MQTT 5 (else 3.1.1).
+    pub v5: bool,
+    /// Identity and role.
+    pub subject: Subject,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Listener name, for logs.
+    pub listener: Arc<str>,
+    /// Limits in force.
+    pub limits: Arc<Limits>,
+    acl: Arc<Acl>,
+    stats: Arc<FrontStats>,
+    keep_alive: u16,
+    bucket: Mutex<Bucket>,
+    logged: Mutex<HashSet<Reject>>,
+}
+
+impl Session {
+    /// A session for an admitted client.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        v5: bool,
+        subject: Subject,
+        peer: SocketAddr,
+        listener: Arc<str>,
+        limits: Arc<Limits>,
+        acl: Arc<Acl>,
+        stats: Arc<FrontStats>,
+        keep_alive: u16,
+    ) -> Session {
+        let bucket = Bucket::new(limits.message_rate, limits.byte_rate);
+        Session {
+            v5,
+            subject,
+            peer,
+            listener,
+            limits,
+            acl,
+            stats,
+            keep_alive,
+            bucket: Mutex::new(bucket),
+            logged: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// How long the client may stay silent: 1.5 keep-alive intervals (MQTT §3.1.2.10).
+    pub fn keep_alive_timeout(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500))
+    }
+
+    /// Counts a refusal and logs the first of each kind on this connection.
+    pub fn reject(&self, reason: Reject) {
+        self.stats.reject(reason);
+        if lock(&self.logged).insert(reason) {
+            tracing::warn!(
+                peer = %self.peer,
+                listener = %self.listener,
+                identity = %self.subject.identity,
+                reason = reason.as_str(),
+                "refused (further refusals of this kind on this connection are only counted)"
+            );
+        }
+    }
+
+    /// Counts and logs a denied PUBLISH.
+    pub fn deny_publish(&self, topic: &str) {
+        self.stats.reject(Reject::AclPublish);
+        if lock(&self.logged).insert(Reject::AclPublish) {
+            tracing::warn!(
+                peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
+                topic = %truncate(topic), "publish denied by ACL (further denials only counted)"
+            );
+        }
+    }
+
+    /// Whether the ACL lets this client publish to `topic`.
+    pub fn can_publish(&self, topic: &str) -> bool {
+        self.acl.can_publish(&self.subject, topic)
+    }
+
+    /// Takes `len` bytes and one message from the rate budget; returns how long to pause
+    /// reading when the client is over its rate. Pausing (rather than disconnecting) lets
+    /// TCP push back on a flood while the client's session survives a burst.
+    pub fn charge(&self, len: usize) -> Option<Duration> {
+        let wait = lock(&self.bucket).take(len, Instant::now());
+        if wait.is_some() {
+            self.reject(Reject::Throttled);
+        }
+        wait
+    }
+
+    /// The relay's answer to a denied PUBLISH, if the protocol wants one.
+    ///
+    /// 3.1.1 has no way to say "denied": the message is dropped and, for QoS 1/2, still
+    /// acknowledged so the client does not resend it forever (as Mosquitto does). MQTT 5
+    /// acknowledges QoS 1/2 with reason 0x87 (not authorized).
+    pub fn publish_denied_reply(&self, qos: u8, pkid: u16) -> Option<Bytes> {
+        let mut out = BytesMut::with_capacity(8);
+        match (self.v5, qos) {
+            (_, 0) => return None,
+            (false, 1) => v4::PubAck::new(pkid).write(&mut out).ok()?,
+            (false, _) => v4::PubRec::new(pkid).write(&mut out).ok()?,
+            (true, 1) => {
+                let mut ack = v5::PubAck::new(pkid, None);
+                ack.reason = v5::PubAckReason::NotAuthorized;
+                ack.write(&mut out).ok()?
+            }
+            (true, _) => {
+                let mut rec = v5::PubRec::new(pkid, None);
+                rec.reason = v5::PubRecReason::NotAuthorized;
+                rec.write(&mut out).ok()?
+            }
+        };
+        Some(out.freeze())
+    }
+
+    /// PUBCOMP for the PUBREL of a denied 3.1.1 QoS 2 PUBLISH.
+    pub fn pubcomp(&self, pkid: u16) -> Bytes {
+        let mut out = BytesMut::with_capacity(4);
+        // Writing a 4-byte packet into a growable buffer cannot fail.
+        let _ = v4::PubComp::new(pkid).write(&mut out);
+        out.freeze()
+    }
+
+    /// MQTT 5 DISCONNECT "server shutting down"; 3.1.1 has no server DISCONNECT.
+    pub fn server_shutdown_disconnect(&self) -> Option<Bytes> {
+        if !self.v5 {
+            return None;
+        }
+        // Written by hand: rumqttc 0.25's `Disconnect::write` without properties emits
+        // remaining length 1 followed by two bytes (reason and property length), which
+        // clients (rumqttc among them) reject as malformed. Reason 0x8B, no properties.
+        Some(Bytes::from_static(&[0xE0, 0x02, 0x8B, 0x00]))
+    }
+
+    /// Applies the ACL to each filter of a SUBSCRIBE frame.
+    pub fn filter_subscribe(&self, frame: BytesMut) -> Result<SubscribeOutcome, String> {
+        let original = frame.clone().freeze();
+        let mut frame = frame;
+        let max = self.limits.max_packet_size;
+        let (pkid, filters) = if self.v5 {
+            match v5::Packet::read(&mut frame, Some(max as u32)) {
+                Ok(v5::Packet::Subscribe(s)) => (
+                    s.pkid,
+                    s.filters.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+                ),
+                other => return Err(format!("bad SUBSCRIBE: {other:?}")),
+            }
+        } else {
+            match v4::Packet::read(&mut frame, max) {
+                Ok(v4::Packet::Subscribe(s)) => {
+                    (s.pkid, s.filters.iter().map(|f| f.path.clone()).collect())
+                }
+                other => return Err(format!("bad SUBSCRIBE: {other:?}")),
+            }
+        };
+        let allowed: Vec<bool> = filters
+            .iter()
+            .map(|f| self.acl.can_subscribe(&self.subject, f))
+            .collect();
+        for (f, ok) in filters.iter().zip(&allowed) {
+            if !ok {
+                self.stats.reject(Reject::AclSubscribe);
+                if lock(&self.logged).insert(Reject::AclSubscribe) {
+                    tracing::warn!(
+                        peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
+                        filter = %truncate(f), "subscription denied by ACL (further denials only counted)"
+                    );
+                }
+            }
+        }
+        if allowed.iter().all(|a| *a) {
+            return Ok(SubscribeOutcome::Forward(original));
+        }
+        let codes: Vec<Option<u8>> = allowed
+            .iter()
+            .map(|ok| (!ok).then_some(denied_code(self.v5)))
+            .collect();
+        if allowed.iter().all(|a| !*a) {
+            return Ok(SubscribeOutcome::Refuse(self.suback(pkid, &codes, &[])?));
+        }
+        // Re-read the original and keep only the allowed filters, preserving each filter's
+        // options (QoS, and in MQTT 5 no-local, retain handling, properties).
+        let mut again = BytesMut::from(&original[..]);
+        let mut out = BytesMut::with_capacity(original.len());
+        if self.v5 {
+            let Ok(v5::Packet::Subscribe(mut s)) = v5::Packet::read(&mut again, Some(max as u32))
+            else {
+                return Err("bad SUBSCRIBE".into());
+            };
+            let mut keep = allowed.iter();
+            s.filters.retain(|_| *keep.next().unwrap_or(&false));
+            s.write(&mut out).map_err(|e| e.to_string())?;
+        } else {
+            let Ok(v4::Packet::Subscribe(mut s)) = v4::Packet::read(&mut again, max) else {
+                return Err("bad SUBSCRIBE".into());
+            };
+            let mut keep = allowed.iter();
+            s.filters.retain(|_| *keep.next().unwrap_or(&false));
+            s.write(&mut out).map_err(|e| e.to_string())?;
+        }
+        Ok(SubscribeOutcome::Partial {
+            pkid,
+            forward: out.freeze(),
+            codes,
+        })
+    }
+
+    /// Merges the broker's SUBACK for a reduced SUBSCRIBE with the denied codes.
+    pub fn merge_suback(&self, frame: BytesMut, codes: &[Option<u8>]) -> Result<Bytes, String> {
+        let mut frame = frame;
+        let (pkid, broker_codes): (u16, Vec<u8>) = if self.v5 {
+            match v5::Packet::read(&mut frame, None) {
+                Ok(v5::Packet::SubAck(a)) => (a.pkid, a.return_codes.iter().map(v5_code).collect()),
+                other => return Err(format!("bad SUBACK: {other:?}")),
+            }
+        } else {
+            match v4::Packet::read(&mut frame, usize::MAX >> 4) {
+                Ok(v4::Packet::SubAck(a)) => (a.pkid, a.return_codes.iter().map(v4_code).collect()),
+                other => return Err(format!("bad SUBACK: {other:?}")),
+            }
+        };
+        self.suback(pkid, codes, &broker_codes)
+    }
+
+    /// Builds a SUBACK: per entry of `codes`, the given failure code or the next of
+    /// `broker_codes`.
+    fn suback(
+        &self,
+        pkid: u16,
+        codes: &[Option<u8>],
+        broker_codes: &[u8],
+    ) -> Result<Bytes, String> {
+        let mut from_broker = broker_codes.iter();
+        let merged: Vec<u8> = codes
+            .iter()
+            .map(|c| c.unwrap_or_else(|| *from_broker.next().unwrap_or(&denied_code(self.v5))))
+            .collect();
+        let mut out = BytesMut::with_capacity(5 + merged.len());
+        if self.v5 {
+            let return_codes = merged.iter().map(|c| v5_from_code(*c)).collect();
+            v5::SubAck {
+                pkid,
+                return_codes,
+                properties: None,
+            }
+            .write(&mut out)
+            .map_err(|e| e.to_string())?;
+        } else {
+            let return_codes = merged
+                .iter()
+                .map(|c| {
+                    v4::SubscribeReasonCode::try_from(*c)
+                        .unwrap_or(v4::SubscribeReasonCode::Failure)
+                })
+                .collect();
+            v4::SubAck::new(pkid, return_codes)
+                .write(&mut out)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(out.freeze())
+    }
+}
+
+fn v4_code(c: &v4::SubscribeReasonCode) -> u8 {
+    match c {
+        v4::SubscribeReasonCode::Success(q) => *q as u8,
+        v4::SubscribeReasonCode::Failure => 0x80,
+    }
+}
+
+fn v5_code(c: &v5::SubscribeReasonCode) -> u8 {
+    use v5::SubscribeReasonCode as C;
+    match c {
+        C::Success(q) => *q as u8,
+        C::Failure | C::Unspecified => 0x80,
+        C::ImplementationSpecific => 0x83,
+        C::NotAuthorized => 0x87,
+        C::TopicFilterInvalid => 0x8F,
+        C::PkidInUse => 0x91,
+        C::QuotaExceeded => 0x97,
+        C::SharedSubscriptionsNotSupported => 0x9E,
+        C::SubscriptionIdNotSupported => 0xA1,
+        C::WildcardSubscriptionsNotSupported => 0xA2,
+    }
+}
+
+fn v5_from_code(c: u8) -> v5::SubscribeReasonCode {
+    use rumqttc::v5::mqttbytes::QoS;
+    use v5::SubscribeReasonCode as C;
+    match c {
+        0 => C::Success(QoS::AtMostOnce),
+        1 => C::Success(QoS::AtLeastOnce),
+        2 => C::Success(QoS::ExactlyOnce),
+        0x83 => C::ImplementationSpecific,
+        0x87 => C::NotAuthorized,
+        0x8F => C::TopicFilterInvalid,
+        0x91 => C::PkidInUse,
+        0x97 => C::QuotaExceeded,
+        0x9E => C::SharedSubscriptionsNotSupported,
+        0xA1 => C::SubscriptionIdNotSupported,
+        0xA2 => C::WildcardSubscriptionsNotSupported,
+        _ => C::Unspecified,
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(128) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Token buckets for messages and bytes per second, refilled continuously, holding one
+/// second of budget so short bursts pass.
+#[derive(Debug)]
+struct Bucket {
+    msg_rate: f64,
+    byte_rate: f64,
+    msgs: f64,
+    bytes: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(msg_rate: u32, byte_rate: u64) -> Bucket {
+        Bucket {
+            msg_rate: msg_rate as f64,
+            byte_rate: byte_rate as f64,
+            msgs: msg_rate as f64,
+            bytes: byte_rate as f64,
+            at: None,
+        }
+    }
+
+    fn take(&mut self, len: usize, now: Instant) -> Option<Duration> {
+        if let Some(at) = self.at {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            self.msgs = (self.msgs + dt * self.msg_rate).min(self.msg_rate);
+            self.bytes = (self.bytes + dt * self.byte_rate).min(self.byte_rate);
+        }
+        self.at = Some(now);
+        self.msgs -= 1.0;
+        self.bytes -= len as f64;
+        let wait_msgs = if self.msgs < 0.0 {
+            -self.msgs / self.msg_rate
+        } else {
+            0.0
+        };
+        let wait_bytes = if self.bytes < 0.0 {
+            -self.bytes / self.byte_rate
+        } else {
+            0.0
+        };
+        let wait = wait_msgs.max(wait_bytes);
+        (wait > 0.0).then(|| Duration::from_secs_f64(wait))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_a_burst_through_then_paces_to_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10, 1_000_000);
+        for _ in 0..10 {
+            assert_eq!(b.take(10, t0), None);
+        }
+        let wait = b.take(10, t0).expect("over the burst");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        // After a second the budget is back.
+        assert_eq!(b.take(10, t0 + Duration::from_secs(2)), None);
+    }
+
+    #[test]
+    fn a_bucket_paces_bytes_as_well_as_messages() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(1000, 1000);
+        assert_eq!(b.take(1000, t0), None);
+        let wait = b.take(500, t0).expect("over the byte budget");
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
+    }
+}
