@@ -233,6 +233,13 @@ async fn authenticate(
                     .map_err(|_| (true, "password check failed".to_string()))?;
                     match verdict {
                         Ok(user) => Some((user.name, Vec::new(), user.role, None)),
+                        // Not a user: with tokens accepted too, this is a token whose
+                        // username means nothing (3.1.1 sends a password only with one).
+                        Err(crate::auth::AuthError::UnknownUser)
+                            if listener.settings.auth.contains(&AuthMethod::Jwt) =>
+                        {
+                            None
+                        }
                         Err(e) => return Err((true, e.to_string())),
                     }
                 }

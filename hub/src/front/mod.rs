@@ -286,8 +286,11 @@ async fn websocket<S>(
     let head = tokio::time::timeout(
         shared.limits.handshake_timeout,
         ws::preflight(&mut stream, &listener.upgrade),
-    )
-    .await;
+    );
+    let head = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        head = head => head,
+    };
     let stream = match head {
         Ok(Ok((ws::Preflight::Upgrade, head))) => ws::Rewind::new(head, stream),
         Ok(Ok((ws::Preflight::Refuse(status, text), _))) => {

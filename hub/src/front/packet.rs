@@ -110,6 +110,9 @@ pub struct PublishHead<'a> {
     pub pkid: u16,
     /// MQTT 5 topic alias, if present.
     pub topic_alias: Option<u16>,
+    /// MQTT 5: bytes of the property block (its length varint included) are
+    /// `frame[props.0..props.1]`; the payload follows. Equal offsets in 3.1.1.
+    pub props: (usize, usize),
 }
 
 /// Reads the topic, QoS, packet id and (for MQTT 5) topic alias of a PUBLISH frame.
@@ -136,6 +139,7 @@ pub fn publish_head(frame: &[u8], v5: bool) -> Result<PublishHead<'_>, FrameErro
         0
     };
     let mut topic_alias = None;
+    let props_from = at;
     if v5 {
         let (props_len, start) = read_varint(frame, at)?;
         let end = start + props_len;
@@ -166,13 +170,50 @@ pub fn publish_head(frame: &[u8], v5: bool) -> Result<PublishHead<'_>, FrameErro
         if p != end {
             return Err(FrameError::Malformed("properties overrun their length"));
         }
+        at = end;
     }
     Ok(PublishHead {
+        props: (props_from, at),
         topic,
         qos,
         pkid,
         topic_alias,
     })
+}
+
+/// An MQTT 5 PUBLISH rebuilt with `topic` and no properties: the first byte (flags), the
+/// packet id and the payload are kept.
+///
+/// rumqttd 0.20 panics when it delivers a PUBLISH that carries properties to a 3.1.1
+/// subscriber (its v4 encoder hits `unreachable!`), dropping that subscriber, and a
+/// retained one would do so to every later 3.1.1 subscriber. So the relay forwards MQTT 5
+/// publishes without properties, resolving topic aliases itself.
+pub fn strip_v5_properties(frame: &[u8], head: &PublishHead<'_>, topic: &str) -> BytesMut {
+    let payload = &frame[head.props.1..];
+    let pkid_len = if head.qos > 0 { 2 } else { 0 };
+    let remaining = 2 + topic.len() + pkid_len + 1 + payload.len();
+    let mut out = BytesMut::with_capacity(remaining + 5);
+    out.extend_from_slice(&[frame[0]]);
+    let mut len = remaining;
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if head.qos > 0 {
+        out.extend_from_slice(&head.pkid.to_be_bytes());
+    }
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Packet id of a PUBREL (or any ack-shaped packet).
@@ -211,7 +252,9 @@ mod tests {
                 topic: "devices/a/telemetry",
                 qos: 1,
                 pkid: 42,
-                topic_alias: None
+                topic_alias: None,
+                // 2 header bytes, 2 + 19 topic bytes, 2 packet id bytes.
+                props: (25, 25),
             }
         );
     }
@@ -237,6 +280,33 @@ mod tests {
             (head.topic, head.qos, head.pkid, head.topic_alias),
             ("", 2, 3, Some(7))
         );
+    }
+
+    #[test]
+    fn stripping_v5_properties_keeps_flags_packet_id_and_payload_and_sets_the_topic() {
+        let props = PublishProperties {
+            topic_alias: Some(2),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let mut p = Publish5::new("", QoS5::AtLeastOnce, vec![7u8; 300], Some(props));
+        p.pkid = 9;
+        p.retain = true;
+        let mut buf = BytesMut::new();
+        p.write(&mut buf).unwrap();
+        let head = publish_head(&buf, true).unwrap();
+        let mut out = strip_v5_properties(&buf, &head, "devices/a/status");
+        let parsed = rumqttc::v5::mqttbytes::v5::Packet::read(&mut out, None).unwrap();
+        let rumqttc::v5::mqttbytes::v5::Packet::Publish(got) = parsed else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(&got.topic[..], b"devices/a/status");
+        assert_eq!(
+            (got.pkid, got.retain, got.qos),
+            (9, true, QoS5::AtLeastOnce)
+        );
+        assert_eq!(&got.payload[..], &[7u8; 300][..]);
+        assert_eq!(got.properties, None);
     }
 
     #[test]

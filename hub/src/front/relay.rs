@@ -80,16 +80,17 @@ where
     C: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (client_rd, client_wr) = tokio::io::split(client);
-    let (broker_rd, broker_wr) = broker.into_split();
+    let (broker_rd, mut broker_wr) = broker.into_split();
     let pending: PendingSubacks = Arc::default();
     // Answers the relay itself gives the client; tiny, as each is a reply to a packet the
     // up half just read, and up waits when it is full.
     let (inject_tx, inject_rx) = mpsc::channel::<Bytes>(32);
+    let keep_inject_open = inject_tx.clone();
 
     let up = upstream(
         client_rd,
         leftover,
-        broker_wr,
+        &mut broker_wr,
         session.clone(),
         pending.clone(),
         inject_tx,
@@ -110,17 +111,28 @@ where
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
+    tokio::pin!(down);
+    let ended = tokio::select! {
         ended = up => ended,
-        ended = down => ended,
+        ended = &mut down => ended,
         _ = expiry => Ended::CredentialsExpired,
+    };
+    if let Ended::ClientDisconnected = ended {
+        // rumqttd 0.20 frees a session's connection id when it reads DISCONNECT and gives
+        // it to the next connection; if it then also sees our end close first, it handles
+        // a second, stale disconnect for that id and drops whichever new connection holds
+        // it. Keeping our write half open until it has closed the connection avoids that.
+        // (`inject` stays open meanwhile, so that `down` runs until the broker closes.)
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut down).await;
     }
+    drop(keep_inject_open);
+    ended
 }
 
 async fn upstream<R: AsyncRead + Unpin>(
     mut client: R,
     mut buf: BytesMut,
-    mut broker: tokio::net::tcp::OwnedWriteHalf,
+    broker: &mut tokio::net::tcp::OwnedWriteHalf,
     session: Arc<Session>,
     pending: PendingSubacks,
     inject: mpsc::Sender<Bytes>,
@@ -157,7 +169,8 @@ async fn upstream<R: AsyncRead + Unpin>(
             match packet::packet_type(&frame) {
                 kind::PUBLISH => match publish_allowed(&frame, &session, &mut aliases) {
                     Ok(None) => out.extend_from_slice(&frame),
-                    Ok(Some((qos, pkid, topic))) => {
+                    Ok(Some(Verdict::Rewrite(rebuilt))) => out.extend_from_slice(&rebuilt),
+                    Ok(Some(Verdict::Deny(qos, pkid, topic))) => {
                         session.deny_publish(&topic);
                         if qos == 2 && !session.v5 {
                             denied_qos2.insert(pkid);
@@ -255,12 +268,20 @@ async fn upstream<R: AsyncRead + Unpin>(
     }
 }
 
-/// `Ok(None)` to forward; `Ok(Some((qos, pkid, topic)))` when the ACL denies it.
+/// What to do with a PUBLISH other than forwarding it as it is.
+enum Verdict {
+    /// Forward this instead (an MQTT 5 PUBLISH without its properties).
+    Rewrite(BytesMut),
+    /// The ACL denies it: (qos, packet id, topic).
+    Deny(u8, u16, String),
+}
+
+/// `Ok(None)` to forward the frame unchanged.
 fn publish_allowed(
     frame: &[u8],
     session: &Session,
     aliases: &mut HashMap<u16, String>,
-) -> Result<Option<(u8, u16, String)>, String> {
+) -> Result<Option<Verdict>, String> {
     let head = packet::publish_head(frame, session.v5).map_err(|e| e.to_string())?;
     let topic: &str = match (head.topic_alias, head.topic.is_empty()) {
         (Some(alias), false) => {
@@ -276,11 +297,16 @@ fn publish_allowed(
         (None, true) => return Err("PUBLISH without a topic".into()),
         (None, false) => head.topic,
     };
-    if session.can_publish(topic) {
-        Ok(None)
-    } else {
-        Ok(Some((head.qos, head.pkid, topic.to_owned())))
+    if !session.can_publish(topic) {
+        return Ok(Some(Verdict::Deny(head.qos, head.pkid, topic.to_owned())));
     }
+    // An empty property block is one zero byte.
+    if head.props.1 - head.props.0 > 1 {
+        return Ok(Some(Verdict::Rewrite(packet::strip_v5_properties(
+            frame, &head, topic,
+        ))));
+    }
+    Ok(None)
 }
 
 async fn downstream<W: AsyncWrite + Unpin>(

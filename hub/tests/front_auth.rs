@@ -1,0 +1,378 @@
+//! Logins without a client certificate, end to end: passwords on "ws" and "wss-login",
+//! JWT bearer tokens on "wss-login", over MQTT 3.1.1 and 5 with rumqttc. Who a client
+//! turns out to be is shown through the ACL: what its identity and role let it publish.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hub::front::Reject;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::client::{Ack, Connect, Peer, Refused, Sub, Version, VERSIONS};
+use support::hub::{TestHub, MQTT, WS, WSS_LOGIN};
+
+/// A password user with an explicit role.
+const SENSOR: (&str, &str) = ("sensor-7", "s3cret sensor");
+/// A password user whose role comes from `acl.assign` ("dashboard*").
+const DASHBOARD_ANN: (&str, &str) = ("dashboard-ann", "ann's password");
+
+fn jwt_key(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/jwt")
+        .join(name)
+}
+
+/// Two users and HS256 tokens with a `role` claim and no clock leeway, so a token is
+/// refused, and its connection closed, the second its `exp` passes.
+fn auth_toml() -> String {
+    let users = support::client::users_toml(&[
+        (SENSOR.0, SENSOR.1, Some("device")),
+        (DASHBOARD_ANN.0, DASHBOARD_ANN.1, None),
+    ]);
+    format!(
+        "{users}[auth.jwt]\nalgorithm = \"HS256\"\nkey_file = {:?}\nrole_claim = \"role\"\nleeway = \"0s\"\n",
+        jwt_key("hs256.secret")
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// A token signed with the secret in `key` (a file under tests/data/jwt).
+fn token(key: &str, claims: Value) -> String {
+    let secret = std::fs::read(jwt_key(key)).expect("read test secret");
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .expect("sign test token")
+}
+
+/// A token for `sub` valid for `secs` more seconds (negative: expired), with `role` if given.
+fn token_for(sub: &str, role: Option<&str>, secs: i64) -> String {
+    token_until(sub, role, now() as i64 + secs)
+}
+
+/// A token for `sub` that expires at `exp` (seconds since the epoch).
+fn token_until(sub: &str, role: Option<&str>, exp: i64) -> String {
+    let claims = match role {
+        Some(role) => json!({ "sub": sub, "role": role, "exp": exp }),
+        None => json!({ "sub": sub, "exp": exp }),
+    };
+    token("hs256.secret", claims)
+}
+
+/// Connects to `listener` with a username and password (or token) and no certificate.
+async fn login(
+    hub: &TestHub,
+    listener: &'static str,
+    version: Version,
+    id: &str,
+    user: &str,
+    password: &str,
+) -> Result<Peer, Refused> {
+    Connect::new(listener, version, id)
+        .login(user, password)
+        .to(hub)
+        .await
+}
+
+/// Whether the ACL lets `peer` (MQTT 5, so that a denial is answered) publish to `topic`.
+async fn may_publish(peer: &mut Peer, topic: &str) -> bool {
+    match peer.publish(topic, 1, false, "probe").await {
+        Some(Ack::Ok) => true,
+        Some(Ack::NotAuthorized) => false,
+        other => panic!("unexpected answer to PUBLISH {topic}: {other:?}"),
+    }
+}
+
+/// A logged-in client still works end to end: it subscribes to a command topic a local
+/// service then publishes to, and receives the command.
+async fn exchange_a_command(hub: &TestHub, peer: &mut Peer, device_id: &str) {
+    let topic = format!("devices/{device_id}/cmd");
+    assert_eq!(
+        peer.subscribe(&[(topic.as_str(), 1)]).await,
+        [Sub::Granted(1)]
+    );
+    let mut service = Connect::new(MQTT, Version::V311, "service")
+        .to(hub)
+        .await
+        .expect("loopback service connects");
+    assert_eq!(
+        service.publish(&topic, 1, false, "ping").await,
+        Some(Ack::Ok)
+    );
+    assert_eq!(peer.message().await.payload, "ping");
+    service.disconnect().await;
+}
+
+// --- Passwords ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_password_user_logs_in_over_ws_and_wss_login_with_its_name_and_role() {
+    let hub = TestHub::start(&auth_toml()).await;
+    for listener in [WS, WSS_LOGIN] {
+        for version in VERSIONS {
+            let id = format!("{listener}-{version:?}");
+            let mut sensor = login(&hub, listener, version, &id, SENSOR.0, SENSOR.1)
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+            exchange_a_command(&hub, &mut sensor, SENSOR.0).await;
+            sensor.disconnect().await;
+        }
+    }
+    // The username is the identity and the user's role applies: a device under its own name.
+    let mut sensor = login(&hub, WS, Version::V5, "probe", SENSOR.0, SENSOR.1)
+        .await
+        .expect("login");
+    assert!(may_publish(&mut sensor, "devices/sensor-7/telemetry").await);
+    assert!(!may_publish(&mut sensor, "devices/device-0001/telemetry").await);
+    assert_eq!(
+        sensor.subscribe(&[("devices/#", 1)]).await,
+        [Sub::Refused(0x87)]
+    );
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_password_user_without_a_role_gets_one_by_assignment() {
+    let hub = TestHub::start(&auth_toml()).await;
+    let mut ann = login(
+        &hub,
+        WSS_LOGIN,
+        Version::V5,
+        "ann",
+        DASHBOARD_ANN.0,
+        DASHBOARD_ANN.1,
+    )
+    .await
+    .expect("login");
+    // "dashboard*" makes her a dashboard.
+    assert_eq!(ann.subscribe(&[("devices/#", 1)]).await, [Sub::Granted(1)]);
+    assert!(may_publish(&mut ann, "devices/device-0001/cmd").await);
+    assert!(!may_publish(&mut ann, "devices/device-0001/telemetry").await);
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_an_unknown_user_is_refused_and_a_good_login_still_works() {
+    let hub = TestHub::start(&auth_toml()).await;
+    let mut refusals = 0;
+    for listener in [WS, WSS_LOGIN] {
+        for version in VERSIONS {
+            let id = format!("{listener}-{version:?}");
+            let attempts = [
+                (SENSOR.0, "wrong password"),
+                ("nobody", SENSOR.1),
+                // The right password under someone else's name.
+                (DASHBOARD_ANN.0, SENSOR.1),
+            ];
+            for (user, password) in attempts {
+                let refused = login(&hub, listener, version, &id, user, password)
+                    .await
+                    .err();
+                assert_eq!(refused, Some(Refused::BadCredentials), "{id}: {user}");
+                refusals += 1;
+                assert_eq!(hub.stats.rejected(Reject::NotAuthorized), refusals);
+            }
+            let mut good = login(&hub, listener, version, &id, SENSOR.0, SENSOR.1)
+                .await
+                .unwrap_or_else(|e| panic!("{id}: good login after refusals: {e:?}"));
+            exchange_a_command(&hub, &mut good, SENSOR.0).await;
+            good.disconnect().await;
+        }
+    }
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_client_without_credentials_is_refused_on_a_password_listener() {
+    let hub = TestHub::start(&auth_toml()).await;
+    for version in VERSIONS {
+        let refused = Connect::new(WS, version, "anon").to(&hub).await.err();
+        assert_eq!(refused, Some(Refused::BadCredentials), "{version:?}");
+    }
+    assert_eq!(hub.stats.rejected(Reject::NotAuthorized), 2);
+    hub.stop().await.expect("clean stop");
+}
+
+// --- JWT -----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_valid_token_logs_in_with_its_sub_as_identity_and_its_role_claim() {
+    let hub = TestHub::start(&auth_toml()).await;
+    let jwt = token_for("device-0042", Some("device"), 3600);
+    for version in VERSIONS {
+        let mut dev = login(&hub, WSS_LOGIN, version, "jwt", "", &jwt)
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+        exchange_a_command(&hub, &mut dev, "device-0042").await;
+        dev.disconnect().await;
+    }
+    let mut dev = login(&hub, WSS_LOGIN, Version::V5, "jwt", "", &jwt)
+        .await
+        .expect("login");
+    assert!(may_publish(&mut dev, "devices/device-0042/telemetry").await);
+    assert!(!may_publish(&mut dev, "devices/device-0001/telemetry").await);
+    assert!(!may_publish(&mut dev, "devices/device-0001/cmd").await);
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_token_without_a_role_claim_gets_its_role_by_assignment_or_is_refused() {
+    let hub = TestHub::start(&auth_toml()).await;
+    let mut dash = login(
+        &hub,
+        WSS_LOGIN,
+        Version::V5,
+        "jwt",
+        "",
+        &token_for("dashboard-9", None, 3600),
+    )
+    .await
+    .expect("login");
+    assert_eq!(dash.subscribe(&[("devices/#", 1)]).await, [Sub::Granted(1)]);
+    assert!(may_publish(&mut dash, "devices/device-0001/cmd").await);
+    assert!(!may_publish(&mut dash, "devices/device-0001/telemetry").await);
+
+    // No claim and no assignment rule: no role, not authorized (not "bad credentials").
+    for version in VERSIONS {
+        let refused = login(
+            &hub,
+            WSS_LOGIN,
+            version,
+            "jwt",
+            "",
+            &token_for("stranger", None, 3600),
+        )
+        .await
+        .err();
+        assert_eq!(refused, Some(Refused::NotAuthorized), "{version:?}");
+    }
+    // A role claim naming no role in the ACL is refused too.
+    let refused = login(
+        &hub,
+        WSS_LOGIN,
+        Version::V5,
+        "jwt",
+        "",
+        &token_for("x", Some("root"), 3600),
+    )
+    .await
+    .err();
+    assert_eq!(refused, Some(Refused::NotAuthorized));
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_expired_or_forged_token_is_refused_and_a_good_token_still_works() {
+    let hub = TestHub::start(&auth_toml()).await;
+    let forged = token(
+        "hs256-other.secret",
+        json!({ "sub": "dashboard-9", "role": "admin", "exp": now() + 3600 }),
+    );
+    let expired = token_for("dashboard-9", Some("dashboard"), -5);
+    let mut tampered = token_for("dashboard-9", Some("dashboard"), 3600);
+    // Flip one character of the signature.
+    let last = tampered.pop().expect("non-empty token");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let mut refusals = 0;
+    for version in VERSIONS {
+        for (what, jwt) in [
+            ("forged", &forged),
+            ("expired", &expired),
+            ("tampered", &tampered),
+            ("garbage", &"not.a.jwt".to_owned()),
+        ] {
+            let refused = login(&hub, WSS_LOGIN, version, "jwt", "", jwt).await.err();
+            assert_eq!(
+                refused,
+                Some(Refused::BadCredentials),
+                "{version:?}: {what}"
+            );
+            refusals += 1;
+        }
+        assert_eq!(hub.stats.rejected(Reject::NotAuthorized), refusals);
+        let mut good = login(
+            &hub,
+            WSS_LOGIN,
+            version,
+            "jwt",
+            "",
+            &token_for("dashboard-9", None, 3600),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{version:?}: good token after refusals: {e:?}"));
+        exchange_a_command(&hub, &mut good, "device-0001").await;
+        good.disconnect().await;
+    }
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_token_client_is_disconnected_when_its_token_expires_and_others_stay() {
+    let hub = TestHub::start(&auth_toml()).await;
+    // `exp` is whole seconds: this token expires one to two seconds from now.
+    let exp = now() + 2;
+    let short = token_until("dashboard-short", None, exp as i64);
+    let long = token_for("dashboard-long", None, 3600);
+    let mut expiring = Vec::new();
+    for version in VERSIONS {
+        let peer = login(
+            &hub,
+            WSS_LOGIN,
+            version,
+            &format!("short-{version:?}"),
+            "",
+            &short,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+        expiring.push((version, peer));
+    }
+    let mut staying = login(&hub, WSS_LOGIN, Version::V5, "long", "", &long)
+        .await
+        .expect("login");
+    for (version, peer) in &mut expiring {
+        // Keep-alive is 30 s, so only the token's expiry can end these connections.
+        let why = peer.closed().await;
+        // Not before the token expired (leeway 0).
+        let at = SystemTime::now();
+        assert!(
+            at >= UNIX_EPOCH + Duration::from_secs(exp),
+            "{version:?}: closed at {at:?} ({why})"
+        );
+    }
+    // Reconnecting with the same token is refused: it has expired.
+    for version in VERSIONS {
+        let refused = login(&hub, WSS_LOGIN, version, "short-again", "", &short)
+            .await
+            .err();
+        assert_eq!(refused, Some(Refused::BadCredentials), "{version:?}");
+    }
+    // The client with a valid token was not affected.
+    exchange_a_command(&hub, &mut staying, "device-0001").await;
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_token_sent_with_a_username_logs_in_on_a_listener_that_also_takes_passwords() {
+    // MQTT 3.1.1 §3.1.2.9 allows a password only with a username, so 3.1.1 clients sending a
+    // token put something in the username; the hub documents it as ignored for tokens.
+    let hub = TestHub::start(&auth_toml()).await;
+    let jwt = token_for("dashboard-9", None, 3600);
+    for version in VERSIONS {
+        let mut dash = login(&hub, WSS_LOGIN, version, "jwt", "dashboard-9", &jwt)
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+        exchange_a_command(&hub, &mut dash, "device-0001").await;
+        dash.disconnect().await;
+    }
+    hub.stop().await.expect("clean stop");
+}
