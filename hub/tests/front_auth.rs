@@ -342,6 +342,10 @@ async fn a_token_client_is_disconnected_when_its_token_expires_and_others_stay()
     for (version, peer) in &mut expiring {
         // Keep-alive is 30 s, so only the token's expiry can end these connections.
         let why = peer.closed().await;
+        // MQTT 5 is told why: "maximum connect time".
+        if matches!(version, Version::V5) {
+            assert!(why.contains("MaximumConnectTime"), "{why}");
+        }
         // Not before the token expired (leeway 0).
         let at = SystemTime::now();
         assert!(

@@ -62,14 +62,18 @@ pub enum Refused {
 
 impl Refused {
     /// The counter this refusal goes to.
-    pub fn reason(&self) -> Reject {
-        match self {
+    /// The counter this refusal goes to; `None` for a peer that simply went away (a port
+    /// scan or health check is not a refusal).
+    pub fn reason(&self) -> Option<Reject> {
+        Some(match self {
+            Refused::Closed => return None,
             Refused::Timeout(_) => Reject::Timeout,
-            Refused::Closed | Refused::Malformed(_) | Refused::Broker(_) => Reject::Malformed,
+            Refused::Malformed(_) => Reject::Malformed,
+            Refused::Broker(_) => Reject::BrokerUnavailable,
             Refused::TooLarge(_) => Reject::PacketTooLarge,
             Refused::ProtocolVersion(_) => Reject::ProtocolVersion,
             Refused::NotAuthorized(_) => Reject::NotAuthorized,
-        }
+        })
     }
 }
 

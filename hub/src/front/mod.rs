@@ -386,8 +386,13 @@ async fn mqtt_client<C>(
     let admitted = match admitted {
         Ok(a) => a,
         Err(refused) => {
-            shared.stats.reject(refused.reason());
-            tracing::info!(reason = refused.reason().as_str(), "{refused}");
+            match refused.reason() {
+                Some(reason) => {
+                    shared.stats.reject(reason);
+                    tracing::info!(reason = reason.as_str(), "{refused}");
+                }
+                None => tracing::debug!("{refused}"),
+            }
             return;
         }
     };

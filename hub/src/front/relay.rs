@@ -95,6 +95,10 @@ where
         pending.clone(),
         inject_tx,
     );
+    // `down` says goodbye to the client both when the hub shuts down and when the
+    // client's token expires; `expired` tells it which.
+    let stop = shutdown.child_token();
+    let expired_session = session.clone();
     let down = downstream(
         broker_rd,
         broker_leftover,
@@ -102,7 +106,7 @@ where
         session,
         pending,
         inject_rx,
-        shutdown,
+        stop.clone(),
     );
     // A token-authenticated session lasts as long as its token.
     let expiry = async {
@@ -115,7 +119,14 @@ where
     let ended = tokio::select! {
         ended = up => ended,
         ended = &mut down => ended,
-        _ = expiry => Ended::CredentialsExpired,
+        _ = expiry => {
+            expired_session
+                .token_expired
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
+            Ended::CredentialsExpired
+        }
     };
     if let Ended::ClientDisconnected = ended {
         // rumqttd 0.20 frees a session's connection id when it reads DISCONNECT and gives
@@ -327,7 +338,8 @@ async fn downstream<W: AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                if let Some(bye) = session.server_shutdown_disconnect() {
+                let expired = session.token_expired.load(std::sync::atomic::Ordering::Relaxed);
+                if let Some(bye) = session.server_disconnect(expired) {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         let _ = client.write_all(&bye).await;
                         let _ = client.flush().await;

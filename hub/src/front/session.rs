@@ -57,6 +57,8 @@ pub struct Session {
     acl: Arc<Acl>,
     stats: Arc<FrontStats>,
     keep_alive: u16,
+    /// Set when the client's token expired, so the goodbye says why.
+    pub token_expired: std::sync::atomic::AtomicBool,
     bucket: Mutex<Bucket>,
     logged: Mutex<HashSet<Reject>>,
 }
@@ -84,6 +86,7 @@ impl Session {
             acl,
             stats,
             keep_alive,
+            token_expired: std::sync::atomic::AtomicBool::new(false),
             bucket: Mutex::new(bucket),
             logged: Mutex::new(HashSet::new()),
         }
@@ -168,15 +171,20 @@ impl Session {
         out.freeze()
     }
 
-    /// MQTT 5 DISCONNECT "server shutting down"; 3.1.1 has no server DISCONNECT.
-    pub fn server_shutdown_disconnect(&self) -> Option<Bytes> {
+    /// MQTT 5 DISCONNECT "server shutting down" (0x8B), or "maximum connect time" (0xA0)
+    /// when the client's token expired; 3.1.1 has no server DISCONNECT.
+    pub fn server_disconnect(&self, token_expired: bool) -> Option<Bytes> {
         if !self.v5 {
             return None;
         }
         // Written by hand: rumqttc 0.25's `Disconnect::write` without properties emits
         // remaining length 1 followed by two bytes (reason and property length), which
-        // clients (rumqttc among them) reject as malformed. Reason 0x8B, no properties.
-        Some(Bytes::from_static(&[0xE0, 0x02, 0x8B, 0x00]))
+        // clients (rumqttc among them) reject as malformed. Reason, no properties.
+        Some(if token_expired {
+            Bytes::from_static(&[0xE0, 0x02, 0xA0, 0x00])
+        } else {
+            Bytes::from_static(&[0xE0, 0x02, 0x8B, 0x00])
+        })
     }
 
     /// Applies the ACL to each filter of a SUBSCRIBE frame.

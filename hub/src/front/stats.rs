@@ -32,11 +32,13 @@ pub enum Reject {
     SlowConsumer,
     /// A client slowed down for exceeding its message or byte rate.
     Throttled,
+    /// The embedded broker did not accept a session (it should always).
+    BrokerUnavailable,
 }
 
 impl Reject {
     /// Every reason, for rendering all counters.
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 14] = [
         Reject::TooManyConnections,
         Reject::ConnectionRate,
         Reject::TlsHandshake,
@@ -50,6 +52,7 @@ impl Reject {
         Reject::AclSubscribe,
         Reject::SlowConsumer,
         Reject::Throttled,
+        Reject::BrokerUnavailable,
     ];
 
     /// The reason's name in logs and metrics labels.
@@ -68,6 +71,7 @@ impl Reject {
             Reject::AclSubscribe => "acl_subscribe",
             Reject::SlowConsumer => "slow_consumer",
             Reject::Throttled => "throttled",
+            Reject::BrokerUnavailable => "broker_unavailable",
         }
     }
 }

@@ -155,10 +155,12 @@ fn error_response(status: StatusCode, text: &str) -> ErrorResponse {
     response
 }
 
-/// WebSocket limits: a message or frame larger than the MQTT packet limit (plus framing
-/// slack) is refused by tungstenite before it is buffered whole.
+/// WebSocket limits: a message or frame larger than a few MQTT packets is refused by
+/// tungstenite before it is buffered whole.
 pub fn ws_config(max_packet_size: usize) -> WebSocketConfig {
-    let max = max_packet_size + 16;
+    // A message may carry several MQTT packets (clients batch acks and small publishes),
+    // so allow a few packets' worth; the relay still enforces the packet limit itself.
+    let max = max_packet_size.saturating_mul(4).max(64 * 1024) + 16;
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))

@@ -1,0 +1,655 @@
+//! Hostile peers at the front door: bad certificates, bad WebSocket upgrades, bytes that
+//! are not MQTT, and peers that stall. Each test ends with a good client (the dashboard
+//! certificate, rumqttc) still connecting and exchanging a message.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use hub::front::Reject;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rumqttc::mqttbytes::v4;
+use support::hub::{TestHub, MQTT, MQTTS, WSS, WSS_LOGIN};
+use support::mqtt::Via;
+use support::peer::{
+    connect_packet, good_client_exchanges_a_message, read_packet, read_until_closed, tls_connect,
+    tls_refusal, wait_for_rejects,
+};
+use support::tls::client_config;
+use support::DEADLINE;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+// ------------------------------------------------------------------ TLS rejections
+
+#[tokio::test]
+async fn client_without_a_certificate_is_refused_on_mqtts_and_wss_and_a_good_client_still_connects()
+{
+    let hub = TestHub::start("").await;
+    let anonymous = client_config(&hub.pki().join("ca.crt"), None);
+    for listener in [MQTTS, WSS] {
+        let error = tls_refusal(hub.addr(listener), anonymous.clone()).await;
+        assert_eq!(
+            error,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+            "{listener}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::TlsHandshake, 2).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn certificate_from_an_untrusted_ca_is_refused_even_with_a_known_device_name() {
+    let hub = TestHub::start("").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = stranger_certificate(dir.path(), "device-0001");
+    let stranger = client_config(&hub.pki().join("ca.crt"), Some((&cert, &key)));
+    for listener in [MQTTS, WSS] {
+        let error = tls_refusal(hub.addr(listener), stranger.clone()).await;
+        assert_eq!(
+            error,
+            rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA),
+            "{listener}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::TlsHandshake, 2).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn revoked_certificate_is_refused_and_a_good_client_still_connects() {
+    // A PKI prepared before the hub starts (CRLs are read at start), with device-0002
+    // revoked; the hub is pointed at its files instead of generating its own.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = hub::pki::init(&dir.path().join("pki"), &hub::pki::PkiOptions::default())
+        .expect("pki init");
+    hub::pki::revoke(
+        &files.dir,
+        &hub::pki::RevokeTarget::Device("device-0002".into()),
+    )
+    .expect("revoke device-0002");
+    let hub = TestHub::start(&format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = [{:?}]\ncrl = [{:?}]\n",
+        files.server_cert, files.server_key, files.ca_cert, files.crl
+    ))
+    .await;
+
+    let device = files.device("device-0002");
+    let revoked = client_config(&files.ca_cert, Some((&device.cert, &device.key)));
+    for listener in [MQTTS, WSS] {
+        let error = tls_refusal(hub.addr(listener), revoked.clone()).await;
+        assert_eq!(
+            error,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked),
+            "{listener}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::TlsHandshake, 2).await;
+    // device-0001, from the same CA, is not on the CRL.
+    let device = files.device("device-0001");
+    let config = client_config(&files.ca_cert, Some((&device.cert, &device.key)));
+    drop(
+        tls_connect(hub.addr(MQTTS), config)
+            .await
+            .expect("device-0001 is accepted"),
+    );
+    good_client_exchanges_a_message(&files.dir, hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&files.dir, hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn expired_certificate_is_refused_and_a_good_client_still_connects() {
+    let hub = TestHub::start("").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) =
+        support::tls::issue_client_cert(&hub.pki(), dir.path(), "expired", "device-0001", |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+    let expired = client_config(&hub.pki().join("ca.crt"), Some((&cert, &key)));
+    for listener in [MQTTS, WSS] {
+        let error = tls_refusal(hub.addr(listener), expired.clone()).await;
+        assert_eq!(
+            error,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired),
+            "{listener}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::TlsHandshake, 2).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+/// A client certificate named `cn` from a CA the hub has never seen.
+fn stranger_certificate(dir: &Path, cn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "stranger CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
+    std::fs::write(dir.join("stranger-ca.crt"), ca_cert.pem()).expect("write CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, "devices");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    let (cert_path, key_path) = (dir.join("stranger.crt"), dir.join("stranger.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (cert_path, key_path)
+}
+
+// ------------------------------------------------------------------ WebSocket upgrades
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Opens TLS with the dashboard certificate to `addr` and asks to upgrade `path` with
+/// the given Origin and subprotocol headers.
+async fn ws_upgrade(
+    hub: &TestHub,
+    addr: SocketAddr,
+    path: &str,
+    origin: Option<&str>,
+    subprotocol: Option<&str>,
+) -> Result<Ws, WsError> {
+    let pki = hub.pki();
+    let config = client_config(
+        &pki.join("ca.crt"),
+        Some((&pki.join("dashboard.crt"), &pki.join("dashboard.key"))),
+    );
+    let tls = tls_connect(addr, config)
+        .await
+        .expect("TLS with the dashboard certificate");
+    let mut request = format!("wss://localhost:{}{path}", addr.port())
+        .into_client_request()
+        .expect("request");
+    let headers = request.headers_mut();
+    if let Some(origin) = origin {
+        headers.insert("origin", HeaderValue::from_str(origin).expect("header"));
+    }
+    if let Some(subprotocol) = subprotocol {
+        headers.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(subprotocol).expect("header"),
+        );
+    }
+    let upgrade = tokio_tungstenite::client_async(request, tls);
+    tokio::time::timeout(DEADLINE, upgrade)
+        .await
+        .expect("upgrade answered within the deadline")
+        .map(|(ws, _)| ws)
+}
+
+fn http_status(result: Result<Ws, WsError>) -> StatusCode {
+    match result {
+        Err(WsError::Http(response)) => response.status(),
+        Err(other) => panic!("expected an HTTP error response, got {other}"),
+        Ok(_) => panic!("expected an HTTP error response, the upgrade succeeded"),
+    }
+}
+
+/// Reads until the hub closes the WebSocket; returns the binary bytes received.
+async fn ws_until_closed(ws: &mut Ws) -> Vec<u8> {
+    let mut received = Vec::new();
+    loop {
+        let next = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("the hub closes the WebSocket within the deadline");
+        match next {
+            Some(Ok(Message::Binary(b))) => received.extend_from_slice(&b),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return received,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends MQTT `bytes` in one binary message and returns the first packet back.
+async fn ws_mqtt_roundtrip(ws: &mut Ws, bytes: BytesMut) -> v4::Packet {
+    ws.send(Message::Binary(bytes.freeze()))
+        .await
+        .expect("send");
+    let mut buf = BytesMut::new();
+    loop {
+        match v4::Packet::read(&mut buf, 1 << 20) {
+            Ok(packet) => return packet,
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => panic!("bad packet from the hub: {e}"),
+        }
+        let next = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("an answer within the deadline");
+        match next {
+            Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected MQTT bytes, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_browser_from_a_foreign_origin_gets_403_before_the_upgrade() {
+    let hub = TestHub::start("").await;
+    // "wss" lists no origins: any browser is refused; "wss-login" lists only the dashboard.
+    for (listener, origin) in [
+        (WSS, "https://dashboard.example"),
+        (WSS_LOGIN, "https://evil.example"),
+        (WSS_LOGIN, "https://dashboard.example.evil.example"),
+    ] {
+        let refused = ws_upgrade(
+            &hub,
+            hub.addr(listener),
+            "/mqtt",
+            Some(origin),
+            Some("mqtt"),
+        )
+        .await;
+        assert_eq!(
+            http_status(refused),
+            StatusCode::FORBIDDEN,
+            "{listener} {origin}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::Upgrade, 3).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn a_browser_from_the_allowed_origin_connects_and_exchanges_messages() {
+    let hub = TestHub::start("").await;
+    let mut ws = ws_upgrade(
+        &hub,
+        hub.addr(WSS_LOGIN),
+        "/mqtt",
+        Some("https://dashboard.example"),
+        Some("mqtt"),
+    )
+    .await
+    .expect("the allowed origin is upgraded");
+    let ack = ws_mqtt_roundtrip(&mut ws, connect_packet("browser", 30)).await;
+    assert!(
+        matches!(&ack, v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success),
+        "{ack:?}"
+    );
+    // rumqttc with the same Origin header, as a real dashboard client.
+    let mut options = support::mqtt::options_v4(
+        "origin-ok",
+        hub.addr(WSS_LOGIN),
+        Via::Wss,
+        Some(support::mqtt::tls_config(&hub.pki(), Some("dashboard"))),
+    );
+    options.set_request_modifier(|mut request| async move {
+        request.headers_mut().insert(
+            "origin",
+            HeaderValue::from_static("https://dashboard.example"),
+        );
+        request
+    });
+    support::peer::exchange_a_message(options).await;
+    assert_eq!(hub.stats.rejected(Reject::Upgrade), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_path_gets_404_and_an_unsupported_subprotocol_is_refused() {
+    let hub = TestHub::start("").await;
+    for path in ["/", "/mqtt/extra", "/device", "/MQTT"] {
+        let refused = ws_upgrade(&hub, hub.addr(WSS), path, None, Some("mqtt")).await;
+        assert_eq!(http_status(refused), StatusCode::NOT_FOUND, "{path}");
+    }
+    let refused = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("stomp, wamp")).await;
+    assert_eq!(http_status(refused), StatusCode::BAD_REQUEST);
+    wait_for_rejects(&hub, Reject::Upgrade, 5).await;
+    // Offering a supported one among others is fine: the client's first supported pick wins.
+    let mut ws = ws_upgrade(
+        &hub,
+        hub.addr(WSS),
+        "/mqtt",
+        None,
+        Some("stomp, mqttv3.1, mqtt"),
+    )
+    .await
+    .expect("upgrade with mqttv3.1");
+    let ack = ws_mqtt_roundtrip(&mut ws, connect_packet("old-paho", 30)).await;
+    assert!(matches!(ack, v4::Packet::ConnAck(_)), "{ack:?}");
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_mqtt_after_the_upgrade_close_the_websocket() {
+    let hub = TestHub::start("").await;
+    // A remaining-length varint longer than four bytes is invalid in any MQTT packet.
+    let garbage = vec![0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0x01, 0x02];
+    let mut ws = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("mqtt"))
+        .await
+        .expect("upgrade");
+    ws.send(Message::Binary(garbage.clone().into()))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws_until_closed(&mut ws).await,
+        b"",
+        "no CONNACK for garbage"
+    );
+    wait_for_rejects(&hub, Reject::Malformed, 1).await;
+
+    // The same garbage after a successful CONNECT ends the session too.
+    let mut ws = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("mqtt"))
+        .await
+        .expect("upgrade");
+    let ack = ws_mqtt_roundtrip(&mut ws, connect_packet("then-garbage", 30)).await;
+    assert!(matches!(ack, v4::Packet::ConnAck(_)), "{ack:?}");
+    ws.send(Message::Binary(garbage.into()))
+        .await
+        .expect("send");
+    ws_until_closed(&mut ws).await;
+    wait_for_rejects(&hub, Reject::Malformed, 2).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn a_text_message_closes_the_websocket() {
+    let hub = TestHub::start("").await;
+    let mut ws = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("mqtt"))
+        .await
+        .expect("upgrade");
+    ws.send(Message::text("CONNECT please"))
+        .await
+        .expect("send");
+    assert_eq!(ws_until_closed(&mut ws).await, b"");
+
+    let mut ws = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("mqtt"))
+        .await
+        .expect("upgrade");
+    let ack = ws_mqtt_roundtrip(&mut ws, connect_packet("then-text", 30)).await;
+    assert!(matches!(ack, v4::Packet::ConnAck(_)), "{ack:?}");
+    ws.send(Message::text("{\"topic\":\"devices/x/cmd\"}"))
+        .await
+        .expect("send");
+    ws_until_closed(&mut ws).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+// ------------------------------------------------------------------ MQTT-level garbage
+
+#[tokio::test]
+async fn garbage_instead_of_connect_on_plain_mqtt_is_closed_without_an_answer() {
+    let hub = TestHub::start("").await;
+    let http = b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n";
+    let varint = [0x10, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    for (i, garbage) in [&http[..], &varint[..]].into_iter().enumerate() {
+        let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+        tcp.write_all(garbage).await.expect("write");
+        let closed = read_until_closed(&mut tcp).await;
+        assert_eq!(closed.received, b"", "garbage {i} got an answer");
+        wait_for_rejects(&hub, Reject::Malformed, i as u64 + 1).await;
+    }
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+#[tokio::test]
+async fn a_publish_before_connect_is_closed_and_never_reaches_subscribers() {
+    let hub = TestHub::start("").await;
+    let (watcher, watcher_events) = support::mqtt::connect_v4(support::mqtt::options_v4(
+        "watcher",
+        hub.addr(MQTT),
+        Via::Tcp,
+        None,
+    ))
+    .await;
+    let mut seen = support::mqtt::spawn_events(watcher_events);
+    watcher
+        .subscribe("devices/+/cmd", rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    while !matches!(seen.recv().await, Some(rumqttc::Packet::SubAck(_))) {}
+
+    let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+    let publish =
+        support::peer::publish_packet("devices/sneaky/cmd", rumqttc::QoS::AtMostOnce, 0, b"x");
+    tcp.write_all(&publish).await.expect("write");
+    let closed = read_until_closed(&mut tcp).await;
+    assert_eq!(closed.received, b"");
+    wait_for_rejects(&hub, Reject::Malformed, 1).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    // The good client's message (devices/good-.../cmd) is the first the watcher sees.
+    let first = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match seen.recv().await {
+                Some(rumqttc::Packet::Publish(p)) => return p.topic,
+                Some(_) => {}
+                None => panic!("the watcher was disconnected"),
+            }
+        }
+    })
+    .await
+    .expect("the good client's message within the deadline");
+    assert!(first.starts_with("devices/good-"), "{first}");
+}
+
+#[tokio::test]
+async fn connect_with_protocol_level_3_gets_connack_0x01_then_the_connection_closes() {
+    let hub = TestHub::start("").await;
+    let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+    // MQTT 3.1: protocol name "MQIsdp", level 3, clean session, keep-alive 30, id "old".
+    let connect = [
+        0x10, 17, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 30, 0, 3, b'o', b'l', b'd',
+    ];
+    tcp.write_all(&connect).await.expect("write");
+    let closed = read_until_closed(&mut tcp).await;
+    assert_eq!(
+        closed.received,
+        [0x20, 2, 0, 0x01],
+        "CONNACK refused: protocol version"
+    );
+    wait_for_rejects(&hub, Reject::ProtocolVersion, 1).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+#[tokio::test]
+async fn a_second_connect_closes_the_session() {
+    let hub = TestHub::start("").await;
+    let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+    let mut buf = BytesMut::new();
+    tcp.write_all(&connect_packet("twice", 30))
+        .await
+        .expect("write");
+    let ack = read_packet(&mut tcp, &mut buf).await;
+    assert!(matches!(ack, Some(v4::Packet::ConnAck(_))), "{ack:?}");
+    tcp.write_all(&connect_packet("twice", 30))
+        .await
+        .expect("write");
+    let closed = read_until_closed(&mut tcp).await;
+    assert_eq!(closed.received, b"", "no second CONNACK");
+    wait_for_rejects(&hub, Reject::Malformed, 1).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+/// The limit the oversized-packet tests run with.
+const SMALL_LIMIT: &str = "[limits]\nmax_packet_size = 4096\n";
+
+/// A PUBLISH of about 5000 bytes, over [`SMALL_LIMIT`].
+fn oversized_publish() -> BytesMut {
+    let mut out = BytesMut::new();
+    v4::Publish::new("devices/big/cmd", rumqttc::QoS::AtMostOnce, vec![0u8; 5000])
+        .write(&mut out)
+        .expect("encode");
+    out
+}
+
+#[tokio::test]
+async fn a_publish_over_max_packet_size_closes_the_connection_and_is_counted() {
+    let hub = TestHub::start(SMALL_LIMIT).await;
+    let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+    let mut buf = BytesMut::new();
+    tcp.write_all(&connect_packet("big", 30))
+        .await
+        .expect("write");
+    assert!(matches!(
+        read_packet(&mut tcp, &mut buf).await,
+        Some(v4::Packet::ConnAck(_))
+    ));
+    tcp.write_all(&oversized_publish()).await.expect("write");
+    assert_eq!(read_until_closed(&mut tcp).await.received, b"");
+    wait_for_rejects(&hub, Reject::PacketTooLarge, 1).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+#[tokio::test]
+async fn a_publish_over_max_packet_size_in_one_websocket_message_is_counted_too() {
+    let hub = TestHub::start(SMALL_LIMIT).await;
+    let mut ws = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("mqtt"))
+        .await
+        .expect("upgrade");
+    let ack = ws_mqtt_roundtrip(&mut ws, connect_packet("big-ws", 30)).await;
+    assert!(matches!(ack, v4::Packet::ConnAck(_)), "{ack:?}");
+    // The hub may close before it has read the whole message: the send may fail.
+    let _ = ws.send(Message::Binary(oversized_publish().freeze())).await;
+    ws_until_closed(&mut ws).await;
+    wait_for_rejects(&hub, Reject::PacketTooLarge, 1).await;
+    assert_eq!(hub.stats.rejected(Reject::Malformed), 0);
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn a_connect_over_max_packet_size_is_refused_as_too_large() {
+    let hub = TestHub::start(SMALL_LIMIT).await;
+    let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+    tcp.write_all(&connect_packet(&"c".repeat(5000), 30))
+        .await
+        .expect("write");
+    assert_eq!(
+        read_until_closed(&mut tcp).await.received,
+        b"",
+        "no CONNACK"
+    );
+    wait_for_rejects(&hub, Reject::PacketTooLarge, 1).await;
+    assert_eq!(hub.stats.rejected(Reject::Malformed), 0);
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+// ------------------------------------------------------------------ stalled peers
+
+/// How many stalled peers the stall tests open, split between the wss and mqtts listeners.
+const STALLED: usize = 500;
+
+/// Opens `STALLED` TCP connections to the TLS listeners that never complete TLS: half
+/// send nothing, half send the first bytes of a ClientHello and stop.
+async fn open_stalled_tls_peers(hub: &TestHub) -> Vec<TcpStream> {
+    // A TLS handshake record header announcing 512 bytes that never come.
+    let partial_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+    let mut peers = Vec::with_capacity(STALLED);
+    // Connecting waits for the hub once its listen backlog is full: a hub that stops
+    // accepting must fail the test, not hang it.
+    let connect_all = async {
+        for i in 0..STALLED {
+            let listener = if i % 2 == 0 { WSS } else { MQTTS };
+            let mut tcp = TcpStream::connect(hub.addr(listener))
+                .await
+                .expect("connect");
+            if i % 4 < 2 {
+                tcp.write_all(&partial_hello).await.expect("write");
+            }
+            peers.push(tcp);
+        }
+    };
+    tokio::time::timeout(DEADLINE, connect_all)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the hub stopped taking connections (one stalled peer blocking the rest?)")
+        });
+    let accepted = || {
+        hub.stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    support::peer::eventually("the hub accepted every stalled peer", || {
+        accepted() >= STALLED as u64
+    })
+    .await;
+    peers
+}
+
+/// Whether the hub still holds `tcp` open: nothing to read, and no EOF.
+fn still_open(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[tokio::test]
+async fn five_hundred_peers_stalled_in_tls_do_not_keep_a_good_client_out() {
+    let hub =
+        TestHub::start("[limits]\nconnection_rate = 10000\nhandshake_timeout = \"60s\"\n").await;
+    let stalled = open_stalled_tls_peers(&hub).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+    // Every stalled peer was still connected while the good clients were served.
+    let open = stalled.iter().filter(|tcp| still_open(tcp)).count();
+    assert_eq!(open, STALLED);
+    assert_eq!(hub.stats.rejected(Reject::Timeout), 0);
+}
+
+#[tokio::test]
+async fn peers_stalled_in_tls_are_closed_after_the_handshake_timeout() {
+    let hub =
+        TestHub::start("[limits]\nconnection_rate = 10000\nhandshake_timeout = \"1s\"\n").await;
+    let stalled = open_stalled_tls_peers(&hub).await;
+    let ends = futures_util::future::join_all(
+        stalled
+            .into_iter()
+            .map(|mut tcp| async move { read_until_closed(&mut tcp).await }),
+    )
+    .await;
+    for closed in &ends {
+        assert_eq!(
+            closed.received, b"",
+            "a stalled peer was answered: {closed:?}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::Timeout, STALLED as u64).await;
+    assert_eq!(hub.stats.rejected(Reject::Timeout), STALLED as u64);
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+#[tokio::test]
+async fn peers_that_never_upgrade_or_never_send_connect_are_closed_after_their_timeouts() {
+    let hub =
+        TestHub::start("[limits]\nhandshake_timeout = \"1s\"\nconnect_timeout = \"1s\"\n").await;
+    let pki = hub.pki();
+    let dashboard = client_config(
+        &pki.join("ca.crt"),
+        Some((&pki.join("dashboard.crt"), &pki.join("dashboard.key"))),
+    );
+    // TLS done, then silence: no CONNECT on mqtts, no HTTP upgrade request on wss.
+    let mut silent_mqtts = tls_connect(hub.addr(MQTTS), dashboard.clone())
+        .await
+        .expect("TLS");
+    let mut silent_wss = tls_connect(hub.addr(WSS), dashboard).await.expect("TLS");
+    // Upgraded, then no CONNECT.
+    let mut upgraded = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("mqtt"))
+        .await
+        .expect("upgrade");
+    // Plain TCP, then no CONNECT.
+    let mut silent_mqtt = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+
+    assert_eq!(read_until_closed(&mut silent_mqtts).await.received, b"");
+    assert_eq!(read_until_closed(&mut silent_wss).await.received, b"");
+    assert_eq!(ws_until_closed(&mut upgraded).await, b"");
+    assert_eq!(read_until_closed(&mut silent_mqtt).await.received, b"");
+    wait_for_rejects(&hub, Reject::Timeout, 4).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
