@@ -7,6 +7,22 @@
 //!
 //! rumqttd has no shutdown API and `Broker::start` blocks forever, so it runs on its own
 //! thread and ends with the process.
+//!
+//! rumqttd 0.20 behaviour the front door works around or lives with (each pinned by a test
+//! in `hub/tests/front_*.rs`):
+//! - It panics (`unreachable!` in its v4 encoder) delivering an MQTT 5 PUBLISH that carries
+//!   properties to a 3.1.1 subscriber, ending that subscriber's session: the relay strips
+//!   PUBLISH properties and resolves topic aliases itself.
+//! - It reuses a session's connection id as soon as it reads DISCONNECT; a close racing
+//!   that is handled as a second disconnect of the id's next owner: the relay keeps the
+//!   broker side open until rumqttd closes it.
+//! - It refuses keep-alive 0 without a CONNACK and enforces 1.5 x keep-alive itself: the
+//!   front door asks it for the longest keep-alive and enforces the client's own.
+//! - It delivers every message at the subscription's QoS (upgrading QoS 0 to a QoS 1
+//!   subscriber), and does not resend retained messages on a repeated SUBSCRIBE or a
+//!   resumed session (it does after UNSUBSCRIBE + SUBSCRIBE). Left as is; documented.
+//! - It logs every connection at info and routine disconnects at error: its log target is
+//!   off unless `log.level` names it.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
