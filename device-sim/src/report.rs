@@ -1,0 +1,427 @@
+//! What a run found, as a table for people and as JSON for machines (one struct, so the
+//! two never disagree).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cpu::CpuUse;
+
+/// End-to-end latency percentiles, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Messages measured.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest.
+    pub max_us: u64,
+}
+
+impl Latency {
+    /// Percentiles of `h` (values in µs).
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            count: h.len(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// What one publisher's stream looked like, summed over subscribers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublisherTotals {
+    /// Measured messages sent.
+    pub sent: u64,
+    /// Distinct measured messages received, over all subscribers.
+    pub received: u64,
+    /// Expected minus received.
+    pub lost: u64,
+    /// Of those, messages after the last one received (still on their way, or lost at
+    /// the end); the rest are gaps.
+    pub lost_at_end: u64,
+    /// Received again.
+    pub duplicated: u64,
+    /// Arrived after a later message.
+    pub out_of_order: u64,
+}
+
+/// Sent and received in one second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tick {
+    /// Seconds since publishing started.
+    pub t_s: f64,
+    /// Messages handed to the MQTT clients in that second.
+    pub sent: u64,
+    /// Messages received in that second (all subscribers).
+    pub received: u64,
+}
+
+/// An error seen during the run and how often.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorCount {
+    /// The error as the client described it.
+    pub message: String,
+    /// How often.
+    pub count: u64,
+}
+
+/// The result of `edgehub-sim mqtt`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttSummary {
+    /// Broker URL.
+    pub url: String,
+    /// 4 (3.1.1) or 5.
+    pub mqtt_version: u8,
+    /// 0 or 1.
+    pub qos: u8,
+    /// Publishing clients.
+    pub publishers: usize,
+    /// Subscribing clients.
+    pub subscribers: usize,
+    /// Bytes per message.
+    pub payload_bytes: usize,
+    /// Target total rate (msgs/s), 0 for as fast as possible.
+    pub target_rate: f64,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Seconds of unmeasured warm-up before.
+    pub warmup_s: f64,
+    /// Measured messages sent (over all publishers).
+    pub sent: u64,
+    /// sent × subscribers.
+    pub expected: u64,
+    /// Distinct measured messages received (over all subscribers).
+    pub received: u64,
+    /// expected − received.
+    pub lost: u64,
+    /// Of those, messages after the last one each subscriber received from a publisher:
+    /// not arrived when the drain ended. The rest are gaps inside the streams.
+    pub lost_at_end: u64,
+    /// lost / expected, in percent.
+    pub loss_pct: f64,
+    /// Messages received more than once.
+    pub duplicated: u64,
+    /// Messages that arrived after a later one of the same publisher.
+    pub out_of_order: u64,
+    /// Messages on the subscribed topics that this run did not send.
+    pub foreign: u64,
+    /// sent / duration.
+    pub sent_per_s: f64,
+    /// received / (time from the start of measurement to the last measured arrival).
+    pub received_per_s: f64,
+    /// End-to-end latency of measured messages.
+    pub latency: Latency,
+    /// QoS 1: PUBACKs received (all messages, warm-up included).
+    pub acked: u64,
+    /// MQTT 5 PUBACKs with a failure reason.
+    pub rejected: u64,
+    /// Connections lost during the run (then reopened).
+    pub disconnects: u64,
+    /// Distinct errors and their counts.
+    pub errors: Vec<ErrorCount>,
+    /// Per-second sent and received.
+    pub timeline: Vec<Tick>,
+    /// Per publisher, by index.
+    pub per_publisher: Vec<PublisherTotals>,
+    /// The simulator's own CPU use over the whole run (connecting included).
+    pub cpu: CpuUse,
+    /// The broker's CPU and memory while publishing, when `--hub-pid` was given.
+    pub hub: Option<HubUse>,
+    /// CPU use while publishing (and draining): the whole machine and this process, so
+    /// that load from elsewhere on a shared machine shows.
+    pub publishing_cpu: Option<PublishingCpu>,
+}
+
+/// Cores busy while the publishers ran (and the drain).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishingCpu {
+    /// Wall seconds measured over.
+    pub wall_s: f64,
+    /// CPUs the machine has.
+    pub machine_cpus: usize,
+    /// Cores busy on the whole machine.
+    pub machine_cores: f64,
+    /// Cores this simulator kept busy.
+    pub simulator_cores: f64,
+    /// Cores the hub kept busy, with `--hub-pid`.
+    pub hub_cores: Option<f64>,
+    /// Cores busy with anything else (other processes on the machine, interrupts).
+    pub other_cores: f64,
+}
+
+/// What the broker process used while the publishers ran (and the drain).
+#[derive(Debug, Clone, Serialize)]
+pub struct HubUse {
+    /// Its process id.
+    pub pid: u32,
+    /// User + system CPU seconds.
+    pub cpu_s: f64,
+    /// Wall seconds they were measured over.
+    pub wall_s: f64,
+    /// Average cores busy.
+    pub cores: f64,
+    /// VmRSS at the end, bytes.
+    pub rss_bytes: u64,
+}
+
+impl MqttSummary {
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let q = if self.target_rate > 0.0 {
+            format!("{} msgs/s", self.target_rate)
+        } else {
+            "as fast as possible".to_owned()
+        };
+        let _ = writeln!(
+            t,
+            "edgehub-sim mqtt: {} publishers -> {} subscribers, {} (MQTT {}), QoS {}, {} B, {}, {} s (+{} s warm-up)",
+            self.publishers,
+            self.subscribers,
+            self.url,
+            if self.mqtt_version == 5 { "5" } else { "3.1.1" },
+            self.qos,
+            self.payload_bytes,
+            q,
+            self.duration_s,
+            self.warmup_s
+        );
+        let row = |t: &mut String, k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<22} {v}");
+        };
+        row(&mut t, "sent", self.sent.to_string());
+        row(
+            &mut t,
+            "received",
+            format!("{} of {} expected", self.received, self.expected),
+        );
+        row(
+            &mut t,
+            "lost",
+            format!(
+                "{} ({:.3} %): {} in gaps, {} at the end of streams",
+                self.lost,
+                self.loss_pct,
+                self.lost - self.lost_at_end.min(self.lost),
+                self.lost_at_end
+            ),
+        );
+        row(&mut t, "duplicated", self.duplicated.to_string());
+        row(&mut t, "out of order", self.out_of_order.to_string());
+        if self.foreign > 0 {
+            row(&mut t, "foreign (ignored)", self.foreign.to_string());
+        }
+        row(
+            &mut t,
+            "sent rate",
+            format!("{:.0} msgs/s", self.sent_per_s),
+        );
+        row(
+            &mut t,
+            "throughput",
+            format!("{:.0} msgs/s received", self.received_per_s),
+        );
+        let l = &self.latency;
+        row(
+            &mut t,
+            "latency (µs)",
+            format!(
+                "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0}, n {})",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
+            ),
+        );
+        if self.qos == 1 {
+            row(
+                &mut t,
+                "PUBACKs",
+                format!("{} ({} rejected)", self.acked, self.rejected),
+            );
+        }
+        if let (Some(min), Some(max)) = (
+            self.per_publisher.iter().map(|p| p.received).min(),
+            self.per_publisher.iter().map(|p| p.received).max(),
+        ) {
+            row(
+                &mut t,
+                "per publisher",
+                format!("received min {min}, max {max}"),
+            );
+        }
+        row(&mut t, "disconnects", self.disconnects.to_string());
+        for e in &self.errors {
+            row(&mut t, "error", format!("{} x {}", e.count, e.message));
+        }
+        if let Some(hub) = &self.hub {
+            row(
+                &mut t,
+                "hub CPU",
+                format!(
+                    "{:.2} s over {:.1} s of publishing ({:.2} cores), VmRSS {:.1} MiB (pid {})",
+                    hub.cpu_s,
+                    hub.wall_s,
+                    hub.cores,
+                    hub.rss_bytes as f64 / (1024.0 * 1024.0),
+                    hub.pid
+                ),
+            );
+        }
+        if let Some(c) = &self.publishing_cpu {
+            row(
+                &mut t,
+                "cores while publishing",
+                format!(
+                    "machine {:.2} of {} busy: simulator {:.2}, hub {}, other {:.2}",
+                    c.machine_cores,
+                    c.machine_cpus,
+                    c.simulator_cores,
+                    c.hub_cores
+                        .map_or_else(|| "? (give --hub-pid)".to_owned(), |h| format!("{h:.2}")),
+                    c.other_cores
+                ),
+            );
+        }
+        row(&mut t, "simulator CPU", cpu_line(&self.cpu));
+        let msgs = (self.sent + self.received) as f64;
+        if self.cpu.total_s > 0.0 {
+            row(
+                &mut t,
+                "simulator cost",
+                format!(
+                    "{:.0} msgs (sent + received) per CPU-second",
+                    msgs / self.cpu.total_s
+                ),
+            );
+        }
+        t
+    }
+}
+
+/// The result of `edgehub-sim idle`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleSummary {
+    /// Broker URL.
+    pub url: String,
+    /// Connections asked for.
+    pub connections: usize,
+    /// Connections that got a CONNACK.
+    pub connected: usize,
+    /// Connections that did not.
+    pub failed: usize,
+    /// Connections that ended while held.
+    pub dropped: usize,
+    /// Seconds from the first attempt to the last CONNACK or failure.
+    pub connect_s: f64,
+    /// Seconds held.
+    pub hold_s: f64,
+    /// Why connections failed or dropped, and how often.
+    pub errors: Vec<ErrorCount>,
+    /// Hub memory, when `--hub-pid` was given.
+    pub hub_rss: Option<HubRss>,
+    /// The simulator's own CPU use.
+    pub cpu: CpuUse,
+}
+
+/// Resident memory of the hub process around the connection phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubRss {
+    /// The hub's process id.
+    pub pid: u32,
+    /// VmRSS before connecting, bytes.
+    pub before_bytes: u64,
+    /// VmRSS once every connection was open (1 s later), bytes.
+    pub after_bytes: u64,
+    /// VmRSS at the end of the hold, bytes.
+    pub end_bytes: u64,
+    /// (after − before) / connected.
+    pub per_connection_bytes: f64,
+}
+
+impl IdleSummary {
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "edgehub-sim idle: {} connections to {}",
+            self.connections, self.url
+        );
+        let row = |t: &mut String, k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<22} {v}");
+        };
+        row(
+            &mut t,
+            "connected",
+            format!(
+                "{} in {:.1} s ({:.0}/s)",
+                self.connected,
+                self.connect_s,
+                if self.connect_s > 0.0 {
+                    self.connected as f64 / self.connect_s
+                } else {
+                    0.0
+                }
+            ),
+        );
+        row(&mut t, "failed", self.failed.to_string());
+        row(
+            &mut t,
+            "dropped while held",
+            format!("{} (held {:.0} s)", self.dropped, self.hold_s),
+        );
+        for e in &self.errors {
+            row(&mut t, "error", format!("{} x {}", e.count, e.message));
+        }
+        if let Some(rss) = &self.hub_rss {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            row(
+                &mut t,
+                "hub RSS",
+                format!(
+                    "{:.1} MiB before, {:.1} MiB connected, {:.1} MiB at end (pid {})",
+                    mib(rss.before_bytes),
+                    mib(rss.after_bytes),
+                    mib(rss.end_bytes),
+                    rss.pid
+                ),
+            );
+            row(
+                &mut t,
+                "hub per connection",
+                format!("{:.1} KiB", rss.per_connection_bytes / 1024.0),
+            );
+        }
+        row(&mut t, "simulator CPU", cpu_line(&self.cpu));
+        t
+    }
+}
+
+fn cpu_line(cpu: &CpuUse) -> String {
+    format!(
+        "{:.2} s user + {:.2} s system = {:.2} s over {:.1} s wall ({:.2} cores)",
+        cpu.user_s, cpu.system_s, cpu.total_s, cpu.wall_s, cpu.cores
+    )
+}
+
+/// Writes `value` as pretty JSON to `path`, for `--json`.
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("serialize the summary")?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("--json {}: cannot write the summary there", path.display()))
+}
