@@ -149,10 +149,11 @@ async fn upstream<R: AsyncRead + Unpin>(
     inject: mpsc::Sender<Bytes>,
 ) -> Ended {
     let keep_alive = session.keep_alive_timeout();
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::new();
     let mut aliases: HashMap<u16, String> = HashMap::new();
     let mut denied_qos2: HashSet<u16> = HashSet::new();
-    buf.reserve(16 * 1024);
+    let mut grow = ReadSize::new(16 * 1024);
+    grow.reserve(&mut buf);
     loop {
         // Handle every complete packet already buffered, then forward them in one write.
         loop {
@@ -264,7 +265,7 @@ async fn upstream<R: AsyncRead + Unpin>(
         };
         match n {
             Ok(0) => return Ended::ClientGone(None),
-            Ok(_) => {}
+            Ok(n) => grow.saw(n),
             Err(e) => {
                 if let Some(too_large) = FrameError::in_io(&e) {
                     session.reject(Reject::PacketTooLarge);
@@ -273,9 +274,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                 return Ended::ClientGone(Some(e));
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
+        grow.reserve(&mut buf);
     }
 }
 
@@ -330,8 +329,9 @@ async fn downstream<W: AsyncWrite + Unpin>(
     shutdown: CancellationToken,
 ) -> Ended {
     let write_timeout = session.limits.write_timeout;
-    buf.reserve(64 * 1024);
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut grow = ReadSize::new(64 * 1024);
+    grow.reserve(&mut buf);
+    let mut out = BytesMut::new();
     // Bytes that arrived with the CONNACK are handled before waiting for more.
     let mut ready = !buf.is_empty();
     loop {
@@ -354,6 +354,9 @@ async fn downstream<W: AsyncWrite + Unpin>(
             }
             read = async { if ready { Ok(1) } else { broker.read_buf(&mut buf).await } } => {
                 ready = false;
+                if let Ok(n) = read {
+                    grow.saw(n);
+                }
                 match read {
                     Ok(0) | Err(_) => {
                         // Deliver what the broker sent last (a DISCONNECT, say) before closing.
@@ -382,9 +385,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
                     }
                     out.extend_from_slice(&frame);
                 }
-                if buf.capacity() - buf.len() < 4096 {
-                    buf.reserve(64 * 1024);
-                }
+                grow.reserve(&mut buf);
             }
         }
         // Drain any replies that queued meanwhile so they share the write.
@@ -404,6 +405,38 @@ async fn downstream<W: AsyncWrite + Unpin>(
                     return Ended::ClientNotReading;
                 }
             }
+        }
+    }
+}
+
+/// Read buffer sizing: idle connections keep a small buffer (most of the hub's memory
+/// per connection is buffers), busy ones grow theirs up to `max` so that one read
+/// picks up many packets.
+struct ReadSize {
+    next: usize,
+    max: usize,
+}
+
+impl ReadSize {
+    const MIN: usize = 2 * 1024;
+
+    fn new(max: usize) -> Self {
+        ReadSize {
+            next: Self::MIN,
+            max,
+        }
+    }
+
+    /// A read returned `n` bytes: a full read means more was waiting.
+    fn saw(&mut self, n: usize) {
+        if n >= self.next {
+            self.next = (self.next * 2).min(self.max);
+        }
+    }
+
+    fn reserve(&self, buf: &mut BytesMut) {
+        if buf.capacity() - buf.len() < self.next / 2 {
+            buf.reserve(self.next);
         }
     }
 }
