@@ -217,6 +217,19 @@ async fn accept_loop(
     }
 }
 
+/// Runs one handshake step under its deadline; `None` when the hub shuts down first, so
+/// that a peer stalled in a handshake never holds up shutdown for its timeout.
+async fn step<F: std::future::Future>(
+    shutdown: &CancellationToken,
+    limit: std::time::Duration,
+    work: F,
+) -> Option<Result<F::Output, tokio::time::error::Elapsed>> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        done = tokio::time::timeout(limit, work) => Some(done),
+    }
+}
+
 /// One connection from accept to close.
 async fn serve(
     listener: Arc<Listener>,
@@ -232,11 +245,10 @@ async fn serve(
         (None, false) => mqtt_client(tcp, None, &listener, &shared, peer, shutdown).await,
         (None, true) => websocket(tcp, None, &listener, &shared, peer, shutdown).await,
         (Some(acceptor), ws) => {
-            // A peer stalled in the handshake must not hold up shutdown for its timeout.
-            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-            let handshake = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                handshake = handshake => handshake,
+            let Some(handshake) =
+                step(&shutdown, limits.handshake_timeout, acceptor.accept(tcp)).await
+            else {
+                return;
             };
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
@@ -283,13 +295,9 @@ async fn websocket<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let head = tokio::time::timeout(
-        shared.limits.handshake_timeout,
-        ws::preflight(&mut stream, &listener.upgrade),
-    );
-    let head = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        head = head => head,
+    let preflight = ws::preflight(&mut stream, &listener.upgrade);
+    let Some(head) = step(&shutdown, shared.limits.handshake_timeout, preflight).await else {
+        return;
     };
     let stream = match head {
         Ok(Ok((ws::Preflight::Upgrade, head))) => ws::Rewind::new(head, stream),
@@ -331,10 +339,8 @@ async fn websocket<S>(
     };
     let config = ws::ws_config(shared.limits.max_packet_size);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-    let upgrade = tokio::time::timeout(shared.limits.handshake_timeout, upgrade);
-    let upgrade = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        upgrade = upgrade => upgrade,
+    let Some(upgrade) = step(&shutdown, shared.limits.handshake_timeout, upgrade).await else {
+        return;
     };
     let socket = match upgrade {
         Ok(Ok(socket)) => socket,
