@@ -26,6 +26,8 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::distr::{Alphanumeric, SampleString};
@@ -100,6 +102,7 @@ pub struct Broker {
     /// rumqttd's MQTT 5 listener (loopback).
     pub v5_addr: SocketAddr,
     password: String,
+    skips: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -152,10 +155,16 @@ impl Broker {
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
 
         let config = rumqttd_config(settings, max_connections, v4_addr, v5_addr, &password);
+        let skips = Arc::new(AtomicU64::new(0));
+        let counter = skips.clone();
         std::thread::Builder::new()
             .name("rumqttd".into())
             .spawn(move || {
                 let mut broker = rumqttd::Broker::new(config);
+                match broker.alerts() {
+                    Ok(alerts) => watch_alerts(alerts, counter),
+                    Err(error) => tracing::warn!(%error, "cannot watch the embedded broker's alerts; skipped messages will not be counted"),
+                }
                 if let Err(error) = broker.start() {
                     tracing::error!(%error, "embedded broker stopped");
                 }
@@ -170,7 +179,14 @@ impl Broker {
             v4_addr,
             v5_addr,
             password,
+            skips,
         })
+    }
+
+    /// How many times a subscriber fell so far behind that the broker skipped messages
+    /// for it (each event may skip many messages; rumqttd does not say how many).
+    pub fn subscriber_skips(&self) -> u64 {
+        self.skips.load(Ordering::Relaxed)
     }
 
     /// The loopback address for a client speaking `protocol_level` (4: 3.1.1, 5: MQTT 5).
@@ -185,6 +201,41 @@ impl Broker {
     /// The password the front door presents as [`FRONT_DOOR_USER`].
     pub fn password(&self) -> &str {
         &self.password
+    }
+}
+
+/// Counts rumqttd's "cursor jump" alerts: a subscriber fell behind the in-memory log and
+/// the broker skipped messages for it, QoS 1 included. rumqttd only logs these (and we
+/// silence its logs), so this is where they become visible: one warning per 10 s at most,
+/// with the count.
+fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<AtomicU64>) {
+    let spawned = std::thread::Builder::new()
+        .name("rumqttd-alerts".into())
+        .spawn(move || {
+            let mut last_log: Option<Instant> = None;
+            let mut unlogged = 0u64;
+            while let Ok(batch) = alerts.router_rx.recv() {
+                for alert in batch {
+                    if alert.kind.name() != "cursor_jump" {
+                        continue;
+                    }
+                    skips.fetch_add(1, Ordering::Relaxed);
+                    unlogged += 1;
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            events = unlogged,
+                            subscriber = %alert.client_id,
+                            "a subscriber fell behind and the broker skipped messages for it; \
+                             raise broker.segment_size/segment_count or make it read faster"
+                        );
+                        last_log = Some(Instant::now());
+                        unlogged = 0;
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the broker alert watcher");
     }
 }
 
@@ -224,10 +275,23 @@ fn rumqttd_config(
             max_segment_count: settings.segment_count,
             ..Default::default()
         },
+        // Alerts (cursor jumps) reach `watch_alerts` only if rumqttd's timer pushes them.
+        // Its timer unwraps the meters interval whether or not meters are wanted, so both
+        // are set; nobody listens for meters.
+        metrics: Some(HashMap::from([
+            (rumqttd::MetricType::Alerts, push_every(1)),
+            (rumqttd::MetricType::Meters, push_every(3600)),
+        ])),
         v4: Some(HashMap::from([("1".into(), server("broker-v4", v4_addr))])),
         v5: Some(HashMap::from([("1".into(), server("broker-v5", v5_addr))])),
         ..Default::default()
     }
+}
+
+/// rumqttd's `MetricSettings` has only a private field; serde is the way in.
+fn push_every(seconds: u64) -> rumqttd::MetricSettings {
+    serde_json::from_value(serde_json::json!({ "push_interval": seconds }))
+        .expect("rumqttd MetricSettings has one field, push_interval")
 }
 
 /// Reserves a free port by binding and releasing it. Another process could take it in

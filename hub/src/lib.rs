@@ -60,6 +60,7 @@ pub struct Hub {
     config: Config,
     front: FrontDoor,
     stats: Arc<FrontStats>,
+    broker: broker::Broker,
 }
 
 impl Hub {
@@ -123,7 +124,7 @@ impl Hub {
 
         let stats = Arc::new(FrontStats::default());
         let shared = Arc::new(Shared {
-            broker,
+            broker: broker.clone(),
             acl,
             auth,
             limits: Arc::new(config.limits.clone()),
@@ -139,6 +140,7 @@ impl Hub {
             config,
             front,
             stats,
+            broker,
         })
     }
 
@@ -153,6 +155,11 @@ impl Hub {
     /// The front door's counters.
     pub fn stats(&self) -> Arc<FrontStats> {
         self.stats.clone()
+    }
+
+    /// How often the embedded broker skipped messages for a subscriber that fell behind.
+    pub fn subscriber_skips(&self) -> u64 {
+        self.broker.subscriber_skips()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every connection

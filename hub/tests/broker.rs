@@ -73,3 +73,67 @@ fn the_broker_password_never_appears_in_debug_output() {
     let debug = format!("{broker:?}");
     assert!(!debug.contains(broker.password()), "{debug}");
 }
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_the_log_is_counted_not_silently_skipped() {
+    // Two 64 KiB segments: a stalled subscriber falls off the log after ~128 KiB.
+    let settings = BrokerSettings {
+        segment_size: 64 * 1024,
+        segment_count: 2,
+        ..BrokerSettings::default()
+    };
+    let broker = tokio::task::spawn_blocking(move || Broker::start(&settings, 100))
+        .await
+        .expect("no panic")
+        .expect("broker starts");
+    let options = |id: &str| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", broker.v4_addr.port());
+        o.set_credentials(FRONT_DOOR_USER, broker.password());
+        o.set_max_packet_size(64 * 1024, 64 * 1024);
+        o
+    };
+
+    let (sub, mut sub_events) = AsyncClient::new(options("slow"), 16);
+    sub.subscribe("t/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("queued");
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), sub_events.poll())
+            .await
+            .expect("SUBACK within the deadline")
+            .expect("connected");
+        if let Event::Incoming(Packet::SubAck(_)) = event {
+            break;
+        }
+    }
+    // The subscriber stops reading: its socket fills and the broker's cursor stalls.
+    let (publisher, mut pub_events) = AsyncClient::new(options("fast"), 1024);
+    let flood = tokio::spawn(async move {
+        for i in 0..2000u32 {
+            publisher
+                .publish("t/x", rumqttc::QoS::AtMostOnce, false, vec![i as u8; 1024])
+                .await
+                .expect("queued");
+        }
+        publisher
+    });
+    loop {
+        tokio::select! {
+            event = pub_events.poll() => { event.expect("publisher stays up"); }
+            _ = tokio::time::sleep(Duration::from_millis(300)), if flood.is_finished() => break,
+        }
+    }
+    assert_eq!(
+        broker.subscriber_skips(),
+        0,
+        "nothing skipped while the subscriber is stalled"
+    );
+
+    // Reading again, it finds its place gone from the log: rumqttd jumps its cursor, and
+    // the hub must see that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while broker.subscriber_skips() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no skip counted");
+        let _ = tokio::time::timeout(Duration::from_millis(100), sub_events.poll()).await;
+    }
+}
