@@ -356,6 +356,10 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 ready = false;
                 if let Ok(n) = read {
                     grow.saw(n);
+                    // rumqttd never sets TCP_NODELAY on its sockets, so its small writes
+                    // wait for our ACK, which Linux delays up to 40 ms: acknowledge at
+                    // once instead (the flag is one-shot, hence after every read).
+                    let _ = socket2::SockRef::from(broker.as_ref()).set_tcp_quickack(true);
                 }
                 match read {
                     Ok(0) | Err(_) => {
