@@ -23,6 +23,10 @@
 //!   resumed session (it does after UNSUBSCRIBE + SUBSCRIBE). Left as is; documented.
 //! - It logs every connection at info and routine disconnects at error: its log target is
 //!   off unless `log.level` names it.
+//! - It never sets TCP_NODELAY: its small writes wait for the peer's delayed ACK, so the
+//!   relay quick-ACKs every read from the broker.
+//! - It skips messages for a subscriber that falls behind its in-memory log (QoS 1 too)
+//!   and only says so through alerts, which [`Broker::subscriber_skips`] counts.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
