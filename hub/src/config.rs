@@ -241,16 +241,7 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut listeners = String::new();
         for l in &self.listeners {
-            let auth: Vec<&str> = l
-                .auth
-                .iter()
-                .map(|a| match a {
-                    crate::front::AuthMethod::Certificate => "certificate",
-                    crate::front::AuthMethod::Password => "password",
-                    crate::front::AuthMethod::Jwt => "jwt",
-                    crate::front::AuthMethod::Anonymous => "anonymous",
-                })
-                .collect();
+            let auth: Vec<&str> = l.auth.iter().map(|a| a.as_str()).collect();
             listeners.push_str(&format!(
                 "listener              = {:?} {} {} auth={}\n",
                 l.name,

@@ -16,6 +16,7 @@ pub mod pki;
 pub mod shutdown;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,53 +75,17 @@ impl Hub {
             data_dir = %config.hub.data_dir.display(),
             "edgehub starting"
         );
-        data_dir::prepare(&config.hub.data_dir)?;
-
-        let needs_tls = config.listeners.iter().any(|l| l.kind.is_tls());
-        let tls_settings = if needs_tls {
-            Some(
-                config
-                    .tls
-                    .resolve(&config.hub.data_dir, &config.base_dir())?,
-            )
-        } else {
-            None
-        };
-        let acl = Arc::new(acl::Acl::new(&config.acl)?);
-        let auth = Arc::new(auth::Authenticator::new(
-            &config.auth.resolve(&config.base_dir()),
-            &acl,
-        )?);
-        for l in &config.listeners {
-            let wants = |m| l.auth.contains(&m);
-            if wants(front::AuthMethod::Password) && !auth.has_users() {
-                tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
-            }
-            if wants(front::AuthMethod::Jwt) && !auth.has_jwt() {
-                tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
-            }
-        }
-
-        let broker_settings = config.broker.clone();
-        let max_connections = config.limits.max_connections;
-        let broker = tokio::task::spawn_blocking(move || {
-            broker::Broker::start(&broker_settings, max_connections)
-        })
-        .await
-        .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
-
-        // One server config per client-certificate mode in use: a listener that accepts
-        // only certificates requires one; one that also takes passwords or tokens asks
-        // for one but lets browsers without a certificate through to CONNECT.
-        let mut server_configs = std::collections::HashMap::new();
-        if let Some(resolved) = &tls_settings {
-            for l in config.listeners.iter().filter(|l| l.kind.is_tls()) {
-                let mode = client_auth_mode(l);
-                if let std::collections::hash_map::Entry::Vacant(e) = server_configs.entry(mode) {
-                    e.insert(tls::server_config(resolved, mode)?);
-                }
-            }
-        }
+        // Files, key generation, argon2 setup and rumqttd's start all block: do them on the
+        // blocking pool rather than on a runtime worker.
+        let setup_config = config.clone();
+        let Setup {
+            acl,
+            auth,
+            broker,
+            server_configs,
+        } = tokio::task::spawn_blocking(move || Setup::build(&setup_config))
+            .await
+            .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
 
         let stats = Arc::new(FrontStats::default());
         let shared = Arc::new(Shared {
@@ -178,6 +143,63 @@ impl Hub {
         stages.drain(self.config.shutdown.grace_period).await?;
         tracing::info!("edgehub stopped cleanly");
         Ok(())
+    }
+}
+
+/// What [`Hub::start`] prepares with blocking calls.
+struct Setup {
+    acl: Arc<acl::Acl>,
+    auth: Arc<auth::Authenticator>,
+    broker: broker::Broker,
+    server_configs: HashMap<ClientAuth, Arc<rustls::ServerConfig>>,
+}
+
+impl Setup {
+    fn build(config: &Config) -> Result<Setup, HubError> {
+        data_dir::prepare(&config.hub.data_dir)?;
+        let acl = Arc::new(acl::Acl::new(&config.acl)?);
+        let auth = Arc::new(auth::Authenticator::new(
+            &config.auth.resolve(&config.base_dir()),
+            &acl,
+        )?);
+        for l in &config.listeners {
+            let wants = |m| l.auth.contains(&m);
+            if wants(front::AuthMethod::Password) && !auth.has_users() {
+                tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+            }
+            if wants(front::AuthMethod::Jwt) && !auth.has_jwt() {
+                tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+            }
+        }
+
+        // One server config per client-certificate mode in use: a listener that accepts
+        // only certificates requires one; one that also takes passwords or tokens asks
+        // for one but lets browsers without a certificate through to CONNECT.
+        let mut server_configs = HashMap::new();
+        let tls_listeners: Vec<_> = config
+            .listeners
+            .iter()
+            .filter(|l| l.kind.is_tls())
+            .collect();
+        if !tls_listeners.is_empty() {
+            let resolved = config
+                .tls
+                .resolve(&config.hub.data_dir, &config.base_dir())?;
+            for l in tls_listeners {
+                let mode = client_auth_mode(l);
+                if let std::collections::hash_map::Entry::Vacant(e) = server_configs.entry(mode) {
+                    e.insert(tls::server_config(&resolved, mode)?);
+                }
+            }
+        }
+
+        let broker = broker::Broker::start(&config.broker, config.limits.max_connections)?;
+        Ok(Setup {
+            acl,
+            auth,
+            broker,
+            server_configs,
+        })
     }
 }
 

@@ -371,34 +371,18 @@ grace_period = "5s"
 [limits]
 handshake_timeout = "60s"
 connect_timeout = "60s"
-
-[[listeners]]
-name = "mqtts"
-kind = "mqtts"
-bind = "127.0.0.1:0"
-auth = ["certificate"]
-
-[[listeners]]
-name = "mqtt"
-kind = "mqtt"
-bind = "127.0.0.1:0"
-auth = ["anonymous"]
-
-[[listeners]]
-name = "wss"
-kind = "wss"
-bind = "127.0.0.1:0"
-auth = ["certificate"]
-"#
+{listeners}"#,
+            listeners = support::hub::LISTENERS,
         ),
     )
     .expect("write config");
     let mut command = support::edgehub();
     command.arg("run").arg("--config").arg(&config);
     let mut edgehub = support::RunningHub::start(command);
+    // The hub logs its listeners in the order `support::hub::LISTENERS` gives them.
+    let wss = listening_addr(&mut edgehub, "wss");
     let mqtts = listening_addr(&mut edgehub, "mqtts");
     let mqtt = listening_addr(&mut edgehub, "mqtt");
-    let wss = listening_addr(&mut edgehub, "wss");
     let pki = data_dir.join("pki");
     good_client_exchanges_a_message(&pki, mqtts, Via::Tls).await;
 

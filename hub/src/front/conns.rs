@@ -60,7 +60,7 @@ impl Conns {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, PerAddress>)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        super::lock(&self.state)
     }
 
     /// Takes a place for a new connection from `ip`, or says why not.

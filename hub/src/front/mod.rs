@@ -146,10 +146,8 @@ impl FrontDoor {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         for (listener, socket) in self.listeners {
-            for (name, addr) in [(&listener.settings.name, socket.local_addr())] {
-                if let Ok(addr) = addr {
-                    tracing::info!(listener = %name, kind = listener.settings.kind.as_str(), %addr, "listening");
-                }
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(listener = %listener.name, kind = listener.settings.kind.as_str(), %addr, "listening");
             }
             tracker.spawn(accept_loop(
                 listener,
@@ -215,6 +213,12 @@ async fn accept_loop(
             .instrument(span),
         );
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (plain maps and
+/// counters), so one panicking connection task cannot wedge the others.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs one handshake step under its deadline; `None` when the hub shuts down first, so

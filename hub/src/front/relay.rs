@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::lock;
 use super::packet::{self, kind, FrameError};
 use super::session::Session;
 use super::stats::Reject;
@@ -154,6 +155,7 @@ async fn upstream<R: AsyncRead + Unpin>(
     let mut denied_qos2: HashSet<u16> = HashSet::new();
     let mut grow = ReadSize::new(16 * 1024);
     grow.reserve(&mut buf);
+    let mut budget = session.rate_budget();
     loop {
         // Handle every complete packet already buffered, then forward them in one write.
         loop {
@@ -168,19 +170,20 @@ async fn upstream<R: AsyncRead + Unpin>(
                     return Ended::Protocol(e.to_string());
                 }
             };
-            if let Some(pause) = session.charge(frame.len()) {
+            if let Some(pause) = budget.take(frame.len(), Instant::now()) {
+                session.reject(Reject::Throttled);
                 // Over the rate: forward what we have, then stop reading for a while.
                 if !out.is_empty() {
                     if broker.write_all(&out).await.is_err() {
                         return Ended::BrokerClosed;
                     }
-                    out.clear();
+                    out = BytesMut::new();
                 }
                 tokio::time::sleep(pause).await;
             }
             match packet::packet_type(&frame) {
                 kind::PUBLISH => match publish_allowed(&frame, &session, &mut aliases) {
-                    Ok(None) => out.extend_from_slice(&frame),
+                    Ok(None) => out.unsplit(frame),
                     Ok(Some(Verdict::Rewrite(rebuilt))) => out.extend_from_slice(&rebuilt),
                     Ok(Some(Verdict::Deny(qos, pkid, topic))) => {
                         session.deny_publish(&topic);
@@ -205,7 +208,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                             return Ended::ClientGone(None);
                         }
                     } else {
-                        out.extend_from_slice(&frame);
+                        out.unsplit(frame);
                     }
                 }
                 kind::SUBSCRIBE => match session.filter_subscribe(frame) {
@@ -245,14 +248,16 @@ async fn upstream<R: AsyncRead + Unpin>(
                     let _ = broker.write_all(&out).await;
                     return Ended::ClientDisconnected;
                 }
-                _ => out.extend_from_slice(&frame),
+                _ => out.unsplit(frame),
             }
         }
         if !out.is_empty() {
             if broker.write_all(&out).await.is_err() {
                 return Ended::BrokerClosed;
             }
-            out.clear();
+            // Unchanged frames are forwarded as views of the read buffer (`unsplit`, no
+            // copy); dropping the view lets that buffer be reused for the next read.
+            out = BytesMut::new();
         }
 
         let read = client.read_buf(&mut buf);
@@ -387,7 +392,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
                             continue;
                         }
                     }
-                    out.extend_from_slice(&frame);
+                    out.unsplit(frame);
                 }
                 grow.reserve(&mut buf);
             }
@@ -402,7 +407,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 client.flush().await
             };
             match tokio::time::timeout(write_timeout, write).await {
-                Ok(Ok(())) => out.clear(),
+                Ok(Ok(())) => out = BytesMut::new(),
                 Ok(Err(e)) => return Ended::ClientGone(Some(e)),
                 Err(_) => {
                     session.reject(Reject::SlowConsumer);
@@ -443,9 +448,4 @@ impl ReadSize {
             buf.reserve(self.next);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock leaves a plain map behind; keep using it.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
+use super::lock;
 use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
 use crate::acl::{Acl, Subject};
@@ -31,6 +32,12 @@ pub enum SubscribeOutcome {
     },
     /// Every filter is denied: answer the client with this SUBACK, forward nothing.
     Refuse(Bytes),
+}
+
+/// A SUBSCRIBE of either protocol version.
+enum ParsedSubscribe {
+    V4(v4::Subscribe),
+    V5(v5::Subscribe),
 }
 
 /// SUBACK failure code for a denied filter: 0x80 in 3.1.1, "not authorized" 0x87 in 5.
@@ -59,7 +66,6 @@ pub struct Session {
     keep_alive: u16,
     /// Set when the client's token expired, so the goodbye says why.
     pub token_expired: std::sync::atomic::AtomicBool,
-    bucket: Mutex<Bucket>,
     logged: Mutex<HashSet<Reject>>,
 }
 
@@ -76,7 +82,6 @@ impl Session {
         stats: Arc<FrontStats>,
         keep_alive: u16,
     ) -> Session {
-        let bucket = Bucket::new(limits.message_rate, limits.byte_rate);
         Session {
             v5,
             subject,
@@ -87,7 +92,6 @@ impl Session {
             stats,
             keep_alive,
             token_expired: std::sync::atomic::AtomicBool::new(false),
-            bucket: Mutex::new(bucket),
             logged: Mutex::new(HashSet::new()),
         }
     }
@@ -127,15 +131,10 @@ impl Session {
         self.acl.can_publish(&self.subject, topic)
     }
 
-    /// Takes `len` bytes and one message from the rate budget; returns how long to pause
-    /// reading when the client is over its rate. Pausing (rather than disconnecting) lets
-    /// TCP push back on a flood while the client's session survives a burst.
-    pub fn charge(&self, len: usize) -> Option<Duration> {
-        let wait = lock(&self.bucket).take(len, Instant::now());
-        if wait.is_some() {
-            self.reject(Reject::Throttled);
-        }
-        wait
+    /// A fresh rate budget for this client's reads (owned by the relay's up half, so the
+    /// per-packet accounting takes no lock).
+    pub fn rate_budget(&self) -> Bucket {
+        Bucket::new(self.limits.message_rate, self.limits.byte_rate)
     }
 
     /// The relay's answer to a denied PUBLISH, if the protocol wants one.
@@ -192,21 +191,22 @@ impl Session {
         let original = frame.clone().freeze();
         let mut frame = frame;
         let max = self.limits.max_packet_size;
-        let (pkid, filters) = if self.v5 {
+        // Parsed once; kept so that a partly denied SUBSCRIBE is rebuilt from it with each
+        // kept filter's options (QoS, and in MQTT 5 no-local, retain handling, properties).
+        let mut parsed = if self.v5 {
             match v5::Packet::read(&mut frame, Some(max as u32)) {
-                Ok(v5::Packet::Subscribe(s)) => (
-                    s.pkid,
-                    s.filters.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
-                ),
+                Ok(v5::Packet::Subscribe(s)) => ParsedSubscribe::V5(s),
                 other => return Err(format!("bad SUBSCRIBE: {other:?}")),
             }
         } else {
             match v4::Packet::read(&mut frame, max) {
-                Ok(v4::Packet::Subscribe(s)) => {
-                    (s.pkid, s.filters.iter().map(|f| f.path.clone()).collect())
-                }
+                Ok(v4::Packet::Subscribe(s)) => ParsedSubscribe::V4(s),
                 other => return Err(format!("bad SUBSCRIBE: {other:?}")),
             }
+        };
+        let (pkid, filters): (u16, Vec<&str>) = match &parsed {
+            ParsedSubscribe::V4(s) => (s.pkid, s.filters.iter().map(|f| f.path.as_str()).collect()),
+            ParsedSubscribe::V5(s) => (s.pkid, s.filters.iter().map(|f| f.path.as_str()).collect()),
         };
         let allowed: Vec<bool> = filters
             .iter()
@@ -233,25 +233,18 @@ impl Session {
         if allowed.iter().all(|a| !*a) {
             return Ok(SubscribeOutcome::Refuse(self.suback(pkid, &codes, &[])?));
         }
-        // Re-read the original and keep only the allowed filters, preserving each filter's
-        // options (QoS, and in MQTT 5 no-local, retain handling, properties).
-        let mut again = BytesMut::from(&original[..]);
         let mut out = BytesMut::with_capacity(original.len());
-        if self.v5 {
-            let Ok(v5::Packet::Subscribe(mut s)) = v5::Packet::read(&mut again, Some(max as u32))
-            else {
-                return Err("bad SUBSCRIBE".into());
-            };
-            let mut keep = allowed.iter();
-            s.filters.retain(|_| *keep.next().unwrap_or(&false));
-            s.write(&mut out).map_err(|e| e.to_string())?;
-        } else {
-            let Ok(v4::Packet::Subscribe(mut s)) = v4::Packet::read(&mut again, max) else {
-                return Err("bad SUBSCRIBE".into());
-            };
-            let mut keep = allowed.iter();
-            s.filters.retain(|_| *keep.next().unwrap_or(&false));
-            s.write(&mut out).map_err(|e| e.to_string())?;
+        let mut keep = allowed.iter();
+        let mut kept = |_: &_| *keep.next().unwrap_or(&false);
+        match &mut parsed {
+            ParsedSubscribe::V4(s) => {
+                s.filters.retain(|f| kept(&f.path));
+                s.write(&mut out).map_err(|e| e.to_string())?;
+            }
+            ParsedSubscribe::V5(s) => {
+                s.filters.retain(|f| kept(&f.path));
+                s.write(&mut out).map_err(|e| e.to_string())?;
+            }
         }
         Ok(SubscribeOutcome::Partial {
             pkid,
@@ -365,14 +358,10 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Token buckets for messages and bytes per second, refilled continuously, holding one
 /// second of budget so short bursts pass.
 #[derive(Debug)]
-struct Bucket {
+pub struct Bucket {
     msg_rate: f64,
     byte_rate: f64,
     msgs: f64,
@@ -391,7 +380,10 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, len: usize, now: Instant) -> Option<Duration> {
+    /// Takes `len` bytes and one message; returns how long to pause reading when over the
+    /// rate. Pausing (rather than disconnecting) lets TCP push back on a flood while the
+    /// client's session survives a burst.
+    pub fn take(&mut self, len: usize, now: Instant) -> Option<Duration> {
         if let Some(at) = self.at {
             let dt = now.saturating_duration_since(at).as_secs_f64();
             self.msgs = (self.msgs + dt * self.msg_rate).min(self.msg_rate);

@@ -58,6 +58,18 @@ pub enum AuthMethod {
     Anonymous,
 }
 
+impl AuthMethod {
+    /// The name used in config and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Certificate => "certificate",
+            AuthMethod::Password => "password",
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// One `[[listeners]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
