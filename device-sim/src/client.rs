@@ -375,6 +375,17 @@ pub enum Events {
 }
 
 impl Events {
+    /// Waits for the CONNACK, holding one of `pacer`'s connection slots meanwhile so
+    /// that connects respect the hub's per-address connection rate.
+    pub async fn connect_paced(&mut self, pacer: &crate::pacer::Pacer) -> Result<(), String> {
+        let _permit = pacer.admit().await;
+        loop {
+            if let Event::Connected = self.poll().await? {
+                return Ok(());
+            }
+        }
+    }
+
     /// The next event; connects (again) when not connected. Errors are the
     /// connection's end, described for a person.
     pub async fn poll(&mut self) -> Result<Event, String> {

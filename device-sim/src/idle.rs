@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::client::{ClientSpec, Event};
+use crate::client::ClientSpec;
 use crate::cpu::CpuTimes;
 use crate::errlog::ErrorLog;
 use crate::pacer::Pacer;
@@ -155,15 +155,7 @@ async fn hold_one(
 ) {
     let who = format!("connection {i}");
     let (client, mut events) = plan.spec.open(&format!("{}-idle-{i}", plan.id_prefix));
-    let connected = async {
-        let _permit = plan.pacer.admit().await;
-        loop {
-            if let Event::Connected = events.poll().await? {
-                return Ok::<(), String>(());
-            }
-        }
-    };
-    if let Err(e) = connected.await {
+    if let Err(e) = events.connect_paced(&plan.pacer).await {
         counts.failed.fetch_add(1, Relaxed);
         errors.record(&who, &format!("could not connect: {e}"));
         return;

@@ -127,15 +127,7 @@ pub(super) async fn publisher_events(
     closing: watch::Receiver<bool>,
 ) {
     let who = format!("publisher {i}");
-    let connected = async {
-        let _permit = plan.pacer.admit().await;
-        loop {
-            if let Event::Connected = events.poll().await? {
-                return Ok::<(), String>(());
-            }
-        }
-    };
-    if let Err(e) = connected.await {
+    if let Err(e) = events.connect_paced(&plan.pacer).await {
         let _ = ready.send(Err(e));
         return;
     }
