@@ -8,6 +8,7 @@
 //! default)]` struct, add it as a field of [`Config`], document it in
 //! `config/edgehub.toml` and in [`Config::summary`].
 
+mod devices;
 pub mod duration;
 mod hub;
 mod log;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::devices::{DevicesConfig, SerialPortConfig, TelemetryFormat};
 pub use self::hub::{HubConfig, HubId, InvalidHubId};
 pub use self::log::{InvalidLogLevel, LogConfig, LogFormat, LogLevel};
 pub use self::shutdown::ShutdownConfig;
@@ -53,6 +55,10 @@ pub struct Config {
     pub acl: crate::acl::AclConfig,
     /// `[auth]`: password users and JWT verification for clients without certificates.
     pub auth: crate::auth::AuthConfig,
+    /// `[devices]`: firmware-proto sessions, liveness, limits and commands.
+    pub devices: DevicesConfig,
+    /// `[[serial]]`: serial ports with sensors on them. None by default.
+    pub serial: Vec<SerialPortConfig>,
 }
 
 impl Default for Config {
@@ -68,6 +74,8 @@ impl Default for Config {
             broker: Default::default(),
             acl: Default::default(),
             auth: Default::default(),
+            devices: Default::default(),
+            serial: Vec::new(),
         }
     }
 }

@@ -10,11 +10,15 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod data_dir;
+pub mod devices;
 pub mod front;
 pub mod logging;
 pub mod pki;
+pub mod publisher;
+pub mod serial;
 pub mod shutdown;
 pub mod tls;
+pub mod ws_device;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,6 +66,12 @@ pub struct Hub {
     front: FrontDoor,
     stats: Arc<FrontStats>,
     broker: broker::Broker,
+    gateway: Arc<devices::Gateway>,
+    publisher: publisher::Publisher,
+    eventloop: rumqttc::EventLoop,
+    router_inbox: tokio::sync::mpsc::Receiver<devices::RouterInput>,
+    mqtt_commands: tokio::sync::mpsc::Receiver<publisher::IncomingCommand>,
+    mqtt_commands_tx: tokio::sync::mpsc::Sender<publisher::IncomingCommand>,
 }
 
 impl Hub {
@@ -87,8 +97,17 @@ impl Hub {
             .await
             .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
 
+        let (publisher, eventloop) = publisher::Publisher::new(&broker, config.hub.id.as_str());
+        let (gateway, router_inbox) = devices::Gateway::new(
+            config.devices.clone(),
+            config.hub.id.as_str(),
+            publisher.clone(),
+        );
+        let (mqtt_commands_tx, mqtt_commands) = tokio::sync::mpsc::channel(1024);
+
         let stats = Arc::new(FrontStats::default());
         let shared = Arc::new(Shared {
+            gateway: gateway.clone(),
             broker: broker.clone(),
             acl,
             auth,
@@ -106,6 +125,12 @@ impl Hub {
             front,
             stats,
             broker,
+            gateway,
+            publisher,
+            eventloop,
+            router_inbox,
+            mqtt_commands,
+            mqtt_commands_tx,
         })
     }
 
@@ -127,22 +152,107 @@ impl Hub {
         self.broker.subscriber_skips()
     }
 
+    /// The device gateway's counters.
+    pub fn device_stats(&self) -> devices::StatsSnapshot {
+        self.gateway.stats.snapshot(self.gateway.registry.online())
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, closes every connection
     /// and waits for the stages within `shutdown.grace_period`.
+    ///
+    /// Shutdown runs in two waves so that nothing is lost on the way out: first the
+    /// sources (listeners, device connections, serial ports, command router), which
+    /// publish their devices offline as they close; then the broker publisher, which
+    /// sends what is queued, marks the hub offline and disconnects.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
-        let stages = Stages::new();
-        let front = self.front;
-        stages.spawn("front door", move |token| front.run(token));
+        let Hub {
+            config,
+            front,
+            gateway,
+            publisher,
+            eventloop,
+            router_inbox,
+            mqtt_commands,
+            mqtt_commands_tx,
+            ..
+        } = self;
+        let sinks = Stages::new();
+        let sink_publisher = publisher.clone();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        sinks.spawn("broker publisher", move |_token| {
+            publisher::run(sink_publisher, eventloop, mqtt_commands_tx, ready_tx)
+        });
+        // Serve nobody before commands can be routed and telemetry published: clients
+        // that connect meanwhile wait in the listen backlog.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+            .await
+            .is_err()
+        {
+            tracing::error!("the broker publisher did not connect to the embedded broker within 10 s; serving anyway, device data waits for it");
+        }
+
+        let sources = Stages::new();
+        sources.spawn("front door", move |token| front.run(token));
+        let router_gateway = gateway.clone();
+        sources.spawn("command router", move |token| {
+            devices::run_router(router_gateway, mqtt_commands, router_inbox, token)
+        });
+        let serial_gateway = gateway.clone();
+        let serial_ports = config.serial.clone();
+        sources.spawn("serial ports", move |token| {
+            serial::run(serial_ports, serial_gateway, token)
+        });
+        let stats_gateway = gateway.clone();
+        let interval = config.hub.stats_interval;
+        sources.spawn("stats", move |token| {
+            publish_stats(stats_gateway, interval, token)
+        });
+        drop(gateway);
 
         tracing::info!("edgehub ready");
         shutdown.await;
 
-        let grace_period =
-            humantime::format_duration(self.config.shutdown.grace_period).to_string();
-        tracing::info!(%grace_period, running = stages.running().len(), "edgehub shutting down");
-        stages.drain(self.config.shutdown.grace_period).await?;
+        let grace = config.shutdown.grace_period;
+        let started = std::time::Instant::now();
+        let grace_period = humantime::format_duration(grace).to_string();
+        tracing::info!(%grace_period, running = sources.running().len() + sinks.running().len(), "edgehub shutting down");
+        sources.drain(grace).await?;
+        publisher.stop().await;
+        drop(publisher);
+        sinks.drain(grace.saturating_sub(started.elapsed())).await?;
         tracing::info!("edgehub stopped cleanly");
         Ok(())
+    }
+}
+
+/// Publishes `edgehub/{hub_id}/stats` every `interval` until shutdown.
+async fn publish_stats(
+    gateway: Arc<devices::Gateway>,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    #[derive(serde::Serialize)]
+    struct Stats<'a> {
+        time: u64,
+        devices: devices::StatsSnapshot,
+        serial: &'a std::collections::BTreeMap<String, serial::PortStats>,
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let serial = serial::snapshot(&gateway);
+        let stats = Stats {
+            time: devices::wall_ms(),
+            devices: gateway.stats.snapshot(gateway.registry.online()),
+            serial: &serial,
+        };
+        if gateway.publisher.stats(&stats).await.is_err() {
+            return;
+        }
     }
 }
 

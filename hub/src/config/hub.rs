@@ -17,6 +17,9 @@ pub struct HubConfig {
     /// Directory for the hub's state, created with mode 0700 at start.
     /// Default: the first entry of `$STATE_DIRECTORY` (systemd), else `./edgehub-data`.
     pub data_dir: PathBuf,
+    /// How often the hub publishes `edgehub/{id}/stats`.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub stats_interval: std::time::Duration,
 }
 
 impl Default for HubConfig {
@@ -24,6 +27,7 @@ impl Default for HubConfig {
         HubConfig {
             id: HubId::from_machine(),
             data_dir: default_data_dir(std::env::var_os("STATE_DIRECTORY").as_deref()),
+            stats_interval: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Shared {
     pub stats: Arc<FrontStats>,
     /// Which certificate field is a client's identity.
     pub identity_source: IdentitySource,
+    /// Firmware-proto devices on `/device`, and MQTT-native devices' presence.
+    pub gateway: Arc<crate::devices::Gateway>,
     /// Bounds concurrent password hashes (tens of MiB and milliseconds each), so a burst
     /// of logins queues instead of exhausting a Pi's memory.
     pub password_checks: Arc<tokio::sync::Semaphore>,
@@ -113,8 +115,7 @@ impl FrontDoor {
             };
             let upgrade = UpgradeRules {
                 mqtt_path: s.mqtt_path.clone(),
-                // The device gateway is not wired in yet; its path answers 404.
-                device_path: None,
+                device_path: Some(s.device_path.clone()),
                 allowed_origins: s.allowed_origins.clone(),
             };
             let listener = Listener {
@@ -332,6 +333,14 @@ async fn websocket<S>(
         .upgrade
         .decide(req, resp)
     {
+        // Devices must present a certificate: it is their identity.
+        Ok((ws::Route::Device, _)) if cert.is_none() => {
+            decision = Some(Err(ws::UpgradeRefusal::CertificateRequired));
+            Err(ws::error_response(
+                ws::StatusCode::FORBIDDEN,
+                "devices must present a client certificate",
+            ))
+        }
         Ok((route, resp)) => {
             decision = Some(Ok(route));
             Ok(resp)
@@ -374,8 +383,21 @@ async fn websocket<S>(
             )
             .await
         }
-        // Not routable until the device gateway exists (UpgradeRules has no device path).
-        Some(Ok(Route::Device)) | Some(Err(_)) | None => {}
+        Some(Ok(Route::Device)) => {
+            let Some(cert) = cert else { return };
+            tracing::Span::current().record("identity", cert.identity.as_str());
+            crate::ws_device::serve(
+                socket,
+                cert,
+                peer,
+                shared.gateway.clone(),
+                &shared.acl,
+                shared.limits.write_timeout,
+                shutdown,
+            )
+            .await
+        }
+        Some(Err(_)) | None => {}
     }
 }
 
@@ -421,6 +443,12 @@ async fn mqtt_client<C>(
         protocol = if admitted.v5 { "5" } else { "3.1.1" },
         "client connected"
     );
+    // An MQTT-native device answers its own commands; the command router must know.
+    let device_identity =
+        (admitted.subject.role == "device").then(|| admitted.subject.identity.clone());
+    if let Some(identity) = &device_identity {
+        shared.gateway.registry.mqtt_device_connected(identity);
+    }
     let session = Arc::new(Session::new(
         admitted.v5,
         admitted.subject,
@@ -445,5 +473,8 @@ async fn mqtt_client<C>(
         .stats
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(identity) = &device_identity {
+        shared.gateway.registry.mqtt_device_disconnected(identity);
+    }
     tracing::info!(reason = %ended, "client disconnected");
 }

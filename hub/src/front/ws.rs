@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::packet::FrameError;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+pub use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -60,6 +61,8 @@ pub enum UpgradeRefusal {
     Origin(String),
     /// The client offered subprotocols, none of which we speak.
     Subprotocol(String),
+    /// A device connected without a client certificate.
+    CertificateRequired,
 }
 
 impl std::fmt::Display for UpgradeRefusal {
@@ -68,6 +71,9 @@ impl std::fmt::Display for UpgradeRefusal {
             UpgradeRefusal::UnknownPath(p) => write!(f, "unknown path {p:?}"),
             UpgradeRefusal::Origin(o) => write!(f, "origin {o:?} is not in allowed_origins"),
             UpgradeRefusal::Subprotocol(s) => write!(f, "no supported subprotocol in {s:?}"),
+            UpgradeRefusal::CertificateRequired => {
+                f.write_str("devices must present a client certificate")
+            }
         }
     }
 }
@@ -149,7 +155,8 @@ impl UpgradeRules {
     }
 }
 
-fn error_response(status: StatusCode, text: &str) -> ErrorResponse {
+/// An HTTP error answer to an upgrade request.
+pub fn error_response(status: StatusCode, text: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(format!("{text}\n")));
     *response.status_mut() = status;
     response

@@ -1,0 +1,305 @@
+//! The glue between one device connection (a WebSocket or a serial port) and the rest of
+//! the hub: it feeds the [`Conversation`] and carries out its steps (publish telemetry,
+//! attach the device, keep its retained status, pass command results on).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use firmware_proto::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::payload::{StatusPayload, TelemetryPayload};
+use super::registry::{Downlink, Live};
+use super::session::{Claim, Close, Conversation, Now, SessionInfo, Step, Transport};
+use super::{to_router, wall_ms, Gateway, RouterInput};
+
+/// Commands queued for one device before the router answers "busy".
+const DOWNLINK_CAPACITY: usize = 16;
+
+/// Where the device is: for its status payload and logs.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// A WebSocket peer address.
+    Peer(std::net::SocketAddr),
+    /// A serial port path.
+    Port(String),
+}
+
+/// What the transport must do after one message.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Send this to the device.
+    pub reply: Option<Message>,
+    /// Then close the connection (WebSocket) or forget the session (serial).
+    pub close: Option<Close>,
+}
+
+#[derive(Debug)]
+struct Attached {
+    info: SessionInfo,
+    since: u64,
+}
+
+/// One device connection's state outside the protocol machine.
+pub struct Link {
+    gateway: Arc<Gateway>,
+    conversation: Conversation,
+    conn: u64,
+    transport: Transport,
+    place: Place,
+    opened: Instant,
+    attached: Option<Attached>,
+    last_seen: u64,
+    downlink: mpsc::Sender<Downlink>,
+    replaced: CancellationToken,
+}
+
+impl Link {
+    /// A link for a new connection; the receiver yields commands for the device.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        claim: Claim,
+        transport: Transport,
+        place: Place,
+    ) -> (Link, mpsc::Receiver<Downlink>) {
+        let (downlink, rx) = mpsc::channel(DOWNLINK_CAPACITY);
+        let conversation = Conversation::new(gateway.rules.clone(), claim, transport);
+        let conn = gateway.registry.next_conn();
+        (
+            Link {
+                gateway,
+                conversation,
+                conn,
+                transport,
+                place,
+                opened: Instant::now(),
+                attached: None,
+                last_seen: wall_ms(),
+                downlink,
+                replaced: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Cancelled when a newer connection of the same device takes over.
+    pub fn replaced(&self) -> CancellationToken {
+        self.replaced.clone()
+    }
+
+    /// The attached device's id.
+    pub fn device(&self) -> Option<&str> {
+        self.attached.as_ref().map(|a| a.info.device.as_str())
+    }
+
+    /// True when the device said nothing for the announced heartbeat period.
+    pub fn is_silent(&self) -> bool {
+        self.conversation.is_silent(Instant::now(), self.opened)
+    }
+
+    /// Handles one message from the device.
+    pub async fn receive(&mut self, bytes: &[u8]) -> Handled {
+        let now = Now::current();
+        self.last_seen = now.wall_ms;
+        let registry = &self.gateway.registry;
+        let step = self
+            .conversation
+            .receive(bytes, now, |id| registry.memory(id));
+        let stats = &self.gateway.stats;
+        match step {
+            Step::Nothing => Handled::default(),
+            Step::Duplicate => {
+                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                Handled::default()
+            }
+            Step::Reply(message) => Handled {
+                reply: Some(message),
+                close: None,
+            },
+            Step::Started { welcome, info } => {
+                self.start(info, now.wall_ms).await;
+                Handled {
+                    reply: Some(Message::Welcome(welcome)),
+                    close: None,
+                }
+            }
+            Step::Telemetry { telemetry, lost } => {
+                let Some(attached) = &self.attached else {
+                    return Handled::default();
+                };
+                let payload = TelemetryPayload::new(
+                    &attached.info.device,
+                    attached.info.session,
+                    self.transport.as_str(),
+                    &telemetry,
+                    now.wall_ms,
+                )
+                .encode(self.gateway.config.telemetry_format);
+                if self
+                    .gateway
+                    .publisher
+                    .telemetry(&attached.info.device, payload)
+                    .await
+                    .is_err()
+                {
+                    // The hub is stopping; the device will resend what is not acked.
+                    return Handled::default();
+                }
+                stats.telemetry.fetch_add(1, Ordering::Relaxed);
+                if lost > 0 {
+                    stats.lost.fetch_add(lost, Ordering::Relaxed);
+                }
+                if let Some(memory) = self.conversation.accepted(telemetry.seq) {
+                    registry.remember(&attached.info.device, memory);
+                }
+                Handled::default()
+            }
+            Step::OutOfOrder => {
+                stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                Handled::default()
+            }
+            Step::CommandResult(result) => {
+                if let Some(device) = self.device().map(str::to_owned) {
+                    let input = RouterInput::Result {
+                        device,
+                        conn: self.conn,
+                        result,
+                    };
+                    to_router(&self.gateway, input).await;
+                }
+                Handled::default()
+            }
+            Step::Refuse {
+                error,
+                close,
+                reason,
+            } => {
+                stats.violation(reason);
+                if close.is_some() {
+                    stats.closed_for_violations.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        reason = reason.as_str(),
+                        code = error.code,
+                        "{}; closing",
+                        error.message
+                    );
+                } else {
+                    tracing::debug!(
+                        reason = reason.as_str(),
+                        code = error.code,
+                        "{}",
+                        error.message
+                    );
+                }
+                Handled {
+                    reply: Some(Message::Error(error)),
+                    close,
+                }
+            }
+        }
+    }
+
+    /// The cumulative Ack due after the messages handled so far, if any. Call when no
+    /// more input is immediately available, so one Ack covers a burst.
+    pub fn take_ack(&mut self) -> Option<Message> {
+        self.conversation.take_ack().map(Message::Ack)
+    }
+
+    async fn start(&mut self, info: SessionInfo, now_ms: u64) {
+        let gateway = self.gateway.clone();
+        if let Some(previous) = self.attached.take() {
+            if previous.info.device != info.device {
+                // A second Hello naming another device (serial without a fixed id):
+                // the first one is gone from this port.
+                self.detach(&previous, "replaced on the same line").await;
+            }
+        }
+        let live = Live {
+            conn: self.conn,
+            downlink: self.downlink.clone(),
+            replaced: self.replaced.clone(),
+        };
+        let replaced = gateway.registry.attach(&info.device, live);
+        gateway.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            device = %info.device,
+            firmware = %info.firmware,
+            session = %format_args!("{:016x}", info.session),
+            resends = info.resends,
+            replaced,
+            "device session started"
+        );
+        let attached = Attached {
+            info,
+            since: now_ms,
+        };
+        let status = self.status(&attached, "online", None);
+        let _ = gateway
+            .publisher
+            .status(&attached.info.device, &status)
+            .await;
+        self.attached = Some(attached);
+    }
+
+    /// The device's session ends (connection closed, silence, hub stopping): detaches
+    /// it, fails its outstanding commands and publishes it offline — unless a newer
+    /// connection already took the device over.
+    pub async fn end(&mut self, reason: &'static str) {
+        if let Some(attached) = self.attached.take() {
+            self.detach(&attached, reason).await;
+        }
+        self.conversation.end_session();
+    }
+
+    async fn detach(&mut self, attached: &Attached, reason: &'static str) {
+        let gateway = self.gateway.clone();
+        let device = attached.info.device.clone();
+        let ours = gateway.registry.detach(&device, self.conn);
+        to_router(
+            &gateway,
+            RouterInput::Ended {
+                device: device.clone(),
+                conn: self.conn,
+            },
+        )
+        .await;
+        if ours {
+            tracing::info!(%device, reason, "device offline");
+            let status = self.status(attached, "offline", Some(reason));
+            let _ = gateway.publisher.status(&device, &status).await;
+        } else {
+            tracing::info!(%device, "device connection replaced by a newer one");
+        }
+    }
+
+    fn status(
+        &self,
+        attached: &Attached,
+        state: &'static str,
+        reason: Option<&'static str>,
+    ) -> StatusPayload {
+        let (peer, port) = match &self.place {
+            Place::Peer(addr) => (Some(addr.to_string()), None),
+            Place::Port(path) => (None, Some(path.clone())),
+        };
+        StatusPayload {
+            state,
+            reason,
+            transport: self.transport.as_str(),
+            firmware: attached.info.firmware.clone(),
+            protocol: attached.info.protocol,
+            session: format!("{:016x}", attached.info.session),
+            since: if reason.is_some() {
+                wall_ms()
+            } else {
+                attached.since
+            },
+            last_seen: self.last_seen,
+            hub: self.gateway.rules.hub_id.clone(),
+            peer,
+            port,
+        }
+    }
+}

@@ -1,0 +1,905 @@
+//! One device conversation as an I/O-free state machine.
+//!
+//! A [`Conversation`] is fed each message a device sends (bytes, already unframed) with the
+//! current time, and says what to do: reply, start a session, publish telemetry, hand a
+//! command result on, or refuse. The WebSocket gateway and the serial bridge only move
+//! bytes in and out of it, so every protocol rule of PROTOCOL.md §5 is tested here without
+//! sockets or clocks.
+
+use std::time::{Duration, Instant};
+
+use firmware_proto::{
+    Ack, CommandResult, ErrorCode, ErrorMsg, Heartbeat, Hello, Limits, Message, Telemetry, Welcome,
+    PROTOCOL_VERSION,
+};
+
+/// Which transport a conversation runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `/device` on a WebSocket listener.
+    WebSocket,
+    /// A serial port.
+    Serial,
+}
+
+impl Transport {
+    /// Name used in status payloads and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "wss",
+            Transport::Serial => "serial",
+        }
+    }
+}
+
+/// Time as the state machine sees it: a monotonic instant for intervals and the wall
+/// clock for what devices are told.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time.
+    pub at: Instant,
+    /// Milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn current() -> Now {
+        Now {
+            at: Instant::now(),
+            wall_ms: wall_ms(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, 0 if the clock is before it.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Settings a conversation enforces.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The hub's id, sent in Welcome.
+    pub hub_id: String,
+    /// Limits announced in Welcome and enforced.
+    pub limits: Limits,
+    /// Messages per second (burst twice that).
+    pub message_rate: u32,
+    /// Violations tolerated before the connection is closed.
+    pub max_violations: u32,
+}
+
+/// What the transport authenticated before the first message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The Hello must name exactly this device (certificate identity, or a serial port's
+    /// configured `device_id`).
+    Must(String),
+    /// Any valid device id is accepted (a serial port without a fixed id).
+    Any,
+}
+
+/// The device's session as the hub remembers it across connections, so a reconnecting
+/// device is told what the hub already holds and nothing is published twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionMemory {
+    /// The device's session number.
+    pub session: u64,
+    /// Highest sequence accepted in it.
+    pub last_seq: u64,
+}
+
+/// A started session's facts, for status payloads and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Device id.
+    pub device: String,
+    /// Firmware version text.
+    pub firmware: String,
+    /// Negotiated protocol version.
+    pub protocol: u16,
+    /// Session number.
+    pub session: u64,
+    /// The device keeps and resends unacknowledged telemetry.
+    pub resends: bool,
+}
+
+/// Why a conversation ends the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Protocol misuse (no Hello first, version).
+    Protocol,
+    /// Identity refused, or too many violations.
+    Policy,
+}
+
+/// What to do with one message from the device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing to do (an unknown message kind, a Welcome-side message the hub ignores).
+    Nothing,
+    /// Send this message to the device.
+    Reply(Message),
+    /// A Hello was accepted: send the Welcome, register the device, publish it online.
+    Started {
+        /// The answer to send.
+        welcome: Welcome,
+        /// The session's facts.
+        info: SessionInfo,
+    },
+    /// Telemetry to publish. Call [`Conversation::accepted`] once ingest has taken it.
+    Telemetry {
+        /// The message.
+        telemetry: Telemetry,
+        /// Sequence numbers skipped before it (a device without resends lost them).
+        lost: u64,
+    },
+    /// A result for a command sent to this device.
+    CommandResult(CommandResult),
+    /// Telemetry the hub already holds: dropped, and acknowledged again.
+    Duplicate,
+    /// Telemetry after a gap from a device that resends: dropped, and the next Ack asks
+    /// for a resend (once per gap). Counted, not a violation.
+    OutOfOrder,
+    /// The message broke a rule: send the error, count it, and close when `close` says.
+    Refuse {
+        /// The error to send.
+        error: ErrorMsg,
+        /// Close the connection after sending.
+        close: Option<Close>,
+        /// What kind of violation, for counters.
+        reason: Violation,
+    },
+}
+
+/// Kinds of refusal, one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// Not CBOR, or not a message.
+    Malformed,
+    /// Above `max_message`.
+    TooLarge,
+    /// Readings, name or text over a limit.
+    Limit,
+    /// Above the message rate.
+    Rate,
+    /// A message other than Hello before the session started.
+    HelloRequired,
+    /// Hello named a device the transport did not authenticate, or an unusable id.
+    Identity,
+    /// Hello asked for a protocol version the hub does not speak.
+    Version,
+}
+
+impl Violation {
+    /// Every kind, for stats.
+    pub const ALL: [Violation; 7] = [
+        Violation::Malformed,
+        Violation::TooLarge,
+        Violation::Limit,
+        Violation::Rate,
+        Violation::HelloRequired,
+        Violation::Identity,
+        Violation::Version,
+    ];
+
+    /// Name in stats and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Violation::Malformed => "malformed",
+            Violation::TooLarge => "too_large",
+            Violation::Limit => "limit",
+            Violation::Rate => "rate",
+            Violation::HelloRequired => "hello_required",
+            Violation::Identity => "identity",
+            Violation::Version => "version",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Active {
+    info: SessionInfo,
+    /// Highest sequence accepted (0: none yet).
+    last_seq: u64,
+    /// Highest sequence handed to ingest and confirmed, so ackable.
+    confirmed: u64,
+    /// Highest sequence an Ack has been sent for.
+    acked: u64,
+    /// A resend request for the gap after `last_seq` has been issued; cleared when the
+    /// gap is filled.
+    gap_reported: bool,
+    /// The resend request is waiting to go out as an Ack.
+    resend_due: bool,
+    /// A duplicate arrived: ack again even though nothing new was confirmed.
+    reack: bool,
+}
+
+/// Token bucket for the per-device message rate.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        let rate = f64::from(rate.max(1));
+        Bucket {
+            rate,
+            burst: rate * 2.0,
+            tokens: rate * 2.0,
+            at: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One device connection's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct Conversation {
+    rules: Rules,
+    claim: Claim,
+    transport: Transport,
+    active: Option<Active>,
+    bucket: Bucket,
+    violations: u32,
+    last_heard: Option<Instant>,
+    rate_reported_at: Option<Instant>,
+}
+
+impl Conversation {
+    /// A conversation on a fresh connection or port.
+    pub fn new(rules: Rules, claim: Claim, transport: Transport) -> Conversation {
+        let bucket = Bucket::new(rules.message_rate);
+        Conversation {
+            rules,
+            claim,
+            transport,
+            active: None,
+            bucket,
+            violations: 0,
+            last_heard: None,
+            rate_reported_at: None,
+        }
+    }
+
+    /// The session's facts, once a Hello was accepted.
+    pub fn session(&self) -> Option<&SessionInfo> {
+        self.active.as_ref().map(|a| &a.info)
+    }
+
+    /// When the device last sent anything.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
+    }
+
+    /// True when the device has been silent for longer than `heartbeat` (counted from
+    /// `since` when it never spoke).
+    pub fn is_silent(&self, now: Instant, since: Instant) -> bool {
+        let heard = self.last_heard.unwrap_or(since);
+        now.saturating_duration_since(heard)
+            > Duration::from_secs(self.rules.limits.heartbeat.into())
+    }
+
+    /// Ends the session (silence on a serial line): the next message must be a Hello.
+    pub fn end_session(&mut self) -> Option<SessionInfo> {
+        self.active.take().map(|a| a.info)
+    }
+
+    /// Handles one message. `memory` looks up what the hub remembers of a device's
+    /// session (for Welcome's `acked` and deduplication across reconnects).
+    pub fn receive(
+        &mut self,
+        bytes: &[u8],
+        now: Now,
+        memory: impl FnOnce(&str) -> Option<SessionMemory>,
+    ) -> Step {
+        self.last_heard = Some(now.at);
+        if let Err(v) = self.rules.limits.check_len(bytes.len()) {
+            return self.refuse(ErrorCode::TooLarge, v.to_string(), Violation::TooLarge);
+        }
+        // Checked before decoding so a flood costs no CBOR parsing. Hello is exempt:
+        // it is what a device must send to be served at all.
+        let is_hello = bytes.get(1) == Some(&(firmware_proto::message::kind::HELLO as u8));
+        if !is_hello && !self.bucket.take(now.at) {
+            return self.rate_limited(now.at);
+        }
+        let message = match Message::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.refuse(
+                    ErrorCode::Malformed,
+                    format!("cannot decode message: {e}"),
+                    Violation::Malformed,
+                )
+            }
+        };
+        match message {
+            Message::Hello(hello) => self.hello(hello, now, memory),
+            _ if self.active.is_none() => Step::Refuse {
+                error: ErrorMsg::new(
+                    ErrorCode::HelloRequired,
+                    "send Hello first: no session on this connection",
+                ),
+                close: match self.transport {
+                    // A serial device learns from Error 3 that the hub restarted.
+                    Transport::Serial => None,
+                    Transport::WebSocket => Some(Close::Protocol),
+                },
+                reason: Violation::HelloRequired,
+            },
+            Message::Telemetry(t) => self.telemetry(t),
+            Message::CommandResult(r) => match self.rules.limits.check_command_result(&r) {
+                Ok(()) => Step::CommandResult(r),
+                Err(v) => self.refuse(ErrorCode::LimitExceeded, v.to_string(), Violation::Limit),
+            },
+            Message::Heartbeat(_) => Step::Reply(Message::Heartbeat(Heartbeat {
+                time: Some(now.wall_ms),
+            })),
+            // Errors from a device are logged by the caller through this step's absence of
+            // anything to do; the rest are hub-to-device messages or unknown kinds.
+            Message::Error(_)
+            | Message::Welcome(_)
+            | Message::Ack(_)
+            | Message::Command(_)
+            | Message::Unknown { .. } => Step::Nothing,
+        }
+    }
+
+    fn hello(
+        &mut self,
+        hello: Hello,
+        now: Now,
+        memory: impl FnOnce(&str) -> Option<SessionMemory>,
+    ) -> Step {
+        if let Claim::Must(id) = &self.claim {
+            if &hello.device_id != id {
+                let message = format!(
+                    "Hello claims device id {:?} but this connection is authenticated as {id:?}",
+                    truncate(&hello.device_id, 64)
+                );
+                return self.refuse_closing(
+                    ErrorCode::IdentityMismatch,
+                    message,
+                    Violation::Identity,
+                );
+            }
+        }
+        if let Err(why) = valid_device_id(&hello.device_id) {
+            let message = format!(
+                "device id {:?} is not usable: {why}",
+                truncate(&hello.device_id, 64)
+            );
+            return self.refuse_closing(ErrorCode::IdentityMismatch, message, Violation::Identity);
+        }
+        if hello.protocol == 0 {
+            return self.refuse_closing(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol 0 does not exist; this hub speaks 1 to {PROTOCOL_VERSION}"),
+                Violation::Version,
+            );
+        }
+        if hello.firmware.len() > usize::from(self.rules.limits.max_text_len) {
+            let message = format!(
+                "firmware text is {} bytes, max_text_len is {}",
+                hello.firmware.len(),
+                self.rules.limits.max_text_len
+            );
+            return self.refuse_closing(ErrorCode::LimitExceeded, message, Violation::Limit);
+        }
+        let protocol = hello.protocol.min(PROTOCOL_VERSION);
+        let known = memory(&hello.device_id).filter(|m| m.session == hello.session);
+        let last_seq = known.map_or(0, |m| m.last_seq);
+        let info = SessionInfo {
+            device: hello.device_id,
+            firmware: hello.firmware,
+            protocol,
+            session: hello.session,
+            resends: hello.resends,
+        };
+        self.active = Some(Active {
+            info: info.clone(),
+            last_seq,
+            confirmed: last_seq,
+            acked: last_seq,
+            gap_reported: false,
+            resend_due: false,
+            reack: false,
+        });
+        Step::Started {
+            welcome: Welcome {
+                hub_id: self.rules.hub_id.clone(),
+                time: now.wall_ms,
+                protocol,
+                limits: self.rules.limits,
+                acked: known.map(|m| m.last_seq),
+            },
+            info,
+        }
+    }
+
+    fn telemetry(&mut self, t: Telemetry) -> Step {
+        if let Err(v) = self.rules.limits.check_telemetry(&t) {
+            return self.refuse(ErrorCode::LimitExceeded, v.to_string(), Violation::Limit);
+        }
+        let Some(active) = self.active.as_mut() else {
+            return Step::Nothing;
+        };
+        if t.seq <= active.last_seq {
+            active.reack = true;
+            return Step::Duplicate;
+        }
+        let expected = active.last_seq + 1;
+        // A resending device's first telemetry of a session the hub does not know may
+        // start anywhere (it may have been acked by a hub that has since restarted).
+        let first = active.last_seq == 0;
+        if active.info.resends && t.seq != expected && !first {
+            if active.gap_reported {
+                return Step::Nothing;
+            }
+            active.gap_reported = true;
+            active.resend_due = true;
+            return Step::OutOfOrder;
+        }
+        let lost = if first { 0 } else { t.seq - expected };
+        active.last_seq = t.seq;
+        active.gap_reported = false;
+        Step::Telemetry { telemetry: t, lost }
+    }
+
+    /// Ingest has taken telemetry `seq`: it may be acknowledged.
+    pub fn accepted(&mut self, seq: u64) -> Option<SessionMemory> {
+        let active = self.active.as_mut()?;
+        active.confirmed = active.confirmed.max(seq);
+        Some(SessionMemory {
+            session: active.info.session,
+            last_seq: active.confirmed,
+        })
+    }
+
+    /// The Ack to send now, if one is due: after new telemetry was confirmed, after a
+    /// duplicate, or the resend request for a gap. Call when the input is drained, so one
+    /// Ack covers a burst.
+    pub fn take_ack(&mut self) -> Option<Ack> {
+        let active = self.active.as_mut()?;
+        if std::mem::take(&mut active.resend_due) {
+            active.acked = active.confirmed;
+            active.reack = false;
+            return Some(Ack {
+                seq: active.confirmed,
+                resend: true,
+            });
+        }
+        if active.confirmed > active.acked || active.reack {
+            active.acked = active.confirmed;
+            active.reack = false;
+            return Some(Ack {
+                seq: active.confirmed,
+                resend: false,
+            });
+        }
+        None
+    }
+
+    fn rate_limited(&mut self, now: Instant) -> Step {
+        self.violations += 1;
+        // A flooding device is told once a second, not once per message.
+        let tell = self
+            .rate_reported_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        let close = (self.violations >= self.rules.max_violations).then_some(Close::Policy);
+        if tell || close.is_some() {
+            self.rate_reported_at = Some(now);
+            Step::Refuse {
+                error: ErrorMsg::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} messages per second: slow down",
+                        self.rules.message_rate
+                    ),
+                ),
+                close,
+                reason: Violation::Rate,
+            }
+        } else {
+            Step::Nothing
+        }
+    }
+
+    fn refuse(&mut self, code: ErrorCode, message: String, reason: Violation) -> Step {
+        self.violations += 1;
+        let close = (self.violations >= self.rules.max_violations).then_some(Close::Policy);
+        Step::Refuse {
+            error: ErrorMsg::new(code, message),
+            close,
+            reason,
+        }
+    }
+
+    fn refuse_closing(&mut self, code: ErrorCode, message: String, reason: Violation) -> Step {
+        self.violations += 1;
+        Step::Refuse {
+            error: ErrorMsg::new(code, message),
+            close: Some(match reason {
+                Violation::Version => Close::Protocol,
+                _ => Close::Policy,
+            }),
+            reason,
+        }
+    }
+}
+
+/// A device id must be usable as one MQTT topic level and readable in logs.
+pub fn valid_device_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("it is empty");
+    }
+    if id.len() > 128 {
+        return Err("it is longer than 128 bytes");
+    }
+    if id
+        .chars()
+        .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    {
+        return Err("it contains '/', '+', '#' or a control character");
+    }
+    if id.starts_with('$') {
+        return Err("it starts with '$'");
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use firmware_proto::Reading;
+
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            hub_id: "hub-1".into(),
+            limits: Limits::default(),
+            message_rate: 10,
+            max_violations: 3,
+        }
+    }
+
+    fn conversation(claim: Claim) -> Conversation {
+        Conversation::new(rules(), claim, Transport::WebSocket)
+    }
+
+    fn hello(id: &str, session: u64, resends: bool) -> Vec<u8> {
+        Message::Hello(Hello {
+            device_id: id.into(),
+            firmware: "1.0".into(),
+            protocol: 1,
+            session,
+            max_message: None,
+            resends,
+        })
+        .to_vec()
+    }
+
+    fn telemetry(seq: u64) -> Vec<u8> {
+        Message::Telemetry(Telemetry {
+            seq,
+            time: None,
+            readings: vec![Reading::new("t", 1.5f32)],
+        })
+        .to_vec()
+    }
+
+    struct Clock {
+        start: Instant,
+        ms: u64,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock {
+                start: Instant::now(),
+                ms: 0,
+            }
+        }
+        fn tick(&mut self, ms: u64) -> Now {
+            self.ms += ms;
+            Now {
+                at: self.start + Duration::from_millis(self.ms),
+                wall_ms: 1_700_000_000_000 + self.ms,
+            }
+        }
+    }
+
+    fn start(c: &mut Conversation, clock: &mut Clock, id: &str, resends: bool) -> Welcome {
+        match c.receive(&hello(id, 7, resends), clock.tick(1), |_| None) {
+            Step::Started { welcome, .. } => welcome,
+            other => panic!("expected Started, got {other:?}"),
+        }
+    }
+
+    /// Feeds telemetry and confirms what the conversation hands out; returns seqs published.
+    fn feed(c: &mut Conversation, clock: &mut Clock, seqs: &[u64]) -> Vec<u64> {
+        let mut published = Vec::new();
+        for &seq in seqs {
+            if let Step::Telemetry { telemetry, .. } =
+                c.receive(&telemetry(seq), clock.tick(200), |_| None)
+            {
+                published.push(telemetry.seq);
+                c.accepted(telemetry.seq);
+            }
+        }
+        published
+    }
+
+    #[test]
+    fn hello_with_the_authenticated_id_gets_welcome_with_limits() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Must("th-01".into()));
+        let welcome = start(&mut c, &mut clock, "th-01", false);
+        assert_eq!(welcome.hub_id, "hub-1");
+        assert_eq!(welcome.limits, Limits::default());
+        assert_eq!(welcome.acked, None);
+        assert_eq!(welcome.time, 1_700_000_000_001);
+    }
+
+    #[test]
+    fn hello_claiming_another_id_is_refused_and_closes() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Must("th-01".into()));
+        match c.receive(&hello("th-02", 1, false), clock.tick(1), |_| None) {
+            Step::Refuse {
+                error,
+                close,
+                reason,
+            } => {
+                assert_eq!(error.known_code(), Some(ErrorCode::IdentityMismatch));
+                assert!(error.message.contains("th-02") && error.message.contains("th-01"));
+                assert_eq!(close, Some(Close::Policy));
+                assert_eq!(reason, Violation::Identity);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.session().is_none());
+    }
+
+    #[test]
+    fn device_ids_that_are_not_one_topic_level_are_refused() {
+        for bad in ["", "a/b", "a+", "#", "$sys", "a\nb"] {
+            let mut clock = Clock::new();
+            let mut c = conversation(Claim::Any);
+            assert!(
+                matches!(
+                    c.receive(&hello(bad, 1, false), clock.tick(1), |_| None),
+                    Step::Refuse {
+                        reason: Violation::Identity,
+                        close: Some(_),
+                        ..
+                    }
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn telemetry_before_hello_is_refused_closing_websocket_but_not_serial() {
+        let mut clock = Clock::new();
+        let mut ws = conversation(Claim::Any);
+        let mut serial = Conversation::new(rules(), Claim::Any, Transport::Serial);
+        for (c, close) in [(&mut ws, Some(Close::Protocol)), (&mut serial, None)] {
+            match c.receive(&telemetry(1), clock.tick(1), |_| None) {
+                Step::Refuse {
+                    error, close: got, ..
+                } => {
+                    assert_eq!(error.known_code(), Some(ErrorCode::HelloRequired));
+                    assert_eq!(got, close);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_are_not_published_and_are_acked_again() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", false);
+        assert_eq!(feed(&mut c, &mut clock, &[1, 2, 3]), [1, 2, 3]);
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 3,
+                resend: false
+            })
+        );
+        assert_eq!(c.take_ack(), None, "nothing new: no second ack");
+        assert_eq!(feed(&mut c, &mut clock, &[2, 3]), Vec::<u64>::new());
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 3,
+                resend: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_device_without_resends_may_skip_and_the_gap_is_counted_lost() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", false);
+        feed(&mut c, &mut clock, &[1]);
+        match c.receive(&telemetry(5), clock.tick(200), |_| None) {
+            Step::Telemetry { telemetry, lost } => assert_eq!((telemetry.seq, lost), (5, 3)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resending_device_is_asked_once_per_gap_and_later_seqs_wait_for_it() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", true);
+        assert_eq!(feed(&mut c, &mut clock, &[1, 2]), [1, 2]);
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 2,
+                resend: false
+            })
+        );
+        // 3 was lost on the line: 4 and 5 are dropped, and one resend request goes out.
+        assert_eq!(
+            c.receive(&telemetry(4), clock.tick(200), |_| None),
+            Step::OutOfOrder
+        );
+        assert_eq!(
+            c.receive(&telemetry(5), clock.tick(200), |_| None),
+            Step::Nothing
+        );
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 2,
+                resend: true
+            })
+        );
+        assert_eq!(c.take_ack(), None);
+        assert_eq!(feed(&mut c, &mut clock, &[3, 4, 5]), [3, 4, 5]);
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 5,
+                resend: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_reconnect_in_a_known_session_is_told_what_the_hub_holds_and_not_republished() {
+        let mut clock = Clock::new();
+        let memory = SessionMemory {
+            session: 7,
+            last_seq: 40,
+        };
+        let mut c = conversation(Claim::Any);
+        let welcome = match c.receive(&hello("d", 7, true), clock.tick(1), |_| Some(memory)) {
+            Step::Started { welcome, .. } => welcome,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(welcome.acked, Some(40));
+        assert_eq!(feed(&mut c, &mut clock, &[39, 40, 41]), [41]);
+        // A new session (reboot) starts from scratch.
+        let mut c = conversation(Claim::Any);
+        let welcome = match c.receive(&hello("d", 8, true), clock.tick(1), |_| Some(memory)) {
+            Step::Started { welcome, .. } => welcome,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(welcome.acked, None);
+        assert_eq!(feed(&mut c, &mut clock, &[1]), [1]);
+    }
+
+    #[test]
+    fn flooding_is_refused_once_a_second_and_closes_after_max_violations() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", false);
+        // Burst of 20 (2 x rate) passes, then refusals begin.
+        let mut steps = Vec::new();
+        for seq in 1..=40 {
+            steps.push(c.receive(&telemetry(seq), clock.tick(1), |_| None));
+        }
+        let published = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Telemetry { .. }))
+            .count();
+        assert!((20..=21).contains(&published), "{published}");
+        let refusals: Vec<_> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Refuse {
+                    reason: Violation::Rate,
+                    close,
+                    ..
+                } => Some(*close),
+                _ => None,
+            })
+            .collect();
+        // Told once; the third violation closes (the transport stops reading there).
+        assert_eq!(refusals[..2], [None, Some(Close::Policy)]);
+    }
+
+    #[test]
+    fn oversized_malformed_and_over_limit_messages_are_refused_with_their_codes() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", false);
+        let big = vec![0u8; 2000];
+        let many = Message::Telemetry(Telemetry {
+            seq: 1,
+            time: None,
+            readings: (0..65).map(|i| Reading::new(format!("r{i}"), i)).collect(),
+        })
+        .to_vec();
+        let cases: [(&[u8], ErrorCode, Option<Close>); 3] = [
+            (&big, ErrorCode::TooLarge, None),
+            (&[0xff, 0x00, 0x13], ErrorCode::Malformed, None),
+            (&many, ErrorCode::LimitExceeded, Some(Close::Policy)),
+        ];
+        for (bytes, code, close) in cases {
+            match c.receive(bytes, clock.tick(200), |_| None) {
+                Step::Refuse {
+                    error, close: got, ..
+                } => {
+                    assert_eq!(error.known_code(), Some(code));
+                    assert_eq!(got, close);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn heartbeat_is_answered_with_the_hub_clock_and_silence_is_detected() {
+        let mut clock = Clock::new();
+        let mut c = Conversation::new(rules(), Claim::Any, Transport::Serial);
+        let begin = clock.tick(0).at;
+        start(&mut c, &mut clock, "d", false);
+        let hb = Message::Heartbeat(Heartbeat { time: None }).to_vec();
+        let now = clock.tick(1000);
+        assert_eq!(
+            c.receive(&hb, now, |_| None),
+            Step::Reply(Message::Heartbeat(Heartbeat {
+                time: Some(now.wall_ms)
+            }))
+        );
+        assert!(!c.is_silent(clock.tick(59_000).at, begin));
+        assert!(c.is_silent(clock.tick(2_000).at, begin));
+    }
+}

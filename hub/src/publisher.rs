@@ -1,0 +1,263 @@
+//! The broker publisher: the hub's own MQTT session on the embedded broker.
+//!
+//! Device telemetry, device status and command results go out through it; it subscribes
+//! to `devices/+/cmd` and hands commands to the device gateway; it keeps the hub's own
+//! retained `edgehub/{hub_id}/status` (with a last will) and publishes
+//! `edgehub/{hub_id}/stats`. It connects over loopback with the broker's per-start
+//! secret, like the front door, so no outside client can impersonate it.
+//!
+//! Backpressure: the request channel to rumqttc's event loop is bounded, so a device
+//! task publishing faster than the broker takes messages waits, and stops reading its
+//! device (TCP or the serial line pushes back).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::broker::{Broker, FRONT_DOOR_USER};
+
+/// Client id of the hub's own session. Front-door clients' ids always contain `|`
+/// (identity|id), so no client can take this one over.
+const CLIENT_ID: &str = "edgehub-hub";
+
+/// Requests queued for the event loop before publishers wait.
+const REQUEST_CAPACITY: usize = 4096;
+
+/// The publisher's event loop is gone (the hub is stopping).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the broker publisher has stopped")]
+pub struct Stopped;
+
+/// A command as it arrived on `devices/{id}/cmd`.
+#[derive(Debug)]
+pub struct IncomingCommand {
+    /// The device id from the topic.
+    pub device: String,
+    /// The raw payload.
+    pub payload: bytes::Bytes,
+}
+
+/// Publishes to the embedded broker; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    hub_id: Arc<str>,
+}
+
+/// The hub's own status payload.
+#[derive(Debug, Serialize)]
+struct HubStatus<'a> {
+    state: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    version: &'a str,
+    since: u64,
+}
+
+impl Publisher {
+    /// Creates the client and its event loop; nothing is sent until [`run`] polls it.
+    pub fn new(broker: &Broker, hub_id: &str) -> (Publisher, EventLoop) {
+        let addr = broker.addr_for(4);
+        let mut options = MqttOptions::new(CLIENT_ID, addr.ip().to_string(), addr.port());
+        options.set_credentials(FRONT_DOOR_USER, broker.password());
+        options.set_keep_alive(Duration::from_secs(60));
+        options.set_clean_session(true);
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        options.set_request_channel_capacity(REQUEST_CAPACITY);
+        options.set_inflight(1000);
+        let offline = HubStatus {
+            state: "offline",
+            reason: Some("lost"),
+            version: crate::VERSION,
+            since: 0,
+        };
+        options.set_last_will(LastWill::new(
+            status_topic(hub_id),
+            serde_json::to_vec(&offline).unwrap_or_default(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        (
+            Publisher {
+                client,
+                hub_id: hub_id.into(),
+            },
+            eventloop,
+        )
+    }
+
+    /// The hub's id.
+    pub fn hub_id(&self) -> &str {
+        &self.hub_id
+    }
+
+    /// Publishes telemetry (QoS 0: the loopback hop does not lose messages while the hub
+    /// runs, and subscribers choose their own QoS).
+    pub async fn telemetry(&self, device: &str, payload: Vec<u8>) -> Result<(), Stopped> {
+        self.client
+            .publish(
+                format!("devices/{device}/telemetry"),
+                QoS::AtMostOnce,
+                false,
+                payload,
+            )
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Publishes a device's retained status.
+    pub async fn status(&self, device: &str, payload: &impl Serialize) -> Result<(), Stopped> {
+        let payload = serde_json::to_vec(payload).unwrap_or_default();
+        self.client
+            .publish(
+                format!("devices/{device}/status"),
+                QoS::AtLeastOnce,
+                true,
+                payload,
+            )
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Publishes a command result.
+    pub async fn command_result(
+        &self,
+        device: &str,
+        payload: &impl Serialize,
+    ) -> Result<(), Stopped> {
+        let payload = serde_json::to_vec(payload).unwrap_or_default();
+        self.client
+            .publish(
+                format!("devices/{device}/cmd/result"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Publishes the hub's stats.
+    pub async fn stats(&self, payload: &impl Serialize) -> Result<(), Stopped> {
+        let payload = serde_json::to_vec(payload).unwrap_or_default();
+        self.client
+            .publish(
+                format!("edgehub/{}/stats", self.hub_id),
+                QoS::AtMostOnce,
+                false,
+                payload,
+            )
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Says the hub stopped (retained) and ends the session cleanly; the event loop
+    /// finishes once the DISCONNECT is written.
+    pub async fn stop(&self) {
+        let status = HubStatus {
+            state: "offline",
+            reason: Some("stopped"),
+            version: crate::VERSION,
+            since: crate::devices::wall_ms(),
+        };
+        let _ = self
+            .client
+            .publish(
+                status_topic(&self.hub_id),
+                QoS::AtLeastOnce,
+                true,
+                serde_json::to_vec(&status).unwrap_or_default(),
+            )
+            .await;
+        let _ = self.client.disconnect().await;
+    }
+
+    fn online(&self) {
+        let status = HubStatus {
+            state: "online",
+            reason: None,
+            version: crate::VERSION,
+            since: crate::devices::wall_ms(),
+        };
+        let payload = serde_json::to_vec(&status).unwrap_or_default();
+        if self
+            .client
+            .try_publish(status_topic(&self.hub_id), QoS::AtLeastOnce, true, payload)
+            .is_err()
+            || self
+                .client
+                .try_subscribe("devices/+/cmd", QoS::AtLeastOnce)
+                .is_err()
+        {
+            tracing::warn!("broker publisher queue full at connect: hub status or command subscription delayed until the next reconnect");
+        }
+    }
+}
+
+fn status_topic(hub_id: &str) -> String {
+    format!("edgehub/{hub_id}/status")
+}
+
+/// Drives the event loop until the publisher is stopped (DISCONNECT written) or every
+/// handle is dropped. Commands go to `commands`; when it is full they are dropped with a
+/// warning (the event loop must never wait on a consumer that may be waiting on it).
+///
+/// `ready` fires once the session is up and subscribed to commands, so the hub serves
+/// nobody before it can route what they send.
+pub async fn run(
+    publisher: Publisher,
+    mut eventloop: EventLoop,
+    commands: mpsc::Sender<IncomingCommand>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut warned = false;
+    let mut connected_once = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                if connected_once {
+                    tracing::warn!("broker publisher reconnected to the embedded broker");
+                }
+                connected_once = true;
+                warned = false;
+                publisher.online();
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let Some(device) = p
+                    .topic
+                    .strip_prefix("devices/")
+                    .and_then(|t| t.strip_suffix("/cmd"))
+                else {
+                    continue;
+                };
+                let command = IncomingCommand {
+                    device: device.to_owned(),
+                    payload: p.payload,
+                };
+                if let Err(e) = commands.try_send(command) {
+                    tracing::warn!(device = %e.into_inner().device, "command dropped: the command router is busy or stopped");
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
+            Err(error) => {
+                if !warned {
+                    tracing::error!(%error, "broker publisher lost its connection to the embedded broker; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! One open serial port: bytes in through the frame decoder to the device's link, frames
+//! out.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use firmware_proto::frame::{self, Feed, FrameDecoder, FrameError};
+use firmware_proto::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{counters, PortCounters};
+use crate::config::SerialPortConfig;
+use crate::devices::link::{Link, Place};
+use crate::devices::session::Claim;
+use crate::devices::{Downlink, Gateway, Transport};
+
+/// Largest frame the decoder holds. Longer frames are dropped and counted as oversized;
+/// a serial sensor's messages are far smaller (the default `max_message` is 1 KiB).
+const MAX_FRAME: usize = frame::max_frame_len(16 * 1024);
+
+/// A line that accepts nothing for this long is treated as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a port raw, 8N1, at `baud`.
+pub(super) fn open(path: &Path, baud: u32) -> Result<SerialStream, tokio_serial::Error> {
+    tokio_serial::new(path.to_string_lossy(), baud)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(tokio_serial::Parity::None)
+        .stop_bits(tokio_serial::StopBits::One)
+        .flow_control(tokio_serial::FlowControl::None)
+        .open_native_async()
+}
+
+/// Serves a port until it fails or the hub stops.
+pub(super) async fn serve(
+    mut stream: SerialStream,
+    path: PathBuf,
+    entry: Arc<SerialPortConfig>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) {
+    let name = path.display().to_string();
+    let counters = counters(&gateway, &name);
+    counters.opens.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(baud = entry.baud.get(), "serial port open");
+
+    let claim = match &entry.device_id {
+        Some(id) => Claim::Must(id.clone()),
+        None => Claim::Any,
+    };
+    let (mut link, mut downlink) = Link::new(
+        gateway.clone(),
+        claim,
+        Transport::Serial,
+        Place::Port(name.clone()),
+    );
+    let mut decoder: Box<FrameDecoder<MAX_FRAME>> = Box::default();
+    let mut buf = vec![0u8; 4096];
+    let mut message = Vec::with_capacity(1024);
+    let mut silence = tokio::time::interval(Duration::from_secs(1));
+    silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut replaced = link.replaced();
+
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break "hub stopped",
+            _ = replaced.cancelled() => {
+                // The device attached elsewhere (another port, or WebSocket): this line
+                // has no session until a new Hello.
+                link.end("replaced").await;
+                let (fresh, rx) = Link::new(
+                    gateway.clone(),
+                    match &entry.device_id {
+                        Some(id) => Claim::Must(id.clone()),
+                        None => Claim::Any,
+                    },
+                    Transport::Serial,
+                    Place::Port(name.clone()),
+                );
+                link = fresh;
+                downlink = rx;
+                replaced = link.replaced();
+            }
+            Some(Downlink::Command(command)) = downlink.recv() => {
+                if write(&mut stream, &Message::Command(command)).await.is_err() {
+                    break "port gone";
+                }
+            }
+            _ = silence.tick() => {
+                if link.device().is_some() && link.is_silent() {
+                    link.end("silent").await;
+                }
+            }
+            read = stream.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => break "port gone",
+                    Ok(n) => n,
+                    Err(error) => {
+                        tracing::info!(%error, "serial port read failed");
+                        break "port gone";
+                    }
+                };
+                counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                let mut input = &buf[..n];
+                let mut failed = false;
+                while !input.is_empty() {
+                    match decoder.feed(input) {
+                        Feed::NeedMore => break,
+                        Feed::Error { error, rest } => {
+                            count(&counters, error);
+                            tracing::debug!(%error, "frame dropped");
+                            input = rest;
+                        }
+                        Feed::Frame { message: m, rest } => {
+                            counters.frames.fetch_add(1, Ordering::Relaxed);
+                            message.clear();
+                            message.extend_from_slice(m);
+                            input = rest;
+                            let handled = link.receive(&message).await;
+                            if let Some(reply) = handled.reply {
+                                if write(&mut stream, &reply).await.is_err() {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                            if handled.close.is_some() {
+                                // A serial line cannot be closed on the device: forget
+                                // the session; it must say Hello again.
+                                link.end("error").await;
+                            }
+                        }
+                    }
+                }
+                if failed {
+                    break "port gone";
+                }
+                if let Some(ack) = link.take_ack() {
+                    if write(&mut stream, &ack).await.is_err() {
+                        break "port gone";
+                    }
+                }
+            }
+        }
+    };
+    link.end(reason).await;
+    tracing::info!(reason, "serial port closed");
+}
+
+fn count(counters: &PortCounters, error: FrameError) {
+    let counter = match error {
+        FrameError::Oversized => &counters.oversized,
+        FrameError::Cobs => &counters.cobs_errors,
+        FrameError::TooShort => &counters.too_short,
+        FrameError::Crc => &counters.crc_errors,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn write(stream: &mut SerialStream, message: &Message) -> std::io::Result<()> {
+    let frame = message.to_frame();
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the line took no data for 5 s",
+        )),
+    }
+}

@@ -1,0 +1,250 @@
+//! The WebSocket device gateway: firmware-proto devices on `/device` of a TLS listener.
+//!
+//! The front door hands over an upgraded WebSocket and the client certificate's identity;
+//! this task moves messages between the socket and the device's [`Link`], pings the peer,
+//! and closes with a code that says why.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::acl::{Acl, Subject};
+use crate::devices::link::{Link, Place};
+use crate::devices::session::{Claim, Close};
+use crate::devices::{Downlink, Gateway, Transport, Violation};
+use crate::tls::PeerIdentity;
+use firmware_proto::{ErrorCode, ErrorMsg, Message};
+
+/// Close code for a connection replaced by a newer one of the same device.
+pub const CLOSE_REPLACED: u16 = 4000;
+
+/// Messages handled before an Ack is forced out even if more input is waiting, so a
+/// device streaming without pause still gets regular Acks.
+const ACK_EVERY: usize = 64;
+
+/// A deadline that never comes (Instant + Duration::MAX would overflow).
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether `identity` may attach as a device: its role must be allowed to publish its own
+/// telemetry topic, so the ACL decides devices as it decides MQTT clients.
+pub fn may_attach(acl: &Acl, cert: &PeerIdentity) -> Result<(), String> {
+    let ous: Vec<&str> = cert
+        .organizational_units
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let Some(role) = acl.role_for(&cert.identity, &ous) else {
+        return Err(format!(
+            "no [[acl.assign]] rule gives identity {:?} a role",
+            cert.identity
+        ));
+    };
+    let subject = Subject {
+        identity: cert.identity.clone(),
+        role: role.to_owned(),
+        client_id: String::new(),
+    };
+    let topic = format!("devices/{}/telemetry", cert.identity);
+    if acl.can_publish(&subject, &topic) {
+        Ok(())
+    } else {
+        Err(format!(
+            "role {role:?} may not publish {topic:?}, so identity {:?} cannot attach as a device",
+            cert.identity
+        ))
+    }
+}
+
+/// Serves one device WebSocket until it closes, dies, is replaced, or the hub stops.
+pub async fn serve<S>(
+    socket: WebSocketStream<S>,
+    cert: PeerIdentity,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    acl: &Acl,
+    write_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, mut rx) = socket.split();
+    if let Err(why) = may_attach(acl, &cert) {
+        gateway.stats.violation(Violation::Identity);
+        tracing::info!("device refused: {why}");
+        let error = Message::Error(ErrorMsg::new(ErrorCode::IdentityMismatch, why));
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = tx.send(WsMessage::binary(error.to_vec())).await;
+            let _ = tx.send(close(CloseCode::Policy, "not allowed")).await;
+        })
+        .await;
+        return;
+    }
+    let (mut link, mut downlink) = Link::new(
+        gateway.clone(),
+        Claim::Must(cert.identity.clone()),
+        Transport::WebSocket,
+        Place::Peer(peer),
+    );
+    let replaced = link.replaced();
+    let ping_interval = gateway.config.ping_interval;
+    let ping_timeout = gateway.config.ping_timeout;
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let mut dead_check = Box::pin(tokio::time::sleep(FAR));
+    // Devices that say nothing for the announced heartbeat are gone even if their
+    // WebSocket stack still answers pings (PROTOCOL.md §5.5).
+    let mut silence = tokio::time::interval(Duration::from_secs(1));
+    silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    // `outcome`: the status reason, and the close frame to send (None: just drop).
+    let (reason, frame): (&'static str, Option<WsMessage>) = 'conn: loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                break 'conn ("hub stopped", Some(close(CloseCode::Away, "hub shutting down")));
+            }
+            _ = replaced.cancelled() => {
+                break 'conn ("replaced", Some(close(CloseCode::from(CLOSE_REPLACED), "replaced by a newer connection")));
+            }
+            Some(Downlink::Command(command)) = downlink.recv() => {
+                let message = WsMessage::binary(Message::Command(command).to_vec());
+                if send(&mut tx, message, write_timeout).await.is_err() {
+                    break 'conn ("timeout", None);
+                }
+            }
+            _ = ping.tick() => {
+                if send(&mut tx, WsMessage::Ping(Default::default()), write_timeout).await.is_err() {
+                    break 'conn ("timeout", None);
+                }
+                if ping_sent.is_none() {
+                    ping_sent = Some(Instant::now());
+                    dead_check.as_mut().reset((Instant::now() + ping_timeout).into());
+                }
+            }
+            _ = silence.tick() => {
+                if link.is_silent() {
+                    tracing::info!(heartbeat = ?gateway.config.heartbeat, "device sent no message within the heartbeat period");
+                    break 'conn ("silent", Some(close(CloseCode::Policy, "no message within the heartbeat period")));
+                }
+            }
+            () = &mut dead_check => {
+                if ping_sent.is_some_and(|at| last_heard < at) {
+                    tracing::info!(timeout = ?ping_timeout, "device did not answer a ping in time");
+                    break 'conn ("timeout", None);
+                }
+                dead_check.as_mut().reset((Instant::now() + FAR).into());
+            }
+            first = rx.next() => {
+                let mut next = first;
+                let mut handled = 0;
+                // Handle everything already received, then send one Ack for all of it.
+                loop {
+                    let message = match next {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::info!(error = %e, "device connection failed");
+                            let frame = matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+                                .then(|| close(CloseCode::Size, "message too big"));
+                            break 'conn ("lost", frame);
+                        }
+                        None => break 'conn ("lost", None),
+                    };
+                    last_heard = Instant::now();
+                    ping_sent = None;
+                    match message {
+                        WsMessage::Binary(bytes) => {
+                            let outcome = link.receive(&bytes).await;
+                            if let Some(reply) = outcome.reply {
+                                if send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await.is_err() {
+                                    break 'conn ("timeout", None);
+                                }
+                            }
+                            if let Some(c) = outcome.close {
+                                let frame = match c {
+                                    Close::Protocol => close(CloseCode::Protocol, "protocol error"),
+                                    Close::Policy => close(CloseCode::Policy, "policy violation"),
+                                };
+                                break 'conn ("error", Some(frame));
+                            }
+                        }
+                        WsMessage::Text(_) => {
+                            // Devices speak binary CBOR only: feed it as malformed input so it
+                            // is refused and counted like any other.
+                            let outcome = link.receive(b"\x00text").await;
+                            if let Some(reply) = outcome.reply {
+                                let _ = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await;
+                            }
+                            if outcome.close.is_some() {
+                                break 'conn ("error", Some(close(CloseCode::Policy, "policy violation")));
+                            }
+                        }
+                        WsMessage::Close(_) => break 'conn ("closed", None),
+                        // tungstenite answers pings itself; pongs only prove liveness.
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                    }
+                    handled += 1;
+                    if handled >= ACK_EVERY {
+                        break;
+                    }
+                    match rx.next().now_or_never() {
+                        Some(more) => next = more,
+                        None => break,
+                    }
+                }
+                if let Some(ack) = link.take_ack() {
+                    if send(&mut tx, WsMessage::binary(ack.to_vec()), write_timeout).await.is_err() {
+                        break 'conn ("timeout", None);
+                    }
+                }
+            }
+        }
+    };
+
+    // A replaced connection's end publishes nothing: the newer one owns the status.
+    link.end(reason).await;
+    // Close cleanly where the peer can still hear it: our close frame, or the reply to
+    // the device's (tungstenite queues it), then the TLS close_notify.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if let Some(frame) = frame {
+            let _ = tx.send(frame).await;
+        }
+        let _ = tx.close().await;
+        if let Ok(mut socket) = rx.reunite(tx) {
+            let _ = tokio::io::AsyncWriteExt::shutdown(socket.get_mut()).await;
+        }
+    })
+    .await;
+    tracing::info!(reason, "device connection closed");
+}
+
+fn close(code: CloseCode, reason: &'static str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+async fn send<T>(tx: &mut T, message: WsMessage, limit: Duration) -> Result<(), ()>
+where
+    T: futures_util::Sink<WsMessage> + Unpin,
+{
+    match tokio::time::timeout(limit, tx.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            tracing::info!(timeout = ?limit, "device stopped reading; closing");
+            Err(())
+        }
+    }
+}
