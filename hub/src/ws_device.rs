@@ -179,9 +179,7 @@ pub async fn serve<S>(
                             }
                         }
                         WsMessage::Text(_) => {
-                            // Devices speak binary CBOR only: feed it as malformed input so it
-                            // is refused and counted like any other.
-                            let outcome = link.receive(b"\x00text").await;
+                            let outcome = link.reject_text().await;
                             if let Some(reply) = outcome.reply {
                                 let _ = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await;
                             }

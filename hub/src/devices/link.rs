@@ -107,6 +107,19 @@ impl Link {
         let step = self
             .conversation
             .receive(bytes, now, |id| registry.memory(id));
+        self.carry_out(step, now).await
+    }
+
+    /// Refuses a WebSocket text frame: devices speak binary CBOR only.
+    pub async fn reject_text(&mut self) -> Handled {
+        let step = self
+            .conversation
+            .reject_malformed("text frames are not accepted: send CBOR in binary frames");
+        self.carry_out(step, Now::current()).await
+    }
+
+    async fn carry_out(&mut self, step: Step, now: Now) -> Handled {
+        let registry = &self.gateway.registry;
         let stats = &self.gateway.stats;
         match step {
             Step::Nothing => Handled::default(),
