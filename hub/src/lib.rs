@@ -160,10 +160,8 @@ impl Hub {
     /// Serves until `shutdown` resolves, then stops accepting, closes every connection
     /// and waits for the stages within `shutdown.grace_period`.
     ///
-    /// Shutdown runs in two waves so that nothing is lost on the way out: first the
-    /// sources (listeners, device connections, serial ports, command router), which
-    /// publish their devices offline as they close; then the broker publisher, which
-    /// sends what is queued, marks the hub offline and disconnects.
+    /// Shutdown closes devices first, then the broker publisher, then MQTT clients (see
+    /// the comment in the body).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
         let Hub {
             config,
@@ -191,35 +189,51 @@ impl Hub {
             tracing::error!("the broker publisher did not connect to the embedded broker within 10 s; serving anyway, device data waits for it");
         }
 
-        let sources = Stages::new();
-        sources.spawn("front door", move |token| front.run(token));
+        // Three waves, so that nothing is lost on the way out. Devices first: their
+        // connections and ports close and publish them offline. Then the broker
+        // publisher sends what is queued, marks the hub offline and disconnects. Last,
+        // the front door closes MQTT clients, which by then have seen all of it.
+        let device_stages = Stages::new();
         let router_gateway = gateway.clone();
-        sources.spawn("command router", move |token| {
+        device_stages.spawn("command router", move |token| {
             devices::run_router(router_gateway, mqtt_commands, router_inbox, token)
         });
         let serial_gateway = gateway.clone();
         let serial_ports = config.serial.clone();
-        sources.spawn("serial ports", move |token| {
+        device_stages.spawn("serial ports", move |token| {
             serial::run(serial_ports, serial_gateway, token)
         });
         let stats_gateway = gateway.clone();
         let interval = config.hub.stats_interval;
-        sources.spawn("stats", move |token| {
+        device_stages.spawn("stats", move |token| {
             publish_stats(stats_gateway, interval, token)
         });
-        drop(gateway);
+        let front_stages = Stages::new();
+        front_stages.spawn("front door", move |token| front.run(token));
 
         tracing::info!("edgehub ready");
         shutdown.await;
 
         let grace = config.shutdown.grace_period;
-        let started = std::time::Instant::now();
+        let deadline = std::time::Instant::now() + grace;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
         let grace_period = humantime::format_duration(grace).to_string();
-        tracing::info!(%grace_period, running = sources.running().len() + sinks.running().len(), "edgehub shutting down");
-        sources.drain(grace).await?;
+        tracing::info!(%grace_period, "edgehub shutting down");
+        gateway.shutdown.cancel();
+        gateway.tasks.close();
+        let devices_closed = tokio::time::timeout(left(), gateway.tasks.wait()).await;
+        device_stages.drain(left()).await?;
+        if devices_closed.is_err() {
+            tracing::warn!("device connections still open at the end of the grace period");
+        }
+        drop(gateway);
         publisher.stop().await;
         drop(publisher);
-        sinks.drain(grace.saturating_sub(started.elapsed())).await?;
+        sinks.drain(left()).await?;
+        // The broker routes asynchronously: give it a moment to hand the last statuses
+        // to subscribers before their connections close.
+        tokio::time::sleep(std::time::Duration::from_millis(100).min(left())).await;
+        front_stages.drain(left()).await?;
         tracing::info!("edgehub stopped cleanly");
         Ok(())
     }

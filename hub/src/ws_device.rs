@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::acl::{Acl, Subject};
 use crate::devices::link::{Link, Place};
@@ -63,7 +62,9 @@ pub fn may_attach(acl: &Acl, cert: &PeerIdentity) -> Result<(), String> {
     }
 }
 
-/// Serves one device WebSocket until it closes, dies, is replaced, or the hub stops.
+/// Serves one device WebSocket until it closes, dies, is replaced, or the hub stops
+/// (the gateway's shutdown token, cancelled before MQTT clients are closed, so that they
+/// see the device go offline).
 pub async fn serve<S>(
     socket: WebSocketStream<S>,
     cert: PeerIdentity,
@@ -71,10 +72,11 @@ pub async fn serve<S>(
     gateway: Arc<Gateway>,
     acl: &Acl,
     write_timeout: Duration,
-    shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _running = gateway.tasks.token();
+    let shutdown = gateway.shutdown.clone();
     let (mut tx, mut rx) = socket.split();
     if let Err(why) = may_attach(acl, &cert) {
         gateway.stats.violation(Violation::Identity);

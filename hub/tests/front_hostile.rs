@@ -305,10 +305,13 @@ async fn a_browser_from_the_allowed_origin_connects_and_exchanges_messages() {
 #[tokio::test]
 async fn an_unknown_path_gets_404_and_an_unsupported_subprotocol_is_refused() {
     let hub = TestHub::start("").await;
-    for path in ["/", "/mqtt/extra", "/device", "/MQTT"] {
+    for path in ["/", "/mqtt/extra", "/MQTT"] {
         let refused = ws_upgrade(&hub, hub.addr(WSS), path, None, Some("mqtt")).await;
         assert_eq!(http_status(refused), StatusCode::NOT_FOUND, "{path}");
     }
+    // The device path speaks the device protocol, not MQTT.
+    let refused = ws_upgrade(&hub, hub.addr(WSS), "/device", None, Some("mqtt")).await;
+    assert_eq!(http_status(refused), StatusCode::BAD_REQUEST);
     let refused = ws_upgrade(&hub, hub.addr(WSS), "/mqtt", None, Some("stomp, wamp")).await;
     assert_eq!(http_status(refused), StatusCode::BAD_REQUEST);
     wait_for_rejects(&hub, Reject::Upgrade, 5).await;

@@ -40,6 +40,11 @@ pub struct Gateway {
     pub publisher: Publisher,
     /// Counters.
     pub stats: DeviceStats,
+    /// Cancelled when the hub stops: device connections close and publish their devices
+    /// offline before MQTT clients are disconnected.
+    pub shutdown: CancellationToken,
+    /// Every device connection and serial port task, so shutdown can wait for them.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Counters of every serial port opened so far, by path.
     pub serial_ports:
         std::sync::Mutex<std::collections::BTreeMap<String, Arc<crate::serial::PortCounters>>>,
@@ -67,6 +72,8 @@ impl Gateway {
             publisher,
             stats: DeviceStats::default(),
             serial_ports: Default::default(),
+            shutdown: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
             router,
         };
         (Arc::new(gateway), inbox)

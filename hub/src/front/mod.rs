@@ -393,7 +393,6 @@ async fn websocket<S>(
                 shared.gateway.clone(),
                 &shared.acl,
                 shared.limits.write_timeout,
-                shutdown,
             )
             .await
         }

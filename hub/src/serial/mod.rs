@@ -150,6 +150,7 @@ async fn watch(
                     retries.remove(&path);
                     warned_empty = false;
                     lock(&open).insert(path.clone());
+                    let running = gateway.tasks.token();
                     let task = port::serve(
                         stream,
                         path.clone(),
@@ -163,6 +164,7 @@ async fn watch(
                         async move {
                             task.await;
                             lock(&open).remove(&path);
+                            drop(running);
                         }
                         .instrument(span),
                     );
