@@ -304,8 +304,10 @@ async fn websocket<S>(
     let Some(head) = step(&shutdown, shared.limits.handshake_timeout, preflight).await else {
         return;
     };
-    let stream = match head {
-        Ok(Ok((ws::Preflight::Upgrade, head))) => ws::Rewind::new(head, stream),
+    let (stream, device) = match head {
+        Ok(Ok((ws::Preflight::Upgrade { device }, head))) => {
+            (ws::Rewind::new(head, stream), device)
+        }
         Ok(Ok((ws::Preflight::Refuse(status, text), _))) => {
             shared.stats.reject(Reject::Upgrade);
             tracing::info!(status = status.as_u16(), "HTTP request refused: {text}");
@@ -350,7 +352,11 @@ async fn websocket<S>(
             Err(error)
         }
     };
-    let config = ws::ws_config(shared.limits.max_packet_size);
+    let config = if device {
+        ws::device_ws_config(shared.gateway.config.max_message.get() as usize)
+    } else {
+        ws::ws_config(shared.limits.max_packet_size)
+    };
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     let Some(upgrade) = step(&shutdown, shared.limits.handshake_timeout, upgrade).await else {
         return;

@@ -177,6 +177,20 @@ pub fn ws_config(max_packet_size: usize) -> WebSocketConfig {
         .max_write_buffer_size(4 * max.max(64 * 1024))
 }
 
+/// WebSocket limits on the device path: a message more than twice the device protocol's
+/// `max_message` is refused by tungstenite (close 1009) before it is buffered; up to that,
+/// the conversation answers an oversized message with Error 5 and keeps the connection.
+pub fn device_ws_config(max_message: usize) -> WebSocketConfig {
+    let max = max_message.saturating_mul(2).max(64);
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        // Device messages are small and every write is flushed: no 128 KiB write buffer.
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+}
+
 /// A WebSocket seen as a byte stream: binary messages in, binary messages out.
 pub struct WsBytes<S> {
     inner: WebSocketStream<S>,
@@ -265,7 +279,12 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Preflight {
     /// A WebSocket upgrade: hand the connection (with the bytes read) to the handshake.
-    Upgrade,
+    /// `device` when it is for the device path, whose WebSocket limits are the device
+    /// protocol's, not MQTT's.
+    Upgrade {
+        /// The request is for the device path.
+        device: bool,
+    },
     /// Anything else: answer with this status and close.
     Refuse(StatusCode, &'static str),
 }
@@ -292,7 +311,9 @@ pub async fn preflight<S: AsyncRead + Unpin>(
                 let path = req.path.unwrap_or("/").split('?').next().unwrap_or("/");
                 let known = path == rules.mqtt_path || rules.device_path.as_deref() == Some(path);
                 let verdict = match (req.method, upgrade, known) {
-                    (Some("GET"), true, _) => Preflight::Upgrade,
+                    (Some("GET"), true, _) => Preflight::Upgrade {
+                        device: rules.device_path.as_deref() == Some(path),
+                    },
                     (_, _, true) => Preflight::Refuse(
                         StatusCode::UPGRADE_REQUIRED,
                         "this endpoint speaks WebSocket only",

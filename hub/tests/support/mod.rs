@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
 
+pub mod device;
+pub mod serial;
+
 /// Safety net for waits, not a timing assertion: healthy runs take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -1,0 +1,510 @@
+//! Hostile and broken devices: wrong identities, no certificate, bytes that are not
+//! messages, messages over the limits, floods, and line noise on serial ports. Each test
+//! keeps a good device connected and checks that it is still served at the end.
+
+mod support;
+
+use firmware_proto::{ErrorCode, Message, Reading, Telemetry};
+use support::device::{
+    hello, new_session, sample_readings, still_served, Device, Event, Refused, Watcher,
+};
+use support::hub::{TestHub, WS, WSS, WSS_LOGIN};
+use support::serial::{Ports, SerialSensor};
+
+const GOOD: &str = "device-0002";
+
+/// The good device every test keeps: online, with a watcher started before it.
+async fn good_device(hub: &TestHub) -> (Device, Watcher) {
+    let watcher = Watcher::start(hub).await;
+    let (device, _) = Device::online(hub, GOOD, new_session()).await;
+    (device, watcher)
+}
+
+/// device-0001 connected and welcomed under its own id.
+async fn welcomed_device(hub: &TestHub) -> Device {
+    Device::online(hub, "device-0001", new_session()).await.0
+}
+
+/// Telemetry with `n` readings.
+fn telemetry_with(seq: u64, readings: Vec<Reading>) -> Message {
+    Message::Telemetry(Telemetry {
+        seq,
+        time: None,
+        readings,
+    })
+}
+
+/// Telemetry whose encoding is between `min` and `min + 64` bytes, with few readings.
+fn telemetry_of_size(seq: u64, min: usize) -> Message {
+    let mut text = String::new();
+    loop {
+        let message = telemetry_with(seq, vec![Reading::new("note", text.as_str())]);
+        if message.to_vec().len() >= min {
+            return message;
+        }
+        text.push('x');
+    }
+}
+
+#[tokio::test]
+async fn a_hello_claiming_another_devices_id_is_refused_with_1008_and_that_device_keeps_working() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut impostor = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("device-0001 connects");
+    let refused = impostor
+        .hello(GOOD, new_session(), false)
+        .await
+        .expect_err("claiming device-0002 is refused");
+    assert_eq!(
+        refused.known_code(),
+        Some(ErrorCode::IdentityMismatch),
+        "{refused:?}"
+    );
+    let ended = impostor.ended().await;
+    assert_eq!(ended.code(), Some(1008), "{ended:?}");
+    let names_both = |text: &str| text.contains(GOOD) && text.contains("device-0001");
+    assert!(
+        names_both(&refused.message) || names_both(ended.reason()),
+        "the refusal names both ids: {refused:?}, {ended:?}"
+    );
+    // The real device-0002 was neither replaced nor marked offline.
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+    assert_eq!(watcher.states(GOOD), ["online"]);
+    assert!(watcher.seen("devices/device-0001/status").is_empty());
+}
+
+#[tokio::test]
+async fn a_client_whose_role_may_not_publish_telemetry_is_refused_on_the_device_path() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    // The dashboard certificate: role "dashboard", which may not publish devices/x/telemetry.
+    let mut dashboard = Device::connect(&hub, WSS, Some("dashboard"))
+        .await
+        .expect("the dashboard certificate is valid on the listener");
+    let refused = dashboard
+        .hello("dashboard", new_session(), false)
+        .await
+        .expect_err("not a device");
+    assert_eq!(
+        refused.known_code(),
+        Some(ErrorCode::IdentityMismatch),
+        "{refused:?}"
+    );
+    assert_eq!(dashboard.ended().await.code(), Some(1008));
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn a_device_without_a_client_certificate_is_refused_on_the_device_path() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    // "wss" requires a certificate in the TLS handshake itself.
+    match Device::connect(&hub, WSS, None).await {
+        Err(Refused::Tls(_)) => {}
+        Err(other) => panic!("expected a TLS refusal, got {other:?}"),
+        Ok(_) => panic!("connected to /device without a certificate"),
+    }
+    // "wss-login" lets password and token clients through TLS; /device still needs one.
+    match Device::connect(&hub, WSS_LOGIN, None).await {
+        Err(Refused::Http(status)) => assert_eq!(status, 403),
+        Err(other) => panic!("expected 403 before the upgrade, got {other:?}"),
+        Ok(mut device) => {
+            device.send(&hello("device-0003", new_session(), false));
+            let ended = device.ended().await;
+            assert_eq!(ended.code(), Some(1008), "{ended:?}");
+            let welcomed = device
+                .take_messages()
+                .into_iter()
+                .any(|m| matches!(m, Message::Welcome(_)));
+            assert!(!welcomed, "no Welcome without a certificate");
+        }
+    }
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+    assert!(watcher.seen("devices/device-0003/status").is_empty());
+}
+
+#[tokio::test]
+async fn the_plain_ws_listener_does_not_serve_devices_without_certificates() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message as Ws};
+
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let addr = hub.addr(WS);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut request = format!("ws://127.0.0.1:{}/device", addr.port())
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(firmware_proto::WS_SUBPROTOCOL),
+    );
+    let upgrade = tokio::time::timeout(
+        support::DEADLINE,
+        tokio_tungstenite::client_async(request, tcp),
+    )
+    .await
+    .expect("upgrade answered");
+    match upgrade {
+        Err(WsError::Http(response)) => assert!(
+            [403, 404].contains(&response.status().as_u16()),
+            "{}",
+            response.status()
+        ),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok((mut ws, _)) => {
+            ws.send(Ws::Binary(hello("device-0003", 1, false).to_vec().into()))
+                .await
+                .expect("send Hello");
+            let close = loop {
+                match tokio::time::timeout(support::DEADLINE, ws.next())
+                    .await
+                    .expect("the hub closes within the deadline")
+                {
+                    Some(Ok(Ws::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(Ws::Binary(b))) => assert!(
+                        !matches!(Message::decode(&b), Ok(Message::Welcome(_))),
+                        "no Welcome without a certificate"
+                    ),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("expected close 1008, the connection broke: {e}"),
+                    None => break None,
+                }
+            };
+            assert_eq!(close, Some(1008));
+        }
+    }
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn a_message_before_hello_is_answered_with_error_3_and_close_1002() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects");
+    device.telemetry(1, sample_readings(1));
+    let error = device.expect_error().await;
+    assert_eq!(
+        error.known_code(),
+        Some(ErrorCode::HelloRequired),
+        "{error:?}"
+    );
+    assert_eq!(device.ended().await.code(), Some(1002));
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn malformed_cbor_is_answered_with_error_1_and_the_connection_keeps_working() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = welcomed_device(&hub).await;
+    device.send_raw(vec![0xff, 0x00, 0x13, 0x37]);
+    let error = device.expect_error().await;
+    assert_eq!(error.known_code(), Some(ErrorCode::Malformed), "{error:?}");
+    // A truncated Telemetry is malformed too.
+    let mut truncated = telemetry_with(1, sample_readings(1)).to_vec();
+    truncated.truncate(truncated.len() - 3);
+    device.send_raw(truncated);
+    let error = device.expect_error().await;
+    assert_eq!(error.known_code(), Some(ErrorCode::Malformed), "{error:?}");
+    still_served(&mut device, &mut watcher, "device-0001", 1).await;
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn text_frames_count_as_malformed_and_repeated_ones_close_the_connection() {
+    let hub = TestHub::start("[devices]\nmax_violations = 3\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = welcomed_device(&hub).await;
+    device.send_text("{\"seq\": 1}");
+    let error = device.expect_error().await;
+    assert_eq!(error.known_code(), Some(ErrorCode::Malformed), "{error:?}");
+    still_served(&mut device, &mut watcher, "device-0001", 1).await;
+    device.send_text("again");
+    device.send_text("and again");
+    let ended = device.ended().await;
+    assert_eq!(ended.code(), Some(1008), "{ended:?}");
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_answered_with_error_5_and_repeated_violations_close_with_1008() {
+    let hub = TestHub::start("[devices]\nmax_message = 256\nmax_violations = 3\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = welcomed_device(&hub).await;
+    let big = telemetry_of_size(1, 300);
+    assert!(
+        big.to_vec().len() < 512,
+        "over max_message, not over the frame limit"
+    );
+    device.send(&big);
+    let error = device.expect_error().await;
+    assert_eq!(error.known_code(), Some(ErrorCode::TooLarge), "{error:?}");
+    // One violation does not close: the same seq, small, is accepted.
+    still_served(&mut device, &mut watcher, "device-0001", 1).await;
+    device.send(&telemetry_of_size(2, 300));
+    device.send(&telemetry_of_size(3, 300));
+    let ended = device.ended().await;
+    assert_eq!(
+        ended.code(),
+        Some(1008),
+        "closed after 3 violations: {ended:?}"
+    );
+    let errors: Vec<_> = device
+        .take_messages()
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Error(e) => Some(e.code),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        errors.iter().all(|&c| c == ErrorCode::TooLarge as u16),
+        "every refusal says TooLarge: {errors:?}"
+    );
+    assert_eq!(
+        watcher.telemetry_seqs("device-0001"),
+        [1],
+        "nothing oversized published"
+    );
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn a_websocket_message_far_above_the_limit_closes_the_connection_with_1009() {
+    let hub = TestHub::start("[devices]\nmax_message = 256\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = welcomed_device(&hub).await;
+    // Far above max_message * 2, the frame-level limit: refused before it is buffered.
+    device.send_raw(vec![0x42; 4096]);
+    let ended = device.ended().await;
+    assert_eq!(ended.code(), Some(1009), "{ended:?}");
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn readings_names_and_texts_over_the_limits_are_answered_with_error_6_and_not_published() {
+    let hub = TestHub::start(
+        "[devices]\nmax_readings = 4\nmax_name_len = 8\nmax_text_len = 16\nmax_violations = 10\n",
+    )
+    .await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = welcomed_device(&hub).await;
+    let too_many = (0..5).map(|i| Reading::new(format!("r{i}"), i)).collect();
+    let long_name = vec![Reading::new("a_very_long_name", 1)];
+    let long_text = vec![Reading::new("s", "x".repeat(17))];
+    let long_unit = vec![Reading::new("t", 1).with_unit("u".repeat(17))];
+    let empty_name = vec![Reading::new("", 1)];
+    for (seq, readings) in [too_many, long_name, long_text, long_unit, empty_name]
+        .into_iter()
+        .enumerate()
+    {
+        device.send(&telemetry_with(seq as u64 + 1, readings));
+        let error = device.expect_error().await;
+        assert_eq!(
+            error.known_code(),
+            Some(ErrorCode::LimitExceeded),
+            "seq {}: {error:?}",
+            seq + 1
+        );
+    }
+    // Marker: at the limits exactly is fine.
+    let at_limits = vec![
+        Reading::new("abcdefgh", "x".repeat(16)).with_unit("u".repeat(16)),
+        Reading::new("b", 2),
+        Reading::new("c", 3),
+        Reading::new("d", 4),
+    ];
+    device.send(&telemetry_with(6, at_limits));
+    device.expect_ack(6).await;
+    watcher.telemetry("device-0001", 6).await;
+    assert_eq!(watcher.telemetry_seqs("device-0001"), [6]);
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn a_flood_beyond_the_message_rate_gets_error_7_and_dropped_telemetry_is_not_acked() {
+    const FLOOD: u64 = 40;
+    let hub = TestHub::start("[devices]\nmessage_rate = 10\nmax_violations = 1000\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects");
+    // With resends the hub accepts telemetry only in order, so the highest ack is the
+    // highest seq it accepted with nothing missing before it.
+    device
+        .hello("device-0001", new_session(), true)
+        .await
+        .expect("welcomed");
+    for seq in 1..=FLOOD {
+        device.telemetry(seq, sample_readings(seq));
+    }
+    // Behave as a device with resends would: when the hub asks for a resend, or nothing
+    // has been acked for a while, resend what follows the highest ack, no faster than
+    // the bucket refills.
+    let mut acked = 0;
+    let mut sent_up_to = FLOOD;
+    let mut rate_limited = 0;
+    let mut sends = FLOOD;
+    while acked < FLOOD {
+        let event = tokio::time::timeout(std::time::Duration::from_millis(1500), async {
+            device
+                .next("an Ack or an Error", |e| match e {
+                    Event::Message(m @ (Message::Ack(_) | Message::Error(_))) => Some(m.clone()),
+                    _ => None,
+                })
+                .await
+        })
+        .await;
+        match event {
+            Ok(Message::Ack(ack)) => {
+                assert!(
+                    ack.seq >= acked,
+                    "acks never go backwards: {ack:?} after {acked}"
+                );
+                assert!(ack.seq <= sent_up_to, "{ack:?} acks more than was sent");
+                acked = ack.seq;
+                if ack.resend {
+                    sent_up_to = acked;
+                }
+            }
+            Ok(Message::Error(e)) => {
+                assert_eq!(e.known_code(), Some(ErrorCode::RateLimited), "{e:?}");
+                rate_limited += 1;
+            }
+            Ok(_) => unreachable!("picked Acks and Errors only"),
+            // Everything after the highest ack was dropped.
+            Err(_quiet) => sent_up_to = acked,
+        }
+        if acked == sent_up_to && acked < FLOOD {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            sent_up_to = FLOOD.min(acked + 10);
+            for seq in acked + 1..=sent_up_to {
+                device.telemetry(seq, sample_readings(seq));
+                sends += 1;
+            }
+        }
+        assert!(
+            sends < FLOOD * 4,
+            "the device keeps being refused: {acked} acked"
+        );
+    }
+    assert!(
+        rate_limited > 0,
+        "a flood of {FLOOD} at a rate of 10/s is limited"
+    );
+    assert!(
+        sends > FLOOD,
+        "some telemetry had to be resent: it was not acked when dropped"
+    );
+    watcher.telemetry("device-0001", FLOOD).await;
+    assert_eq!(
+        watcher.telemetry_seqs("device-0001"),
+        (1..=FLOOD).collect::<Vec<_>>(),
+        "published once each, in order, nothing dropped acked"
+    );
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn garbage_crc_errors_and_partial_frames_on_a_serial_port_do_not_stop_it() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = TestHub::start(&format!(
+        "stats_interval = \"200ms\"\n\n{}",
+        ports.config("")
+    ))
+    .await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut stats = Watcher::start_with(&hub, &["edgehub/+/stats"]).await;
+
+    // Line noise before the sensor's first Hello.
+    sensor.write(b"\x01\x02garbage without a delimiter").await;
+    sensor.write(&[0]).await;
+    sensor
+        .hello("pump-1", new_session())
+        .await
+        .expect("welcomed after the noise");
+
+    // A frame with a flipped bit: CRC error, dropped.
+    let mut corrupt = telemetry_with(1, sample_readings(1)).to_frame();
+    corrupt[3] ^= 0x20;
+    sensor.write(&corrupt).await;
+    // A partial frame cut short by the next delimiter.
+    let partial = telemetry_with(1, sample_readings(1)).to_frame();
+    sensor.write(&partial[..partial.len() / 2]).await;
+    sensor.write(&[0]).await;
+    // Invalid COBS and a frame far beyond the receive buffer.
+    sensor.write(&[0x05, 0x01, 0x00]).await;
+    let mut huge = vec![0x7f; 5000];
+    huge.push(0);
+    sensor.write(&huge).await;
+    // A well-framed message that is not CBOR.
+    sensor
+        .write(&firmware_proto::frame::encode_frame_vec(
+            b"\xff\xfe not cbor",
+        ))
+        .await;
+    let error = sensor.expect_error().await;
+    assert_eq!(error.known_code(), Some(ErrorCode::Malformed), "{error:?}");
+
+    // The port still works.
+    sensor.telemetry(1, sample_readings(1)).await;
+    sensor.expect_ack(1).await;
+    watcher.telemetry("pump-1", 1).await;
+    assert_eq!(
+        watcher.telemetry_seqs("pump-1"),
+        [1],
+        "nothing corrupt was published"
+    );
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+
+    // And the noise is counted per port.
+    stats
+        .wait_for("stats counting the port's CRC errors", |p| {
+            p.json["serial"].as_object().is_some_and(|ports| {
+                ports
+                    .values()
+                    .any(|port| port["crc_errors"].as_u64() >= Some(1))
+            })
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_serial_message_over_the_limits_is_refused_and_the_port_keeps_working() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = TestHub::start(&format!(
+        "[devices]\nmax_readings = 4\nmax_violations = 100\n\n{}",
+        ports.config("")
+    ))
+    .await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    sensor
+        .hello("pump-1", new_session())
+        .await
+        .expect("welcomed");
+    sensor
+        .send(&telemetry_with(
+            1,
+            (0..5).map(|i| Reading::new(format!("r{i}"), i)).collect(),
+        ))
+        .await;
+    let error = sensor.expect_error().await;
+    assert_eq!(
+        error.known_code(),
+        Some(ErrorCode::LimitExceeded),
+        "{error:?}"
+    );
+    sensor.telemetry(1, vec![Reading::new("r", 1)]).await;
+    sensor.expect_ack(1).await;
+    watcher.telemetry("pump-1", 1).await;
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
