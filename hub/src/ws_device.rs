@@ -71,11 +71,14 @@ pub async fn serve<S>(
     peer: SocketAddr,
     gateway: Arc<Gateway>,
     acl: &Acl,
-    write_timeout: Duration,
+    limits: &crate::front::Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _running = gateway.tasks.token();
+    let write_timeout = limits.write_timeout;
+    // A device gets as long to say Hello as an MQTT client gets to send CONNECT.
+    let hello_deadline = Instant::now() + limits.connect_timeout;
     let shutdown = gateway.shutdown.clone();
     let (mut tx, mut rx) = socket.split();
     if let Err(why) = may_attach(acl, &cert) {
@@ -135,6 +138,11 @@ pub async fn serve<S>(
                 }
             }
             _ = silence.tick() => {
+                if link.device().is_none() && Instant::now() > hello_deadline {
+                    gateway.stats.violation(Violation::HelloRequired);
+                    tracing::info!(timeout = ?limits.connect_timeout, "no Hello within the connect timeout");
+                    break 'conn ("timeout", Some(close(CloseCode::Policy, "no Hello in time")));
+                }
                 if link.is_silent() {
                     tracing::info!(heartbeat = ?gateway.config.heartbeat, "device sent no message within the heartbeat period");
                     break 'conn ("silent", Some(close(CloseCode::Policy, "no message within the heartbeat period")));

@@ -508,3 +508,21 @@ async fn a_serial_message_over_the_limits_is_refused_and_the_port_keeps_working(
     watcher.telemetry("pump-1", 1).await;
     still_served(&mut good, &mut watcher, GOOD, 1).await;
 }
+
+#[tokio::test]
+async fn a_device_that_connects_and_never_says_hello_is_closed_after_the_connect_timeout() {
+    let hub = TestHub::start("[limits]\nconnect_timeout = \"300ms\"\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut mute = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("device-0001 connects");
+    let ended = mute.ended().await;
+    assert_eq!(ended.code(), Some(1008), "{ended:?}");
+    assert!(ended.reason().contains("Hello"), "{ended:?}");
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+    assert_eq!(
+        watcher.states("device-0001"),
+        Vec::<String>::new(),
+        "it never came online"
+    );
+}

@@ -398,7 +398,7 @@ async fn websocket<S>(
                 peer,
                 shared.gateway.clone(),
                 &shared.acl,
-                shared.limits.write_timeout,
+                &shared.limits,
             )
             .await
         }
