@@ -272,6 +272,24 @@ impl Config {
             )
         };
         listeners.push_str(&format!("tls                   = {tls}\n"));
+        for port in &self.serial {
+            listeners.push_str(&format!(
+                "serial                = {:?} baud={}{}\n",
+                port.path,
+                port.baud,
+                port.device_id
+                    .as_deref()
+                    .map(|id| format!(" device_id={id:?}"))
+                    .unwrap_or_default()
+            ));
+        }
+        listeners.push_str(&format!(
+            "devices               = max_message={} message_rate={}/s heartbeat={} telemetry={:?}\n",
+            self.devices.max_message,
+            self.devices.message_rate,
+            humantime::format_duration(self.devices.heartbeat),
+            self.devices.telemetry_format,
+        ));
         let head = format!(
             "hub.id                = {:?}\n\
              hub.data_dir          = {:?}\n\
