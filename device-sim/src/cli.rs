@@ -1,5 +1,7 @@
 //! Command-line interface: the flags of each mode and how they become client specs.
 
+mod fleet;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::{tls_config, CertPair, ClientSpec, Endpoint, Qos, Version};
 use crate::payload::HEADER_LEN;
+
+pub use fleet::{devices_plan, serial_plan, DevicesArgs, SerialArgs};
 
 /// Simulate edgehub devices and clients, and measure delivery, loss and latency.
 #[derive(Parser, Debug)]
@@ -29,6 +33,14 @@ pub enum Command {
     /// connection costs the broker.
     #[command(after_long_help = IDLE_HELP)]
     Idle(IdleArgs),
+    /// N WebSocket devices with their own certificates speaking firmware-proto to the
+    /// hub's device gateway; an MQTT subscriber measures what the hub publishes.
+    #[command(after_long_help = fleet::DEVICES_HELP)]
+    Devices(DevicesArgs),
+    /// K serial sensors on pseudo-terminals at an emulated line speed; an MQTT
+    /// subscriber measures what the hub publishes.
+    #[command(after_long_help = fleet::SERIAL_HELP)]
+    Serial(SerialArgs),
 }
 
 const MQTT_HELP: &str = "\
@@ -93,6 +105,16 @@ pub struct ConnectArgs {
     /// MQTT keep-alive interval, seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub keep_alive: u64,
+    #[command(flatten)]
+    pub pacing: PacingArgs,
+    /// Client ids are PREFIX-pub-i, PREFIX-sub-j, PREFIX-idle-i [default: edgehub-sim-PID].
+    #[arg(long, value_name = "PREFIX")]
+    pub client_id_prefix: Option<String>,
+}
+
+/// How fast connections are opened.
+#[derive(Args, Debug, Clone)]
+pub struct PacingArgs {
     /// New connections per second at most (0: no limit). edgehub allows 200/s from one
     /// address by default.
     #[arg(long, default_value_t = 150.0, value_name = "PER_SEC")]
@@ -100,9 +122,13 @@ pub struct ConnectArgs {
     /// Connection attempts in progress at once at most.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub connect_concurrency: usize,
-    /// Client ids are PREFIX-pub-i, PREFIX-sub-j, PREFIX-idle-i [default: edgehub-sim-PID].
-    #[arg(long, value_name = "PREFIX")]
-    pub client_id_prefix: Option<String>,
+}
+
+impl PacingArgs {
+    /// The pacer these flags describe.
+    pub fn pacer(&self) -> crate::pacer::Pacer {
+        crate::pacer::Pacer::new(self.connect_rate, self.connect_concurrency)
+    }
 }
 
 /// `edgehub-sim mqtt`.

@@ -135,6 +135,29 @@ pub fn tls_config(
     client: Option<&CertPair>,
     flag: &str,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let roots = trusted_roots(ca, flag)?;
+    let config = match client {
+        Some(pair) => {
+            let chain = pem_certs(&pair.cert).with_context(|| pair.cert.display().to_string())?;
+            if chain.is_empty() {
+                bail!("{}: no PEM certificate in it", pair.cert.display());
+            }
+            let key = pem_key(&pair.key)?;
+            client_config(roots, Some((chain, key))).with_context(|| {
+                format!(
+                    "client certificate {} with key {}: they do not match or the key type is unsupported",
+                    pair.cert.display(),
+                    pair.key.display()
+                )
+            })?
+        }
+        None => client_config(roots, None)?,
+    };
+    Ok(Arc::new(config))
+}
+
+/// The CA certificates in the PEM file `ca`; `flag` names the option it came from.
+pub fn trusted_roots(ca: &Path, flag: &str) -> anyhow::Result<Arc<rustls::RootCertStore>> {
     let mut roots = rustls::RootCertStore::empty();
     let cas = pem_certs(ca).with_context(|| format!("{flag} {}", ca.display()))?;
     if cas.is_empty() {
@@ -148,42 +171,42 @@ pub fn tls_config(
             .add(cert)
             .with_context(|| format!("{flag} {}: not a usable CA certificate", ca.display()))?;
     }
+    Ok(Arc::new(roots))
+}
+
+/// A certificate chain (leaf first) and its private key.
+pub type ClientAuth = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// A rustls client (ring provider) trusting `roots`, presenting `auth` when asked.
+pub fn client_config(
+    roots: Arc<rustls::RootCertStore>,
+    auth: Option<ClientAuth>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .context("ring supports TLS 1.2 and 1.3")?
     .with_root_certificates(roots);
-    let config = match client {
-        Some(pair) => {
-            let chain = pem_certs(&pair.cert).with_context(|| pair.cert.display().to_string())?;
-            if chain.is_empty() {
-                bail!("{}: no PEM certificate in it", pair.cert.display());
-            }
-            let key = pem_key(&pair.key)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .with_context(|| {
-                    format!(
-                        "client certificate {} with key {}: they do not match or the key type is unsupported",
-                        pair.cert.display(),
-                        pair.key.display()
-                    )
-                })?
-        }
+    Ok(match auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
+    })
 }
 
-fn pem_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+/// The certificates in a PEM file.
+pub fn pem_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     let pem = std::fs::read(path).context("cannot read the file")?;
     rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .context("not valid PEM")
 }
 
-fn pem_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+/// The private key in a PEM file.
+pub fn pem_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
     let pem = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .with_context(|| format!("{}: not valid PEM", path.display()))?

@@ -1,12 +1,15 @@
 //! `edgehub-sim`: simulates fleets of edgehub clients and measures what arrives.
 //!
-//! Modes so far: `mqtt` (MQTT publishers and subscribers: loss, order, latency) and
-//! `idle` (many idle connections: what a connection costs the broker). WebSocket
-//! devices and serial sensors arrive with the rest of the simulator issue.
+//! Modes: `mqtt` (MQTT publishers and subscribers: loss, order, latency), `idle` (many
+//! idle connections: what a connection costs the broker), `devices` (WebSocket devices
+//! speaking firmware-proto) and `serial` (sensors on pseudo-terminals); the last two
+//! measure what the hub publishes for them over MQTT.
 
 mod cli;
 mod client;
 mod cpu;
+mod delivery;
+mod devices;
 mod errlog;
 mod idle;
 mod load;
@@ -14,6 +17,9 @@ mod pacer;
 mod payload;
 mod procfs;
 mod report;
+mod serial;
+mod session;
+mod telemetry;
 mod tracker;
 
 use std::process::ExitCode;
@@ -66,10 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 publisher_spec,
                 subscriber_spec,
                 id_prefix: args.connect.id_prefix(),
-                pacer: pacer::Pacer::new(
-                    args.connect.connect_rate,
-                    args.connect.connect_concurrency,
-                ),
+                pacer: std::sync::Arc::new(args.connect.pacing.pacer()),
                 publishers: args.publishers,
                 subscribers: args.subscribers,
                 topic_prefix: args.topic_prefix.trim_end_matches('/').to_owned(),
@@ -86,29 +89,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(path) = &args.json {
                 report::write_json(path, &summary)?;
             }
-            if summary.received == 0 && summary.expected > 0 {
-                eprintln!(
-                    "edgehub-sim: nothing arrived. If the broker is edgehub, its ACL may drop \
-                     the publishers' messages: see `edgehub-sim mqtt --help`"
-                );
-            }
-            if summary.loss_pct > args.max_loss {
-                eprintln!(
-                    "edgehub-sim: loss {:.3} % exceeds --max-loss {} %",
-                    summary.loss_pct, args.max_loss
-                );
-                return Ok(ExitCode::from(1));
-            }
-            Ok(ExitCode::SUCCESS)
+            let hint = "If the broker is edgehub, its ACL may drop the publishers' messages: \
+                        see `edgehub-sim mqtt --help`";
+            Ok(verdict(&summary.delivery, args.max_loss, hint))
         }
         Command::Idle(args) => {
             let plan = idle::Plan {
                 spec: cli::idle_spec(&args)?,
                 id_prefix: args.connect.id_prefix(),
-                pacer: pacer::Pacer::new(
-                    args.connect.connect_rate,
-                    args.connect.connect_concurrency,
-                ),
+                pacer: args.connect.pacing.pacer(),
                 connections: args.connections,
                 hold: cli::seconds("--hold", args.hold)?,
                 hub_pid: args.hub_pid,
@@ -124,5 +113,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Devices(args) => {
+            let plan = cli::devices_plan(&args)?;
+            let summary = devices::run(plan).await?;
+            print!("{}", summary.table());
+            if let Some(path) = &args.measure.json {
+                report::write_json(path, &summary)?;
+            }
+            let hint = "Is the hub's [devices] message_rate high enough (Error 7 in the \
+                        summary), and may the subscriber read devices/#? See `edgehub-sim \
+                        devices --help`";
+            Ok(verdict(&summary.delivery, args.measure.max_loss, hint))
+        }
+        Command::Serial(args) => {
+            let plan = cli::serial_plan(&args)?;
+            let summary = serial::run(plan).await?;
+            print!("{}", summary.table());
+            if let Some(path) = &args.measure.json {
+                report::write_json(path, &summary)?;
+            }
+            let hint = "May the subscriber read devices/#, and does the hub accept telemetry \
+                        from serial devices? See `edgehub-sim serial --help`";
+            Ok(verdict(&summary.delivery, args.measure.max_loss, hint))
+        }
     }
+}
+
+/// Exit status 1 when more than `max_loss` percent was lost; `hint` says what to check
+/// when nothing arrived at all.
+fn verdict(delivery: &report::Delivery, max_loss: f64, hint: &str) -> ExitCode {
+    if delivery.received == 0 && delivery.expected > 0 {
+        eprintln!("edgehub-sim: nothing arrived. {hint}");
+    }
+    if delivery.loss_pct > max_loss {
+        eprintln!(
+            "edgehub-sim: loss {:.3} % exceeds --max-loss {} %",
+            delivery.loss_pct, max_loss
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }

@@ -44,9 +44,10 @@ impl Latency {
     }
 }
 
-/// What one publisher's stream looked like, summed over subscribers.
+/// What one source's stream (an MQTT publisher's, a device's, a serial port's) looked
+/// like, summed over subscribers.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PublisherTotals {
+pub struct StreamTotals {
     /// Measured messages sent.
     pub sent: u64,
     /// Distinct measured messages received, over all subscribers.
@@ -65,9 +66,9 @@ pub struct PublisherTotals {
 /// Sent and received in one second of the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tick {
-    /// Seconds since publishing started.
+    /// Seconds since sending started.
     pub t_s: f64,
-    /// Messages handed to the MQTT clients in that second.
+    /// Messages sent in that second (handed to the MQTT client, written to the socket or line).
     pub sent: u64,
     /// Messages received in that second (all subscribers).
     pub received: u64,
@@ -80,6 +81,161 @@ pub struct ErrorCount {
     pub message: String,
     /// How often.
     pub count: u64,
+}
+
+/// What arrived of what was sent: the part of every sending mode's summary that does
+/// not depend on how the messages were sent (flattened into each mode's JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Seconds of unmeasured warm-up before.
+    pub warmup_s: f64,
+    /// Measured messages sent (over all sources).
+    pub sent: u64,
+    /// sent × subscribers.
+    pub expected: u64,
+    /// Distinct measured messages received (over all subscribers).
+    pub received: u64,
+    /// expected − received.
+    pub lost: u64,
+    /// Of those, messages after the last one each subscriber received from a source:
+    /// not arrived when the drain ended. The rest are gaps inside the streams.
+    pub lost_at_end: u64,
+    /// lost / expected, in percent.
+    pub loss_pct: f64,
+    /// Messages received more than once.
+    pub duplicated: u64,
+    /// Messages that arrived after a later one of the same source.
+    pub out_of_order: u64,
+    /// Messages on the subscribed topics that this run did not send.
+    pub foreign: u64,
+    /// sent / duration.
+    pub sent_per_s: f64,
+    /// received / (time from the start of measurement to the last measured arrival).
+    pub received_per_s: f64,
+    /// End-to-end latency of measured messages.
+    pub latency: Latency,
+    /// Connections lost during the run (then reopened).
+    pub disconnects: u64,
+    /// Distinct errors and their counts.
+    pub errors: Vec<ErrorCount>,
+    /// Per-second sent and received.
+    pub timeline: Vec<Tick>,
+    /// The simulator's own CPU use over the whole run (connecting included).
+    pub cpu: CpuUse,
+    /// The hub's (broker's) CPU and memory while sending, when `--hub-pid` was given.
+    pub hub: Option<HubUse>,
+    /// CPU use while sending (and draining): the whole machine and this process, so
+    /// that load from elsewhere on a shared machine shows.
+    pub publishing_cpu: Option<PublishingCpu>,
+}
+
+/// Adds one `key value` line to a summary table.
+pub fn row(t: &mut String, k: &str, v: String) {
+    let _ = writeln!(t, "  {k:<22} {v}");
+}
+
+impl Delivery {
+    /// The table's rows from "sent" to "latency".
+    pub fn head_rows(&self, t: &mut String) {
+        row(t, "sent", self.sent.to_string());
+        row(
+            t,
+            "received",
+            format!("{} of {} expected", self.received, self.expected),
+        );
+        row(
+            t,
+            "lost",
+            format!(
+                "{} ({:.3} %): {} in gaps, {} at the end of streams",
+                self.lost,
+                self.loss_pct,
+                self.lost - self.lost_at_end.min(self.lost),
+                self.lost_at_end
+            ),
+        );
+        row(t, "duplicated", self.duplicated.to_string());
+        row(t, "out of order", self.out_of_order.to_string());
+        if self.foreign > 0 {
+            row(t, "foreign (ignored)", self.foreign.to_string());
+        }
+        row(t, "sent rate", format!("{:.0} msgs/s", self.sent_per_s));
+        row(
+            t,
+            "throughput",
+            format!("{:.0} msgs/s received", self.received_per_s),
+        );
+        let l = &self.latency;
+        row(
+            t,
+            "latency (µs)",
+            format!(
+                "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0}, n {})",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
+            ),
+        );
+    }
+
+    /// The table's rows from "disconnects" to the end: errors and CPU.
+    pub fn tail_rows(&self, t: &mut String) {
+        row(t, "disconnects", self.disconnects.to_string());
+        for e in &self.errors {
+            row(t, "error", format!("{} x {}", e.count, e.message));
+        }
+        if let Some(hub) = &self.hub {
+            row(
+                t,
+                "hub CPU",
+                format!(
+                    "{:.2} s over {:.1} s of sending ({:.2} cores), VmRSS {:.1} MiB (pid {})",
+                    hub.cpu_s,
+                    hub.wall_s,
+                    hub.cores,
+                    hub.rss_bytes as f64 / (1024.0 * 1024.0),
+                    hub.pid
+                ),
+            );
+        }
+        if let Some(c) = &self.publishing_cpu {
+            row(
+                t,
+                "cores while sending",
+                format!(
+                    "machine {:.2} of {} busy: simulator {:.2}, hub {}, other {:.2}",
+                    c.machine_cores,
+                    c.machine_cpus,
+                    c.simulator_cores,
+                    c.hub_cores
+                        .map_or_else(|| "? (give --hub-pid)".to_owned(), |h| format!("{h:.2}")),
+                    c.other_cores
+                ),
+            );
+        }
+        row(t, "simulator CPU", cpu_line(&self.cpu));
+        let msgs = (self.sent + self.received) as f64;
+        if self.cpu.total_s > 0.0 {
+            row(
+                t,
+                "simulator cost",
+                format!(
+                    "{:.0} msgs (sent + received) per CPU-second",
+                    msgs / self.cpu.total_s
+                ),
+            );
+        }
+    }
+}
+
+/// A "per X: received min, max" row over the streams.
+pub fn per_stream_row(t: &mut String, label: &str, streams: &[StreamTotals]) {
+    if let (Some(min), Some(max)) = (
+        streams.iter().map(|p| p.received).min(),
+        streams.iter().map(|p| p.received).max(),
+    ) {
+        row(t, label, format!("received min {min}, max {max}"));
+    }
 }
 
 /// The result of `edgehub-sim mqtt`.
@@ -99,57 +255,18 @@ pub struct MqttSummary {
     pub payload_bytes: usize,
     /// Target total rate (msgs/s), 0 for as fast as possible.
     pub target_rate: f64,
-    /// Seconds measured.
-    pub duration_s: f64,
-    /// Seconds of unmeasured warm-up before.
-    pub warmup_s: f64,
-    /// Measured messages sent (over all publishers).
-    pub sent: u64,
-    /// sent × subscribers.
-    pub expected: u64,
-    /// Distinct measured messages received (over all subscribers).
-    pub received: u64,
-    /// expected − received.
-    pub lost: u64,
-    /// Of those, messages after the last one each subscriber received from a publisher:
-    /// not arrived when the drain ended. The rest are gaps inside the streams.
-    pub lost_at_end: u64,
-    /// lost / expected, in percent.
-    pub loss_pct: f64,
-    /// Messages received more than once.
-    pub duplicated: u64,
-    /// Messages that arrived after a later one of the same publisher.
-    pub out_of_order: u64,
-    /// Messages on the subscribed topics that this run did not send.
-    pub foreign: u64,
-    /// sent / duration.
-    pub sent_per_s: f64,
-    /// received / (time from the start of measurement to the last measured arrival).
-    pub received_per_s: f64,
-    /// End-to-end latency of measured messages.
-    pub latency: Latency,
+    /// What arrived, latency, CPU.
+    #[serde(flatten)]
+    pub delivery: Delivery,
     /// QoS 1: PUBACKs received (all messages, warm-up included).
     pub acked: u64,
     /// MQTT 5 PUBACKs with a failure reason.
     pub rejected: u64,
-    /// Connections lost during the run (then reopened).
-    pub disconnects: u64,
-    /// Distinct errors and their counts.
-    pub errors: Vec<ErrorCount>,
-    /// Per-second sent and received.
-    pub timeline: Vec<Tick>,
     /// Per publisher, by index.
-    pub per_publisher: Vec<PublisherTotals>,
-    /// The simulator's own CPU use over the whole run (connecting included).
-    pub cpu: CpuUse,
-    /// The broker's CPU and memory while publishing, when `--hub-pid` was given.
-    pub hub: Option<HubUse>,
-    /// CPU use while publishing (and draining): the whole machine and this process, so
-    /// that load from elsewhere on a shared machine shows.
-    pub publishing_cpu: Option<PublishingCpu>,
+    pub per_publisher: Vec<StreamTotals>,
 }
 
-/// Cores busy while the publishers ran (and the drain).
+/// Cores busy while the sources sent (and the drain).
 #[derive(Debug, Clone, Serialize)]
 pub struct PublishingCpu {
     /// Wall seconds measured over.
@@ -166,7 +283,7 @@ pub struct PublishingCpu {
     pub other_cores: f64,
 }
 
-/// What the broker process used while the publishers ran (and the drain).
+/// What the broker process used while the sources sent (and the drain).
 #[derive(Debug, Clone, Serialize)]
 pub struct HubUse {
     /// Its process id.
@@ -200,53 +317,10 @@ impl MqttSummary {
             self.qos,
             self.payload_bytes,
             q,
-            self.duration_s,
-            self.warmup_s
+            self.delivery.duration_s,
+            self.delivery.warmup_s
         );
-        let row = |t: &mut String, k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<22} {v}");
-        };
-        row(&mut t, "sent", self.sent.to_string());
-        row(
-            &mut t,
-            "received",
-            format!("{} of {} expected", self.received, self.expected),
-        );
-        row(
-            &mut t,
-            "lost",
-            format!(
-                "{} ({:.3} %): {} in gaps, {} at the end of streams",
-                self.lost,
-                self.loss_pct,
-                self.lost - self.lost_at_end.min(self.lost),
-                self.lost_at_end
-            ),
-        );
-        row(&mut t, "duplicated", self.duplicated.to_string());
-        row(&mut t, "out of order", self.out_of_order.to_string());
-        if self.foreign > 0 {
-            row(&mut t, "foreign (ignored)", self.foreign.to_string());
-        }
-        row(
-            &mut t,
-            "sent rate",
-            format!("{:.0} msgs/s", self.sent_per_s),
-        );
-        row(
-            &mut t,
-            "throughput",
-            format!("{:.0} msgs/s received", self.received_per_s),
-        );
-        let l = &self.latency;
-        row(
-            &mut t,
-            "latency (µs)",
-            format!(
-                "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0}, n {})",
-                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us, l.count
-            ),
-        );
+        self.delivery.head_rows(&mut t);
         if self.qos == 1 {
             row(
                 &mut t,
@@ -254,61 +328,8 @@ impl MqttSummary {
                 format!("{} ({} rejected)", self.acked, self.rejected),
             );
         }
-        if let (Some(min), Some(max)) = (
-            self.per_publisher.iter().map(|p| p.received).min(),
-            self.per_publisher.iter().map(|p| p.received).max(),
-        ) {
-            row(
-                &mut t,
-                "per publisher",
-                format!("received min {min}, max {max}"),
-            );
-        }
-        row(&mut t, "disconnects", self.disconnects.to_string());
-        for e in &self.errors {
-            row(&mut t, "error", format!("{} x {}", e.count, e.message));
-        }
-        if let Some(hub) = &self.hub {
-            row(
-                &mut t,
-                "hub CPU",
-                format!(
-                    "{:.2} s over {:.1} s of publishing ({:.2} cores), VmRSS {:.1} MiB (pid {})",
-                    hub.cpu_s,
-                    hub.wall_s,
-                    hub.cores,
-                    hub.rss_bytes as f64 / (1024.0 * 1024.0),
-                    hub.pid
-                ),
-            );
-        }
-        if let Some(c) = &self.publishing_cpu {
-            row(
-                &mut t,
-                "cores while publishing",
-                format!(
-                    "machine {:.2} of {} busy: simulator {:.2}, hub {}, other {:.2}",
-                    c.machine_cores,
-                    c.machine_cpus,
-                    c.simulator_cores,
-                    c.hub_cores
-                        .map_or_else(|| "? (give --hub-pid)".to_owned(), |h| format!("{h:.2}")),
-                    c.other_cores
-                ),
-            );
-        }
-        row(&mut t, "simulator CPU", cpu_line(&self.cpu));
-        let msgs = (self.sent + self.received) as f64;
-        if self.cpu.total_s > 0.0 {
-            row(
-                &mut t,
-                "simulator cost",
-                format!(
-                    "{:.0} msgs (sent + received) per CPU-second",
-                    msgs / self.cpu.total_s
-                ),
-            );
-        }
+        per_stream_row(&mut t, "per publisher", &self.per_publisher);
+        self.delivery.tail_rows(&mut t);
         t
     }
 }
@@ -362,9 +383,6 @@ impl IdleSummary {
             "edgehub-sim idle: {} connections to {}",
             self.connections, self.url
         );
-        let row = |t: &mut String, k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<22} {v}");
-        };
         row(
             &mut t,
             "connected",

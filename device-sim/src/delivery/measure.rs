@@ -1,16 +1,15 @@
-//! Measuring a run: the progress line, the drain, CPU use, and the summary.
+//! Measuring a run: the progress line, the drain, and CPU use.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Plan, Shared, SubscriberResult, DRAIN_QUIET, LATENCY_CEILING_US};
-use crate::cpu::{CpuTimes, CpuUse};
-use crate::report::{HubUse, Latency, MqttSummary, PublisherTotals, PublishingCpu, Tick};
+use super::{Shared, DRAIN_QUIET};
+use crate::cpu::CpuTimes;
+use crate::report::{HubUse, PublishingCpu, Tick};
 
 /// Waits until `expected` measured messages arrived, nothing arrived for
 /// [`DRAIN_QUIET`], or `limit` passed; says which.
@@ -41,7 +40,7 @@ pub(super) async fn drain(shared: &Shared, expected: u64, limit: Duration) -> &'
     }
 }
 
-/// CPU use from the start of publishing: the machine's, this process's and (given its
+/// CPU use from the start of sending: the machine's, this process's and (given its
 /// pid) the hub's, so a run shows which side was the limit and whether something else
 /// on the machine took CPU.
 pub(super) struct Meter {
@@ -111,7 +110,7 @@ pub(super) async fn progress(
     mut stop: watch::Receiver<bool>,
 ) -> Vec<Tick> {
     let totals = |s: &Shared| {
-        let sent: u64 = s.publishers.iter().map(|p| p.sent.load(Relaxed)).sum();
+        let sent: u64 = s.sources.iter().map(|p| p.sent.load(Relaxed)).sum();
         let received: u64 = s.subscribers.iter().map(|p| p.received.load(Relaxed)).sum();
         (sent, received)
     };
@@ -154,115 +153,4 @@ pub(super) async fn progress(
         last = (now, (sent, received));
     }
     ticks
-}
-
-pub(super) fn summarize(
-    plan: &Plan,
-    shared: &Shared,
-    results: Vec<SubscriberResult>,
-    measure_from_ns: u64,
-    timeline: Vec<Tick>,
-    cpu: CpuUse,
-) -> MqttSummary {
-    let mut per_publisher: Vec<PublisherTotals> = shared
-        .publishers
-        .iter()
-        .map(|p| PublisherTotals {
-            sent: p.measured.load(Relaxed),
-            ..PublisherTotals::default()
-        })
-        .collect();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, LATENCY_CEILING_US, 3)
-        .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid"));
-    let mut foreign = 0;
-    let mut last_ns = 0;
-    for r in &results {
-        let _ = latency.add(&r.latency);
-        foreign += r.foreign;
-        last_ns = last_ns.max(r.last_measured_ns);
-        for ((p, s), c) in per_publisher
-            .iter_mut()
-            .zip(r.tracker.streams())
-            .zip(&shared.publishers)
-        {
-            p.received += s.unique;
-            p.duplicated += s.duplicates;
-            p.out_of_order += s.out_of_order;
-            // Sequence numbers run 0..sent; what lies above the highest one received
-            // had not arrived when the drain ended.
-            let total = c.sent.load(Relaxed);
-            let after_highest = match s.highest() {
-                Some(h) => total.saturating_sub(h + 1),
-                None => total,
-            };
-            p.lost_at_end += after_highest.min(p.sent);
-        }
-    }
-    let subscribers = plan.subscribers as u64;
-    for p in &mut per_publisher {
-        p.lost = (p.sent * subscribers).saturating_sub(p.received);
-    }
-    let sum = |f: fn(&PublisherTotals) -> u64| per_publisher.iter().map(f).sum::<u64>();
-    let sent = sum(|p| p.sent);
-    let expected = sent * subscribers;
-    let received = sum(|p| p.received);
-    let lost = sum(|p| p.lost);
-    let lost_at_end = sum(|p| p.lost_at_end);
-    let duration = plan.duration.as_secs_f64();
-    let receive_window = ((last_ns.saturating_sub(measure_from_ns)) as f64 / 1e9).max(duration);
-    MqttSummary {
-        url: plan.publisher_spec.endpoint.to_string(),
-        mqtt_version: match plan.publisher_spec.version {
-            crate::client::Version::V4 => 4,
-            crate::client::Version::V5 => 5,
-        },
-        qos: plan.qos.level(),
-        publishers: plan.publishers,
-        subscribers: plan.subscribers,
-        payload_bytes: plan.payload,
-        target_rate: plan.rate,
-        duration_s: duration,
-        warmup_s: plan.warmup.as_secs_f64(),
-        sent,
-        expected,
-        received,
-        lost,
-        lost_at_end,
-        loss_pct: if expected > 0 {
-            lost as f64 * 100.0 / expected as f64
-        } else {
-            0.0
-        },
-        duplicated: sum(|p| p.duplicated),
-        out_of_order: sum(|p| p.out_of_order),
-        foreign,
-        sent_per_s: if duration > 0.0 {
-            sent as f64 / duration
-        } else {
-            0.0
-        },
-        received_per_s: if receive_window > 0.0 {
-            received as f64 / receive_window
-        } else {
-            0.0
-        },
-        latency: Latency::of(&latency),
-        acked: shared
-            .publishers
-            .iter()
-            .map(|p| p.acked.load(Relaxed))
-            .sum(),
-        rejected: shared
-            .publishers
-            .iter()
-            .map(|p| p.rejected.load(Relaxed))
-            .sum(),
-        disconnects: shared.disconnects.load(Relaxed),
-        errors: shared.errors.counts(),
-        timeline,
-        per_publisher,
-        cpu,
-        hub: None,
-        publishing_cpu: None,
-    }
 }

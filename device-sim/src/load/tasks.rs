@@ -1,124 +1,54 @@
-//! The tasks of a run: subscribers that check every message, publishers' connections,
-//! and the generators that pace each publisher's stream.
+//! One publisher: its MQTT connection's event loop, and the generator that paces its
+//! stream through the run's window.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hdrhistogram::Histogram;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::{Plan, Shared, SubscriberResult, LATENCY_CEILING_US, RECONNECT_DELAY};
+use super::Plan;
 use crate::client::{Client, Event, Events};
+use crate::delivery::fleet::{SourceEnds, Window};
+use crate::delivery::{Shared, RECONNECT_DELAY};
 use crate::payload::{Header, HEADER_LEN};
-use crate::tracker::{Tracker, Verdict};
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn subscriber(
-    j: usize,
-    plan: Arc<Plan>,
-    shared: Arc<Shared>,
-    client: Client,
-    mut events: Events,
-    filter: String,
-    ready: oneshot::Sender<Result<(), String>>,
-    window: watch::Receiver<u64>,
-    mut stop: watch::Receiver<bool>,
-) -> SubscriberResult {
-    let mut result = SubscriberResult {
-        tracker: Tracker::new(plan.publishers),
-        latency: Histogram::new_with_bounds(1, LATENCY_CEILING_US, 3)
-            .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid")),
-        foreign: 0,
-        last_measured_ns: 0,
-    };
-    let who = format!("subscriber {j}");
-    let setup = async {
-        let _permit = plan.pacer.admit().await;
-        client.subscribe(&filter, plan.qos).await?;
-        loop {
-            match events.poll().await? {
-                Event::SubAck(None) => return Ok(()),
-                Event::SubAck(Some(reason)) => {
-                    return Err(format!(
-                        "the broker refused the subscription to {filter}: {reason} \
-                         (does its ACL let this client subscribe?)"
-                    ))
-                }
-                _ => {}
-            }
-        }
-    };
-    if let Err(e) = setup.await {
-        let _ = ready.send(Err(e));
-        return result;
+/// Publisher `i` from connecting to closing.
+pub(super) async fn publisher(i: usize, plan: Arc<Plan>, shared: Arc<Shared>, ends: SourceEnds) {
+    let SourceEnds {
+        ready,
+        sent,
+        mut signals,
+    } = ends;
+    let id = format!("{}-pub-{i}", plan.id_prefix);
+    let (client, events) = plan.publisher_spec.open(&id);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut event_loop = tokio::spawn(publisher_events(
+        i,
+        plan.clone(),
+        shared.clone(),
+        events,
+        ready,
+        closing_rx,
+    ));
+    if let Some(window) = signals.window().await {
+        generator(i, &plan, &shared, &client, window).await;
     }
-    let _ = ready.send(Ok(()));
-    let counters = &shared.subscribers[j];
-    // One future for the whole loop: a fresh `changed()` per message costs measurably.
-    let mut stopped = std::pin::pin!(stop.changed());
-    let mut measure_from = u64::MAX;
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = &mut stopped => break,
-            event = events.poll() => event,
-        };
-        match event {
-            Ok(Event::Publish(payload)) => {
-                let now = shared.now_ns();
-                counters.received.fetch_add(1, Relaxed);
-                let Some(h) = Header::read(&payload).filter(|h| h.run == shared.run) else {
-                    result.foreign += 1;
-                    continue;
-                };
-                if measure_from == u64::MAX {
-                    measure_from = *window.borrow();
-                }
-                let measured = h.sent_ns >= measure_from;
-                match result.tracker.observe(h.publisher, h.seq, measured) {
-                    Verdict::Foreign => result.foreign += 1,
-                    Verdict::Duplicate => {}
-                    Verdict::InOrder | Verdict::OutOfOrder => {
-                        if measured {
-                            counters.measured_unique.fetch_add(1, Relaxed);
-                            result.last_measured_ns = result.last_measured_ns.max(now);
-                            let us = now.saturating_sub(h.sent_ns) / 1000;
-                            result.latency.saturating_record(us.max(1));
-                        }
-                    }
-                }
-            }
-            // A reconnect starts a clean session: subscribe again.
-            Ok(Event::Connected) => {
-                if let Err(e) = client.subscribe(&filter, plan.qos).await {
-                    shared.errors.record(&who, &format!("resubscribe: {e}"));
-                }
-            }
-            Ok(Event::SubAck(Some(reason))) => shared
-                .errors
-                .record(&who, &format!("resubscription refused: {reason}")),
-            Ok(_) => {}
-            Err(e) => {
-                shared.disconnects.fetch_add(1, Relaxed);
-                shared
-                    .errors
-                    .record(&who, &format!("connection lost: {e} (reconnecting)"));
-                tokio::time::sleep(RECONNECT_DELAY).await;
-            }
-        }
+    drop(sent);
+    signals.closed().await;
+    let _ = closing_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_millis(100), client.disconnect()).await;
+    if tokio::time::timeout(Duration::from_secs(1), &mut event_loop)
+        .await
+        .is_err()
+    {
+        event_loop.abort();
     }
-    client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while events.poll().await.is_ok() {}
-    })
-    .await;
-    result
 }
 
-pub(super) async fn publisher_events(
+async fn publisher_events(
     i: usize,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
@@ -132,7 +62,7 @@ pub(super) async fn publisher_events(
         return;
     }
     let _ = ready.send(Ok(()));
-    let counters = &shared.publishers[i];
+    let counters = &shared.sources[i];
     loop {
         match events.poll().await {
             Ok(Event::PubAck(None)) => {
@@ -161,19 +91,16 @@ pub(super) async fn publisher_events(
     }
 }
 
-/// Publishes publisher `i`'s stream from `start_at` until `end_at`, paced to its share
-/// of the total rate.
-pub(super) async fn generator(
-    i: usize,
-    plan: Arc<Plan>,
-    shared: Arc<Shared>,
-    client: Client,
-    start_at: Instant,
-    measure_from_ns: u64,
-    end_at: Instant,
-) {
+/// Publishes publisher `i`'s stream through the window, paced to its share of the
+/// total rate.
+async fn generator(i: usize, plan: &Plan, shared: &Shared, client: &Client, window: Window) {
+    let Window {
+        start_at,
+        measure_from_ns,
+        end_at,
+    } = window;
     let topic = format!("{}/sim-{i}/telemetry", plan.topic_prefix);
-    let counters = &shared.publishers[i];
+    let counters = &shared.sources[i];
     let per_publisher = plan.rate / plan.publishers as f64;
     // Spread the publishers' send times evenly over one interval.
     let phase = i as f64 / plan.publishers as f64;

@@ -22,6 +22,12 @@ pub const OPEN_ACL: &str = r#"
 assign = [{ role = "admin", identity = "*" }]
 "#;
 
+/// Lifts the hub's per-device message rate (50/s by default), for device benchmarks.
+pub const FAST_DEVICES: &str = r#"
+[devices]
+message_rate = 100000
+"#;
+
 /// A running in-process hub with wss (certificates) and plain mqtt (anonymous).
 pub struct TestHub {
     /// Holds the data directory (and the development PKI under `data/pki`).
@@ -84,6 +90,11 @@ auth = ["anonymous"]
     /// `wss://localhost:PORT/mqtt`.
     pub fn wss_url(&self) -> String {
         format!("wss://localhost:{}/mqtt", self.wss.port())
+    }
+
+    /// `wss://localhost:PORT/device`, the device gateway.
+    pub fn device_url(&self) -> String {
+        format!("wss://localhost:{}/device", self.wss.port())
     }
 
     /// The development PKI the hub created.

@@ -109,10 +109,13 @@ pub async fn run(ports: Vec<SerialPortConfig>, gateway: Arc<Gateway>, shutdown: 
     tracker.wait().await;
 }
 
-/// Failed opening attempts of one path: when to try again, and whether it was logged.
+/// Failed opening attempts of one path: when to try again, and how many in a row.
 struct Retry {
     next: Instant,
     backoff: Duration,
+    failures: u32,
+    /// Where the path led when it failed.
+    target: Option<PathBuf>,
 }
 
 async fn watch(
@@ -137,6 +140,9 @@ async fn watch(
             tracing::info!(path = %entry.path, "no serial port matches yet; watching for it");
             warned_empty = true;
         }
+        // A path that vanished and came back, or now leads elsewhere (a by-id link to a
+        // new ttyUSB), is a new adapter: no backoff from the old one.
+        retries.retain(|p, r| paths.contains(p) && std::fs::canonicalize(p).ok() == r.target);
         let now = Instant::now();
         for path in paths {
             if lock(&open).contains(&path) {
@@ -173,15 +179,23 @@ async fn watch(
                     let retry = retries.entry(path.clone()).or_insert(Retry {
                         next: now,
                         backoff: entry.rescan / 2,
+                        failures: 0,
+                        target: std::fs::canonicalize(&path).ok(),
                     });
                     retry.backoff = (retry.backoff * 2).min(MAX_BACKOFF).max(entry.rescan);
                     retry.next = now + retry.backoff;
-                    tracing::warn!(
-                        port = %path.display(),
-                        %error,
-                        retry_in = ?retry.backoff,
-                        "cannot open serial port; check that it exists and that the user edgehub runs as may open it (group dialout)"
-                    );
+                    retry.failures += 1;
+                    // Once per streak, then every tenth attempt: a port that stays broken
+                    // must not flood the journal.
+                    if retry.failures % 10 == 1 {
+                        tracing::warn!(
+                            port = %path.display(),
+                            %error,
+                            failures = retry.failures,
+                            retry_in = ?retry.backoff,
+                            "cannot open serial port; check that it exists and that the user edgehub runs as may open it (group dialout)"
+                        );
+                    }
                 }
             }
         }
