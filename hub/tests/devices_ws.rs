@@ -14,7 +14,8 @@ use support::device::{
     keys, new_session, now_ms, sample_readings, session_hex, still_served, Device, Watcher,
     FIRMWARE,
 };
-use support::hub::{TestHub, WSS};
+use support::hub::{TestHub, MQTT, WSS};
+use support::mqtt::Via;
 
 const D1: &str = "device-0001";
 const D2: &str = "device-0002";
@@ -596,4 +597,40 @@ async fn the_hub_announces_itself_online_on_its_retained_status_topic() {
     assert_eq!(status.json["version"], hub::VERSION);
     let since = status.json["since"].as_u64().expect("since is ms");
     assert!(since >= before && since <= now_ms(), "{}", status.json);
+}
+
+#[tokio::test]
+async fn with_cbor_telemetry_subscribers_get_the_same_structure_in_cbor() {
+    let hub = TestHub::start("[devices]\ntelemetry_format = \"cbor\"\n").await;
+    let options = support::mqtt::options_v4("cbor-reader", hub.addr(MQTT), Via::Tcp, None);
+    let (client, mut events) = support::mqtt::connect_v4(options).await;
+    client
+        .subscribe(format!("devices/{D1}/telemetry"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    support::mqtt::next_incoming(&mut events, |p| {
+        matches!(p, rumqttc::Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    let (mut device, _) = Device::online(&hub, D1, 0xabc).await;
+    device.telemetry(1, vec![Reading::new("t", 21.5).with_unit("Cel")]);
+    device.expect_ack(1).await;
+    let payload = support::mqtt::next_incoming(&mut events, |p| match p {
+        rumqttc::Packet::Publish(p) => Some(p.payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        serde_json::from_slice::<Json>(&payload).is_err(),
+        "not JSON"
+    );
+    let decoded: Json = serde_cbor::from_slice(&payload).expect("the payload is CBOR");
+    assert_eq!(decoded["device"], D1);
+    assert_eq!(decoded["session"], "0000000000000abc");
+    assert_eq!(decoded["seq"], 1);
+    assert_eq!(decoded["transport"], "wss");
+    assert_eq!(
+        decoded["readings"],
+        json!([{"name": "t", "value": 21.5, "unit": "Cel"}])
+    );
 }
