@@ -252,6 +252,12 @@ pub async fn run_router(
 
 async fn command(gateway: &Gateway, table: &mut CommandTable, cmd: IncomingCommand) {
     let device = cmd.device;
+    let live = gateway.registry.live(&device);
+    if live.is_none() && gateway.registry.has_mqtt_device(&device) {
+        // An MQTT-native device is subscribed to its own commands and answers them, in
+        // whatever format it speaks: not the hub's business.
+        return;
+    }
     let request = match CommandRequest::parse(&cmd.payload, &gateway.rules.limits) {
         Ok(r) => r,
         Err((id, why)) => {
@@ -260,11 +266,7 @@ async fn command(gateway: &Gateway, table: &mut CommandTable, cmd: IncomingComma
             return;
         }
     };
-    let Some((conn, downlink)) = gateway.registry.live(&device) else {
-        if gateway.registry.has_mqtt_device(&device) {
-            // An MQTT-native device is subscribed to its own commands and answers them.
-            return;
-        }
+    let Some((conn, downlink)) = live else {
         fail(
             gateway,
             &request.id,
