@@ -11,6 +11,7 @@
 mod devices;
 pub mod duration;
 mod hub;
+mod journal;
 mod log;
 mod shutdown;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use self::devices::{DevicesConfig, SerialPortConfig, TelemetryFormat};
 pub use self::hub::{HubConfig, HubId, InvalidHubId};
+pub use self::journal::{JournalConfig, WhenFull};
 pub use self::log::{InvalidLogLevel, LogConfig, LogFormat, LogLevel};
 pub use self::shutdown::ShutdownConfig;
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// `[[serial]]`: serial ports with sensors on them. None by default.
     pub serial: Vec<SerialPortConfig>,
+    /// `[journal]`: the durable telemetry store's budget and policy.
+    pub journal: JournalConfig,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             auth: Default::default(),
             devices: Default::default(),
             serial: Vec::new(),
+            journal: Default::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod data_dir;
 pub mod devices;
 pub mod front;
+pub mod journal;
 pub mod logging;
 pub mod pki;
 pub mod publisher;

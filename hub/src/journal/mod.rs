@@ -1,0 +1,371 @@
+//! The journal: every telemetry record the hub accepts, durable in sled before the device
+//! is acknowledged, read by consumers (the local broker publisher, uplinks) through
+//! persisted cursors, and deleted once every consumer is past it.
+//!
+//! Appends go through one writer thread that commits in groups: it takes every append
+//! waiting, writes them as one sled batch, flushes (one fsync) and only then answers each
+//! caller with its sequence number. Under load many records share one flush; idle, a
+//! single record is flushed at once. The same thread enforces the disk budget and the
+//! maximum age, and removes records behind every cursor.
+
+mod record;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::record::Record;
+use crate::config::JournalConfig;
+use crate::front::lock;
+
+/// Appends queued for the writer before callers wait.
+const QUEUE: usize = 8192;
+
+/// Why the journal could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// sled refused the directory.
+    #[error(
+        "cannot open the journal in {}: {source}\n  \
+         hint: the files are left as they are; check that the directory belongs to the user \
+         edgehub runs as and that the disk is not full. If the journal is damaged, move the \
+         directory aside (it can be inspected later) and edgehub starts a new one",
+        dir.display()
+    )]
+    Open {
+        /// The journal directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// A read or write failed after opening.
+    #[error("journal in {}: {source}", dir.display())]
+    Io {
+        /// The journal directory.
+        dir: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the journal writer: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why an append was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The disk budget is reached and the policy is to refuse new records.
+    #[error("the journal is full")]
+    Full,
+    /// The journal is closed (the hub is stopping) or failed.
+    #[error("the journal is closed")]
+    Closed,
+}
+
+/// Counters and gauges of the journal.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records in the journal now.
+    pub records: AtomicU64,
+    /// Bytes of records in the journal now (keys and values).
+    pub bytes: AtomicU64,
+    /// Records appended since start.
+    pub appended: AtomicU64,
+    /// Group commits (fsyncs) since start.
+    pub flushes: AtomicU64,
+    /// Records removed before every consumer had them, for the disk budget.
+    pub dropped_full: AtomicU64,
+    /// Records removed before every consumer had them, for their age.
+    pub dropped_age: AtomicU64,
+    /// Appends refused because the journal was full.
+    pub refused: AtomicU64,
+}
+
+/// A consumer's name and its cursor: every record at or below it has been handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Consumer name.
+    pub name: String,
+    /// Highest sequence handled.
+    pub seq: u64,
+}
+
+/// A journal snapshot for `edgehub journal stats` and the stats topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JournalStats {
+    /// Records held.
+    pub records: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Oldest record's sequence and hub time (ms), if any.
+    pub oldest: Option<(u64, u64)>,
+    /// Newest record's sequence and hub time (ms), if any.
+    pub newest: Option<(u64, u64)>,
+    /// Each consumer's cursor and how many records it has not handled.
+    pub consumers: BTreeMap<String, ConsumerLag>,
+    /// Records appended since start.
+    pub appended: u64,
+    /// Flushes since start.
+    pub flushes: u64,
+    /// Records dropped for the disk budget since start.
+    pub dropped_full: u64,
+    /// Records dropped for their age since start.
+    pub dropped_age: u64,
+    /// Appends refused since start.
+    pub refused: u64,
+}
+
+/// How far behind one consumer is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerLag {
+    /// Its cursor.
+    pub cursor: u64,
+    /// Records after its cursor.
+    pub records: u64,
+}
+
+struct Append {
+    record: Vec<u8>,
+    session: Option<(String, u64, u64)>,
+    reply: oneshot::Sender<Result<u64, AppendError>>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    cursors: sled::Tree,
+    sessions: sled::Tree,
+    counters: Counters,
+    /// Registered consumers; records behind all of them are removed.
+    consumers: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The journal. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    appends: mpsc::Sender<Append>,
+    head: watch::Receiver<u64>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` and starts its writer thread. Blocking.
+    pub fn open(dir: &Path, config: &JournalConfig) -> Result<Journal, JournalError> {
+        let open_err = |source| JournalError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let blobs = dir.join("blobs");
+        let had_blobs = blobs.exists();
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability is ours to decide (group commit); no background flush timer.
+            .flush_every_ms(None)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(|e| {
+                // sled creates its blobs directory before it reads anything; a journal
+                // it cannot open is left exactly as it was found.
+                if !had_blobs {
+                    let _ = std::fs::remove_dir(&blobs);
+                }
+                open_err(e)
+            })?;
+        let records = db.open_tree("records").map_err(open_err)?;
+        let cursors = db.open_tree("cursors").map_err(open_err)?;
+        let sessions = db.open_tree("sessions").map_err(open_err)?;
+        let counters = Counters::default();
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for item in records.iter() {
+            let (k, v) = item.map_err(open_err)?;
+            count += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        counters.records.store(count, Ordering::Relaxed);
+        counters.bytes.store(bytes, Ordering::Relaxed);
+        let last = match records.last().map_err(open_err)? {
+            Some((k, _)) => record::seq_of(&k),
+            None => 0,
+        };
+        // A fresh journal continues after the highest cursor ever recorded, so sequence
+        // numbers are never reused even if every record was removed.
+        let mut highest = last;
+        for item in cursors.iter() {
+            let (_, v) = item.map_err(open_err)?;
+            highest = highest.max(record::seq_of(&v));
+        }
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            db,
+            records,
+            cursors,
+            sessions,
+            counters,
+            consumers: Mutex::new(BTreeMap::new()),
+        });
+        let (appends, rx) = mpsc::channel(QUEUE);
+        let (head_tx, head) = watch::channel(highest);
+        let writer = writer::spawn(shared.clone(), config.clone(), rx, head_tx, highest)?;
+        tracing::info!(dir = %dir.display(), records = count, bytes, last_seq = highest, "journal open");
+        Ok(Journal {
+            shared,
+            appends,
+            head,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
+    }
+
+    /// Appends a record; resolves once it is durable, with its sequence number. `session`
+    /// (device, session, device seq) is remembered with it, so a device reconnecting after
+    /// a restart is told what the hub holds.
+    pub fn append(
+        &self,
+        record: &Record,
+        session: Option<(String, u64, u64)>,
+    ) -> impl std::future::Future<Output = Result<u64, AppendError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let append = Append {
+            record: record.encode(),
+            session,
+            reply,
+        };
+        let appends = self.appends.clone();
+        async move {
+            appends
+                .send(append)
+                .await
+                .map_err(|_| AppendError::Closed)?;
+            rx.await.map_err(|_| AppendError::Closed)?
+        }
+    }
+
+    /// The newest durable sequence, as it changes.
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Registers a consumer (creating its cursor at the journal's start if new) and
+    /// returns its cursor. Records behind every registered consumer are removed.
+    pub fn consumer(&self, name: &str) -> Result<u64, JournalError> {
+        let seq = match self.shared.cursors.get(name).map_err(|e| self.io(e))? {
+            Some(v) => record::seq_of(&v),
+            None => 0,
+        };
+        lock(&self.shared.consumers).insert(name.to_owned(), seq);
+        Ok(seq)
+    }
+
+    /// Records after `after`, at most `max`, in order.
+    pub fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Record)>, JournalError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        for item in self
+            .shared
+            .records
+            .range(record::key(after.saturating_add(1))..)
+        {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            let seq = record::seq_of(&k);
+            match Record::decode(&v) {
+                Some(r) => out.push((seq, r)),
+                None => tracing::error!(seq, "journal record cannot be decoded; skipped"),
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves `consumer`'s cursor to `seq` (persisted with the next flush).
+    pub fn commit(&self, consumer: &str, seq: u64) -> Result<(), JournalError> {
+        self.shared
+            .cursors
+            .insert(consumer, &seq.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        if let Some(c) = lock(&self.shared.consumers).get_mut(consumer) {
+            *c = (*c).max(seq);
+        }
+        Ok(())
+    }
+
+    /// What the journal remembers of `device`'s session: (session, highest device seq).
+    pub fn session(&self, device: &str) -> Option<(u64, u64)> {
+        let v = self.shared.sessions.get(device).ok()??;
+        (v.len() == 16).then(|| (record::seq_of(&v[..8]), record::seq_of(&v[8..])))
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// A snapshot of sizes, ages and consumer lag.
+    pub fn stats(&self) -> JournalStats {
+        let c = &self.shared.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let edge = |item: sled::Result<Option<(sled::IVec, sled::IVec)>>| {
+            item.ok()
+                .flatten()
+                .map(|(k, v)| (record::seq_of(&k), record::hub_time_of(&v)))
+        };
+        let oldest = edge(self.shared.records.first());
+        let newest = edge(self.shared.records.last());
+        let consumers = lock(&self.shared.consumers)
+            .iter()
+            .map(|(name, &cursor)| {
+                let records = self
+                    .shared
+                    .records
+                    .range(record::key(cursor.saturating_add(1))..)
+                    .count() as u64;
+                (name.clone(), ConsumerLag { cursor, records })
+            })
+            .collect();
+        JournalStats {
+            records: load(&c.records),
+            bytes: load(&c.bytes),
+            oldest,
+            newest,
+            consumers,
+            appended: load(&c.appended),
+            flushes: load(&c.flushes),
+            dropped_full: load(&c.dropped_full),
+            dropped_age: load(&c.dropped_age),
+            refused: load(&c.refused),
+        }
+    }
+
+    /// Flushes everything written so far, cursors included. Blocking.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.shared.db.flush().map(|_| ()).map_err(|e| self.io(e))
+    }
+
+    /// Closes this handle. When it is the last one, waits for the writer to finish what
+    /// is queued and release the files, so the journal can be opened again. Blocking.
+    pub fn close(self) {
+        let last = Arc::strong_count(&self.writer) == 1;
+        let writer = self.writer.clone();
+        drop(self);
+        if last {
+            if let Some(handle) = lock(&writer).take() {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    fn io(&self, source: sled::Error) -> JournalError {
+        JournalError::Io {
+            dir: self.shared.dir.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

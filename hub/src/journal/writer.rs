@@ -1,0 +1,265 @@
+//! The journal's writer thread: group commit, retention, and removal of consumed records.
+//!
+//! It runs on its own OS thread with a single-threaded runtime, so sled's blocking calls
+//! and fsyncs never hold up the hub's async workers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::record::{self, key};
+use super::{Append, AppendError, JournalError, Shared};
+use crate::config::{JournalConfig, WhenFull};
+use crate::front::lock;
+
+/// Most appends in one group commit.
+const MAX_BATCH: usize = 4096;
+
+/// How often retention and clean-up run when no appends arrive.
+const TICK: Duration = Duration::from_secs(1);
+
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    config: JournalConfig,
+    rx: mpsc::Receiver<Append>,
+    head: watch::Sender<u64>,
+    last: u64,
+) -> Result<std::thread::JoinHandle<()>, JournalError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(JournalError::Thread)?;
+    std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || {
+            let mut writer = Writer {
+                shared,
+                config,
+                head,
+                last,
+                warned_at: None,
+            };
+            runtime.block_on(writer.run(rx));
+        })
+        .map_err(JournalError::Thread)
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    config: JournalConfig,
+    head: watch::Sender<u64>,
+    last: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Writer {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(batch);
+                }
+                _ = tick.tick() => {
+                    self.clean();
+                    // Persist cursors moved since the last group commit.
+                    if let Err(error) = self.shared.db.flush() {
+                        tracing::error!(%error, "journal: flush failed");
+                    }
+                }
+            }
+        }
+        // Every sender is gone: the hub is stopping. Persist the cursors.
+        self.clean();
+        if let Err(error) = self.shared.db.flush() {
+            tracing::error!(%error, "journal: final flush failed");
+        }
+    }
+
+    /// Writes a batch of appends durably and answers each.
+    fn commit(&mut self, batch: Vec<Append>) {
+        self.clean();
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let incoming: u64 = batch.iter().map(|a| (8 + a.record.len()) as u64).sum();
+        let mut accepted = Vec::with_capacity(batch.len());
+        match self.config.when_full {
+            WhenFull::DropOldest => {
+                self.make_room(incoming);
+                accepted = batch;
+            }
+            WhenFull::RefuseNew => {
+                let mut room = self
+                    .config
+                    .max_bytes
+                    .saturating_sub(c.bytes.load(Ordering::Relaxed));
+                for a in batch {
+                    let size = (8 + a.record.len()) as u64;
+                    if size <= room {
+                        room -= size;
+                        accepted.push(a);
+                    } else {
+                        c.refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = a.reply.send(Err(AppendError::Full));
+                    }
+                }
+                if c.refused.load(Ordering::Relaxed) > 0 {
+                    self.warn("journal full: refusing new telemetry until uplinks drain it (journal.when_full = \"refuse-new\")");
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let mut records = sled::Batch::default();
+        let mut sessions = sled::Batch::default();
+        let mut seqs = Vec::with_capacity(accepted.len());
+        let mut bytes = 0u64;
+        for a in &accepted {
+            self.last += 1;
+            seqs.push(self.last);
+            bytes += (8 + a.record.len()) as u64;
+            records.insert(&key(self.last), a.record.as_slice());
+            if let Some((device, session, seq)) = &a.session {
+                let mut v = session.to_be_bytes().to_vec();
+                v.extend_from_slice(&seq.to_be_bytes());
+                sessions.insert(device.as_bytes(), v);
+            }
+        }
+        let written = self
+            .shared
+            .records
+            .apply_batch(records)
+            .and_then(|()| self.shared.sessions.apply_batch(sessions))
+            .and_then(|()| self.shared.db.flush().map(|_| ()));
+        match written {
+            Ok(()) => {
+                c.flushes.fetch_add(1, Ordering::Relaxed);
+                c.appended
+                    .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                c.records
+                    .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                c.bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.head.send_replace(self.last);
+                for (a, seq) in accepted.into_iter().zip(seqs) {
+                    let _ = a.reply.send(Ok(seq));
+                }
+            }
+            Err(error) => {
+                // Nothing is acknowledged: devices keep their data and resend it.
+                tracing::error!(dir = %self.shared.dir.display(), %error, "journal write failed; telemetry is refused until it works again");
+                for a in accepted {
+                    let _ = a.reply.send(Err(AppendError::Closed));
+                }
+            }
+        }
+    }
+
+    /// Removes oldest records until `incoming` more bytes fit the budget.
+    fn make_room(&mut self, incoming: u64) {
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let budget = self.config.max_bytes;
+        if c.bytes.load(Ordering::Relaxed) + incoming <= budget {
+            return;
+        }
+        let mut removed = 0u64;
+        let mut batch = sled::Batch::default();
+        let mut bytes = c.bytes.load(Ordering::Relaxed);
+        for item in self.shared.records.iter() {
+            if bytes + incoming <= budget {
+                break;
+            }
+            let Ok((k, v)) = item else { break };
+            bytes = bytes.saturating_sub((k.len() + v.len()) as u64);
+            batch.remove(k);
+            removed += 1;
+        }
+        if self.apply_removal(batch, removed, c.bytes.load(Ordering::Relaxed) - bytes) {
+            c.dropped_full.fetch_add(removed, Ordering::Relaxed);
+            self.warn("journal disk budget reached: dropping the oldest records not yet forwarded (journal.max_bytes)");
+        }
+    }
+
+    /// Removes records every consumer has handled, and records past the maximum age.
+    fn clean(&mut self) {
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let consumed = lock(&self.shared.consumers).values().copied().min();
+        if let Some(min) = consumed.filter(|&m| m > 0) {
+            let (batch, removed, bytes) = self.collect(|seq, _| seq <= min);
+            self.apply_removal(batch, removed, bytes);
+        }
+        let max_age = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = crate::devices::wall_ms().saturating_sub(max_age);
+        let (batch, removed, bytes) = self.collect(|_, hub_time| hub_time < cutoff);
+        if self.apply_removal(batch, removed, bytes) {
+            c.dropped_age.fetch_add(removed, Ordering::Relaxed);
+            self.warn(
+                "journal records older than journal.max_age dropped before they were forwarded",
+            );
+        }
+    }
+
+    /// The leading records for which `remove(seq, hub_time)` holds.
+    fn collect(&self, remove: impl Fn(u64, u64) -> bool) -> (sled::Batch, u64, u64) {
+        let mut batch = sled::Batch::default();
+        let (mut removed, mut bytes) = (0u64, 0u64);
+        for item in self.shared.records.iter() {
+            let Ok((k, v)) = item else { break };
+            if !remove(record::seq_of(&k), record::hub_time_of(&v)) || removed >= 65_536 {
+                break;
+            }
+            bytes += (k.len() + v.len()) as u64;
+            batch.remove(k);
+            removed += 1;
+        }
+        (batch, removed, bytes)
+    }
+
+    fn apply_removal(&self, batch: sled::Batch, removed: u64, bytes: u64) -> bool {
+        if removed == 0 {
+            return false;
+        }
+        if let Err(error) = self.shared.records.apply_batch(batch) {
+            tracing::error!(%error, "journal: removing records failed");
+            return false;
+        }
+        let c = &self.shared.counters;
+        c.records.fetch_sub(removed, Ordering::Relaxed);
+        c.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        true
+    }
+
+    /// Logs a warning at most once every 10 s, with the counters.
+    fn warn(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .warned_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.warned_at = Some(now);
+        let c = &self.shared.counters;
+        tracing::warn!(
+            dropped_full = c.dropped_full.load(Ordering::Relaxed),
+            dropped_age = c.dropped_age.load(Ordering::Relaxed),
+            refused = c.refused.load(Ordering::Relaxed),
+            bytes = c.bytes.load(Ordering::Relaxed),
+            max_bytes = self.config.max_bytes,
+            "{what}"
+        );
+    }
+}
