@@ -19,6 +19,7 @@ pub mod publisher;
 pub mod serial;
 pub mod shutdown;
 pub mod tls;
+pub mod uplink;
 pub mod ws_device;
 
 use std::collections::HashMap;
@@ -53,6 +54,9 @@ pub enum HubError {
     /// The embedded broker did not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     /// A listener could not be set up.
     #[error(transparent)]
     Front(#[from] front::FrontError),
@@ -93,6 +97,7 @@ impl Hub {
             acl,
             auth,
             broker,
+            journal,
             server_configs,
         } = tokio::task::spawn_blocking(move || Setup::build(&setup_config))
             .await
@@ -102,6 +107,7 @@ impl Hub {
         let (gateway, router_inbox) = devices::Gateway::new(
             config.devices.clone(),
             config.hub.id.as_str(),
+            journal.clone(),
             publisher.clone(),
         );
         let (mqtt_commands_tx, mqtt_commands) = tokio::sync::mpsc::channel(1024);
@@ -209,6 +215,12 @@ impl Hub {
         device_stages.spawn("stats", move |token| {
             publish_stats(stats_gateway, interval, token)
         });
+        let feed_journal = gateway.journal.clone();
+        let feed_publisher = publisher.clone();
+        let format = config.devices.telemetry_format;
+        device_stages.spawn("journal to broker", move |token| {
+            publisher::feed(feed_journal, feed_publisher, format, token)
+        });
         let front_stages = Stages::new();
         front_stages.spawn("front door", move |token| front.run(token));
 
@@ -227,6 +239,7 @@ impl Hub {
         if devices_closed.is_err() {
             tracing::warn!("device connections still open at the end of the grace period");
         }
+        let journal = gateway.journal.clone();
         drop(gateway);
         publisher.stop().await;
         drop(publisher);
@@ -235,6 +248,9 @@ impl Hub {
         // to subscribers before their connections close.
         tokio::time::sleep(std::time::Duration::from_millis(100).min(left())).await;
         front_stages.drain(left()).await?;
+        if let Err(error) = tokio::task::spawn_blocking(move || journal.flush()).await {
+            tracing::error!(%error, "journal: final flush failed");
+        }
         tracing::info!("edgehub stopped cleanly");
         Ok(())
     }
@@ -276,6 +292,7 @@ struct Setup {
     acl: Arc<acl::Acl>,
     auth: Arc<auth::Authenticator>,
     broker: broker::Broker,
+    journal: journal::Journal,
     server_configs: HashMap<ClientAuth, Arc<rustls::ServerConfig>>,
 }
 
@@ -318,11 +335,14 @@ impl Setup {
             }
         }
 
+        let journal =
+            journal::Journal::open(&config.hub.data_dir.join("journal"), &config.journal)?;
         let broker = broker::Broker::start(&config.broker, config.limits.max_connections)?;
         Ok(Setup {
             acl,
             auth,
             broker,
+            journal,
             server_configs,
         })
     }

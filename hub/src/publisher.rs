@@ -266,3 +266,64 @@ pub async fn run(
         }
     }
 }
+
+/// Records read from the journal per batch.
+const FEED_BATCH: usize = 512;
+
+/// The journal's consumer for the local broker: publishes every durable record on
+/// `devices/{id}/telemetry` in journal order and moves its cursor. When `shutdown` is
+/// cancelled (after the devices are closed) it publishes what is left and returns.
+pub async fn feed(
+    journal: crate::journal::Journal,
+    publisher: Publisher,
+    format: crate::config::TelemetryFormat,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    const NAME: &str = "broker";
+    let mut cursor = match journal.consumer(NAME) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "journal: cannot read the broker's cursor; local MQTT gets no telemetry");
+            return;
+        }
+    };
+    let mut head = journal.head();
+    let mut stopping = false;
+    loop {
+        let batch = match journal.read(cursor, FEED_BATCH) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "journal: read failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { stopping = true },
+                _ = shutdown.cancelled() => stopping = true,
+            }
+            continue;
+        }
+        for (seq, record) in &batch {
+            let payload = crate::devices::payload::TelemetryPayload::new(
+                &record.device,
+                record.session,
+                &record.transport,
+                &record.telemetry,
+                record.hub_time,
+            )
+            .encode(format);
+            if publisher.telemetry(&record.device, payload).await.is_err() {
+                return;
+            }
+            cursor = *seq;
+        }
+        if let Err(error) = journal.commit(NAME, cursor) {
+            tracing::error!(%error, "journal: cannot move the broker's cursor");
+        }
+    }
+}

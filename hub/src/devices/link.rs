@@ -2,6 +2,8 @@
 //! the hub: it feeds the [`Conversation`] and carries out its steps (publish telemetry,
 //! attach the device, keep its retained status, pass command results on).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +12,13 @@ use firmware_proto::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::payload::{StatusPayload, TelemetryPayload};
+use super::payload::StatusPayload;
 use super::registry::{Downlink, Live};
-use super::session::{Claim, Close, Conversation, Now, SessionInfo, Step, Transport};
+use super::session::{
+    Claim, Close, Conversation, Now, SessionInfo, SessionMemory, Step, Transport,
+};
 use super::{to_router, wall_ms, Gateway, RouterInput};
+use crate::journal::{AppendError, Record};
 
 /// Commands queued for one device before the router answers "busy".
 const DOWNLINK_CAPACITY: usize = 16;
@@ -27,13 +32,20 @@ pub enum Place {
     Port(String),
 }
 
+/// A telemetry message on its way to disk: resolves to the device's sequence and the
+/// journal's answer. The transport polls these in order ([`Link::durable`] each result)
+/// while it goes on reading, so a device's messages share group commits.
+pub type Durable = Pin<Box<dyn Future<Output = (u64, Result<u64, AppendError>)> + Send>>;
+
 /// What the transport must do after one message.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Handled {
     /// Send this to the device.
     pub reply: Option<Message>,
     /// Then close the connection (WebSocket) or forget the session (serial).
     pub close: Option<Close>,
+    /// Telemetry being written to the journal.
+    pub durable: Option<Durable>,
 }
 
 #[derive(Debug)]
@@ -104,9 +116,16 @@ impl Link {
         let now = Now::current();
         self.last_seen = now.wall_ms;
         let registry = &self.gateway.registry;
-        let step = self
-            .conversation
-            .receive(bytes, now, |id| registry.memory(id));
+        let journal = &self.gateway.journal;
+        // After a restart only the journal knows a device's session.
+        let memory = |id: &str| {
+            registry.memory(id).or_else(|| {
+                journal
+                    .session(id)
+                    .map(|(session, last_seq)| SessionMemory { session, last_seq })
+            })
+        };
+        let step = self.conversation.receive(bytes, now, memory);
         self.carry_out(step, now).await
     }
 
@@ -129,45 +148,57 @@ impl Link {
             }
             Step::Reply(message) => Handled {
                 reply: Some(message),
-                close: None,
+                ..Handled::default()
             },
             Step::Started { welcome, info } => {
                 self.start(info, now.wall_ms).await;
                 Handled {
                     reply: Some(Message::Welcome(welcome)),
-                    close: None,
+                    ..Handled::default()
                 }
             }
             Step::Telemetry { telemetry, lost } => {
                 let Some(attached) = &self.attached else {
                     return Handled::default();
                 };
-                let payload = TelemetryPayload::new(
-                    &attached.info.device,
-                    attached.info.session,
-                    self.transport.as_str(),
-                    &telemetry,
-                    now.wall_ms,
-                )
-                .encode(self.gateway.config.telemetry_format);
-                if self
-                    .gateway
-                    .publisher
-                    .telemetry(&attached.info.device, payload)
-                    .await
-                    .is_err()
-                {
-                    // The hub is stopping; the device will resend what is not acked.
-                    return Handled::default();
-                }
-                stats.telemetry.fetch_add(1, Ordering::Relaxed);
                 if lost > 0 {
                     stats.lost.fetch_add(lost, Ordering::Relaxed);
                 }
-                if let Some(memory) = self.conversation.accepted(telemetry.seq) {
-                    registry.remember(&attached.info.device, memory);
+                let device = attached.info.device.clone();
+                let session = attached.info.session;
+                let seq = telemetry.seq;
+                // Remembered now, so a duplicate arriving before the flush is dropped;
+                // rolled back by `durable` if the journal refuses it.
+                registry.remember(
+                    &device,
+                    SessionMemory {
+                        session,
+                        last_seq: seq,
+                    },
+                );
+                let record = Record {
+                    hub_time: now.wall_ms,
+                    device: device.clone(),
+                    session,
+                    transport: self.transport.as_str().to_owned(),
+                    telemetry,
+                };
+                // Handed over now (not when the answer is polled): the record is written
+                // even if this connection ends before the flush.
+                let submitted = self
+                    .gateway
+                    .journal
+                    .submit(&record, Some((device, session, seq)))
+                    .await;
+                Handled {
+                    durable: Some(Box::pin(async move {
+                        match submitted {
+                            Ok(durability) => (seq, durability.await),
+                            Err(error) => (seq, Err(error)),
+                        }
+                    })),
+                    ..Handled::default()
                 }
-                Handled::default()
             }
             Step::OutOfOrder => {
                 stats.out_of_order.fetch_add(1, Ordering::Relaxed);
@@ -209,7 +240,37 @@ impl Link {
                 Handled {
                     reply: Some(Message::Error(error)),
                     close,
+                    durable: None,
                 }
+            }
+        }
+    }
+
+    /// The journal answered for telemetry `seq`: durable (to be acknowledged), or
+    /// refused (forgotten, so the device's resend is taken; a full journal is reported to
+    /// the device as Busy).
+    pub fn durable(&mut self, seq: u64, result: Result<u64, AppendError>) -> Option<Message> {
+        let device = self.device()?.to_owned();
+        let registry = &self.gateway.registry;
+        match result {
+            Ok(_) => {
+                self.gateway.stats.telemetry.fetch_add(1, Ordering::Relaxed);
+                if let Some(memory) = self.conversation.accepted(seq) {
+                    registry.remember(&device, memory);
+                }
+                None
+            }
+            Err(error) => {
+                if let Some(memory) = self.conversation.rejected() {
+                    registry.remember(&device, memory);
+                }
+                self.gateway.stats.refused.fetch_add(1, Ordering::Relaxed);
+                (error == AppendError::Full).then(|| {
+                    Message::Error(firmware_proto::ErrorMsg::new(
+                        firmware_proto::ErrorCode::Busy,
+                        "the hub's journal is full: keep the data and resend later",
+                    ))
+                })
             }
         }
     }

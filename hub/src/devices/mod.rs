@@ -36,7 +36,9 @@ pub struct Gateway {
     pub rules: session::Rules,
     /// Attached devices and remembered sessions.
     pub registry: Registry,
-    /// Where telemetry, status and results go.
+    /// Where telemetry goes first: durable before it is acknowledged.
+    pub journal: crate::journal::Journal,
+    /// Where status and results go (telemetry, from the journal).
     pub publisher: Publisher,
     /// Counters.
     pub stats: DeviceStats,
@@ -56,6 +58,7 @@ impl Gateway {
     pub fn new(
         config: DevicesConfig,
         hub_id: &str,
+        journal: crate::journal::Journal,
         publisher: Publisher,
     ) -> (Arc<Gateway>, mpsc::Receiver<RouterInput>) {
         let (router, inbox) = mpsc::channel(1024);
@@ -69,6 +72,7 @@ impl Gateway {
             config,
             rules,
             registry: Registry::default(),
+            journal,
             publisher,
             stats: DeviceStats::default(),
             serial_ports: Default::default(),
@@ -85,8 +89,10 @@ impl Gateway {
 pub struct DeviceStats {
     /// Sessions started (accepted Hellos).
     pub sessions: AtomicU64,
-    /// Telemetry messages accepted and published.
+    /// Telemetry messages accepted (durable in the journal).
     pub telemetry: AtomicU64,
+    /// Telemetry messages the journal refused (full, or failing).
+    pub refused: AtomicU64,
     /// Telemetry dropped as already held.
     pub duplicates: AtomicU64,
     /// Sequence numbers skipped by devices without resends.
@@ -139,6 +145,7 @@ impl DeviceStats {
             devices_online: online,
             sessions: load(&self.sessions),
             telemetry: load(&self.telemetry),
+            refused: load(&self.refused),
             duplicates: load(&self.duplicates),
             lost: load(&self.lost),
             out_of_order: load(&self.out_of_order),
@@ -163,8 +170,10 @@ pub struct StatsSnapshot {
     pub devices_online: usize,
     /// Sessions started.
     pub sessions: u64,
-    /// Telemetry messages published.
+    /// Telemetry messages accepted.
     pub telemetry: u64,
+    /// Telemetry messages the journal refused.
+    pub refused: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
     /// Sequence numbers never received from devices without resends.

@@ -465,10 +465,25 @@ impl Conversation {
         Step::Telemetry { telemetry: t, lost }
     }
 
-    /// Ingest has taken telemetry `seq`: it may be acknowledged.
+    /// Telemetry `seq` is durable: it may be acknowledged.
     pub fn accepted(&mut self, seq: u64) -> Option<SessionMemory> {
         let active = self.active.as_mut()?;
         active.confirmed = active.confirmed.max(seq);
+        active.last_seq = active.last_seq.max(active.confirmed);
+        Some(SessionMemory {
+            session: active.info.session,
+            last_seq: active.confirmed,
+        })
+    }
+
+    /// Telemetry handed out by [`Step::Telemetry`] could not be stored: forget everything
+    /// after the last durable sequence, so the device's resend is taken as new rather than
+    /// dropped as a duplicate. Returns what the hub holds now.
+    pub fn rejected(&mut self) -> Option<SessionMemory> {
+        let active = self.active.as_mut()?;
+        active.last_seq = active.confirmed;
+        active.gap_reported = false;
+        active.resend_due = false;
         Some(SessionMemory {
             session: active.info.session,
             last_seq: active.confirmed,
@@ -828,6 +843,36 @@ mod tests {
         };
         assert_eq!(welcome.acked, None);
         assert_eq!(feed(&mut c, &mut clock, &[1]), [1]);
+    }
+
+    #[test]
+    fn telemetry_that_could_not_be_stored_is_taken_again_when_resent() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", false);
+        assert_eq!(feed(&mut c, &mut clock, &[1]), [1]);
+        // 2 and 3 are handed to the journal, which refuses them (full).
+        for seq in [2, 3] {
+            assert!(matches!(
+                c.receive(&telemetry(seq), clock.tick(200), |_| None),
+                Step::Telemetry { .. }
+            ));
+        }
+        assert_eq!(
+            c.rejected(),
+            Some(SessionMemory {
+                session: 7,
+                last_seq: 1
+            })
+        );
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 1,
+                resend: false
+            })
+        );
+        assert_eq!(feed(&mut c, &mut clock, &[2, 3]), [2, 3], "not duplicates");
     }
 
     #[test]

@@ -128,6 +128,23 @@ pub struct ConsumerLag {
     pub records: u64,
 }
 
+/// The pending answer for a submitted record: resolves to its sequence number once it is
+/// durable.
+pub struct Durability(oneshot::Receiver<Result<u64, AppendError>>);
+
+impl std::future::Future for Durability {
+    type Output = Result<u64, AppendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(AppendError::Closed)))
+    }
+}
+
 struct Append {
     record: Vec<u8>,
     session: Option<(String, u64, u64)>,
@@ -221,28 +238,36 @@ impl Journal {
         })
     }
 
-    /// Appends a record; resolves once it is durable, with its sequence number. `session`
-    /// (device, session, device seq) is remembered with it, so a device reconnecting after
-    /// a restart is told what the hub holds.
-    pub fn append(
+    /// Hands a record to the writer (waiting while its queue is full) and returns the
+    /// receiver of its answer: the record's sequence number once it is durable. The
+    /// record is written whether or not the answer is awaited. `session` (device,
+    /// session, device seq) is remembered with it, so a device reconnecting after a
+    /// restart is told what the hub holds.
+    pub async fn submit(
         &self,
         record: &Record,
         session: Option<(String, u64, u64)>,
-    ) -> impl std::future::Future<Output = Result<u64, AppendError>> + Send + 'static {
+    ) -> Result<Durability, AppendError> {
         let (reply, rx) = oneshot::channel();
         let append = Append {
             record: record.encode(),
             session,
             reply,
         };
-        let appends = self.appends.clone();
-        async move {
-            appends
-                .send(append)
-                .await
-                .map_err(|_| AppendError::Closed)?;
-            rx.await.map_err(|_| AppendError::Closed)?
-        }
+        self.appends
+            .send(append)
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        Ok(Durability(rx))
+    }
+
+    /// Appends a record and waits until it is durable; returns its sequence number.
+    pub async fn append(
+        &self,
+        record: &Record,
+        session: Option<(String, u64, u64)>,
+    ) -> Result<u64, AppendError> {
+        self.submit(record, session).await?.await
     }
 
     /// The newest durable sequence, as it changes.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use firmware_proto::frame::{self, Feed, FrameDecoder, FrameError};
 use firmware_proto::Message;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,9 @@ use crate::devices::{Downlink, Gateway, Transport};
 /// Largest frame the decoder holds. Longer frames are dropped and counted as oversized;
 /// a serial sensor's messages are far smaller (the default `max_message` is 1 KiB).
 const MAX_FRAME: usize = frame::max_frame_len(16 * 1024);
+
+/// Telemetry frames waiting for the journal before the hub stops reading the line.
+const MAX_DURABLE_PENDING: usize = 512;
 
 /// A line that accepts nothing for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,10 +70,32 @@ pub(super) async fn serve(
     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut replaced = link.replaced();
 
+    let mut durable = FuturesOrdered::new();
     let reason = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break "hub stopped",
+            Some((seq, result)) = durable.next(), if !durable.is_empty() => {
+                let mut next = Some((seq, result));
+                let mut failed = false;
+                while let Some((seq, result)) = next {
+                    if let Some(reply) = link.durable(seq, result) {
+                        if write(&mut stream, &reply).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    next = durable.next().now_or_never().flatten();
+                }
+                if failed {
+                    break "port gone";
+                }
+                if let Some(ack) = link.take_ack() {
+                    if write(&mut stream, &ack).await.is_err() {
+                        break "port gone";
+                    }
+                }
+            }
             _ = replaced.cancelled() => {
                 // The device attached elsewhere (another port, or WebSocket): this line
                 // has no session until a new Hello.
@@ -96,7 +123,7 @@ pub(super) async fn serve(
                     link.end("silent").await;
                 }
             }
-            read = stream.read(&mut buf) => {
+            read = stream.read(&mut buf), if durable.len() < MAX_DURABLE_PENDING => {
                 let n = match read {
                     Ok(0) => break "port gone",
                     Ok(n) => n,
@@ -122,6 +149,9 @@ pub(super) async fn serve(
                             message.extend_from_slice(m);
                             input = rest;
                             let handled = link.receive(&message).await;
+                            if let Some(pending) = handled.durable {
+                                durable.push_back(pending);
+                            }
                             if let Some(reply) = handled.reply {
                                 if write(&mut stream, &reply).await.is_err() {
                                     failed = true;
@@ -147,6 +177,7 @@ pub(super) async fn serve(
             }
         }
     };
+    crate::ws_device::settle(&mut link, &mut durable).await;
     link.end(reason).await;
     tracing::info!(reason, "serial port closed");
 }
