@@ -42,6 +42,17 @@ pub enum JournalError {
         /// What sled said.
         source: sled::Error,
     },
+    /// Another process has the journal open.
+    #[error(
+        "the journal in {} is in use by another process: only one edgehub may use a data \
+         directory at a time\n  hint: stop the running hub (systemctl stop edgehub) before \
+         `edgehub journal ...`, or give this one another hub.data_dir",
+        dir.display()
+    )]
+    Locked {
+        /// The journal directory.
+        dir: PathBuf,
+    },
     /// A read or write failed after opening.
     #[error("journal in {}: {source}", dir.display())]
     Io {
@@ -192,7 +203,14 @@ impl Journal {
                 if !had_blobs {
                     let _ = std::fs::remove_dir(&blobs);
                 }
-                open_err(e)
+                // sled reports the held file lock only in its message text.
+                if e.to_string().contains("could not acquire lock") {
+                    JournalError::Locked {
+                        dir: dir.to_path_buf(),
+                    }
+                } else {
+                    open_err(e)
+                }
             })?;
         let records = db.open_tree("records").map_err(open_err)?;
         let cursors = db.open_tree("cursors").map_err(open_err)?;
@@ -341,7 +359,20 @@ impl Journal {
         };
         let oldest = edge(self.shared.records.first());
         let newest = edge(self.shared.records.last());
-        let consumers = lock(&self.shared.consumers)
+        // Persisted cursors (every consumer that ever ran), newer in-memory ones on top.
+        let mut cursors: BTreeMap<String, u64> = self
+            .shared
+            .cursors
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), record::seq_of(&v)))
+            .collect();
+        cursors.extend(
+            lock(&self.shared.consumers)
+                .iter()
+                .map(|(k, v)| (k.clone(), *v)),
+        );
+        let consumers = cursors
             .iter()
             .map(|(name, &cursor)| {
                 let records = self

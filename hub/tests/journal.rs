@@ -1,6 +1,7 @@
-//! The journal's promise under the worst stop there is: `kill -9` of the hub while a
-//! device streams telemetry. Every record the hub acknowledged must be held after a
-//! restart, and the device, told what the hub holds, resends only the rest.
+//! The journal through the `edgehub` process: its promise under the worst stop there is
+//! (`kill -9` while a device streams: every record the hub acknowledged is held after a
+//! restart, and the device, told what the hub holds, resends only the rest), and the
+//! operator's `edgehub journal` commands.
 
 mod support;
 
@@ -103,4 +104,51 @@ async fn every_record_acknowledged_before_a_kill_9_is_held_after_the_restart() {
         let (status, stderr) = hub.wait_for_exit();
         assert_eq!(status.code(), Some(0), "{stderr}");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_stats_refuses_a_journal_in_use_and_reports_cursors_once_the_hub_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, addr) = tokio::task::block_in_place(|| start_hub(dir.path()));
+    let mut device = device(dir.path(), addr).await;
+    device
+        .hello(D1, new_session(), false)
+        .await
+        .expect("welcomed");
+    for seq in 1..=5 {
+        device.telemetry(seq, sample_readings(seq));
+    }
+    device.expect_ack(5).await;
+    let config = dir.path().join("edgehub.toml");
+    let stats = || {
+        edgehub()
+            .args(["journal", "stats", "--config"])
+            .arg(&config)
+            .output()
+            .expect("edgehub journal stats runs")
+    };
+    let busy = tokio::task::block_in_place(stats);
+    assert_eq!(busy.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&busy.stderr);
+    assert!(
+        text.contains("in use by another process") && text.contains("journal"),
+        "{text}"
+    );
+
+    tokio::task::block_in_place(|| {
+        hub.signal(Signal::SIGTERM);
+        let (status, stderr) = hub.wait_for_exit();
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    });
+    let done = tokio::task::block_in_place(stats);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&done.stdout).expect("stats are JSON");
+    // The local broker's feed had all five; with no other consumer nothing is kept.
+    assert_eq!(json["consumers"]["broker"]["cursor"], 5, "{json}");
+    assert_eq!(json["records"], 0, "{json}");
 }
