@@ -248,8 +248,9 @@ impl Hub {
         // to subscribers before their connections close.
         tokio::time::sleep(std::time::Duration::from_millis(100).min(left())).await;
         front_stages.drain(left()).await?;
-        if let Err(error) = tokio::task::spawn_blocking(move || journal.flush()).await {
-            tracing::error!(%error, "journal: final flush failed");
+        // The last handle: waits for the writer's final flush of the cursors.
+        if let Err(error) = tokio::task::spawn_blocking(move || journal.close()).await {
+            tracing::error!(%error, "journal: closing failed");
         }
         tracing::info!("edgehub stopped cleanly");
         Ok(())

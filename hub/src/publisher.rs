@@ -272,7 +272,9 @@ const FEED_BATCH: usize = 512;
 
 /// The journal's consumer for the local broker: publishes every durable record on
 /// `devices/{id}/telemetry` in journal order and moves its cursor. When `shutdown` is
-/// cancelled (after the devices are closed) it publishes what is left and returns.
+/// cancelled (after the devices are closed) it finishes the batch in hand and returns: a
+/// backlog stays in the journal and is published at the next start, rather than holding
+/// the shutdown past its grace period.
 pub async fn feed(
     journal: crate::journal::Journal,
     publisher: Publisher,
@@ -288,8 +290,10 @@ pub async fn feed(
         }
     };
     let mut head = journal.head();
-    let mut stopping = false;
     loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
         let batch = match journal.read(cursor, FEED_BATCH) {
             Ok(batch) => batch,
             Err(error) => {
@@ -299,12 +303,9 @@ pub async fn feed(
             }
         };
         if batch.is_empty() {
-            if stopping {
-                return;
-            }
             tokio::select! {
-                changed = head.changed() => if changed.is_err() { stopping = true },
-                _ = shutdown.cancelled() => stopping = true,
+                changed = head.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
             }
             continue;
         }

@@ -161,6 +161,11 @@ impl Link {
                 let Some(attached) = &self.attached else {
                     return Handled::default();
                 };
+                if self.replaced.is_cancelled() {
+                    // A newer connection owns the device and told it what the hub holds;
+                    // messages this one still had buffered are the newer one's to resend.
+                    return Handled::default();
+                }
                 if lost > 0 {
                     stats.lost.fetch_add(lost, Ordering::Relaxed);
                 }
@@ -262,7 +267,7 @@ impl Link {
             }
             Err(error) => {
                 if let Some(memory) = self.conversation.rejected() {
-                    registry.remember(&device, memory);
+                    registry.roll_back(&device, memory);
                 }
                 self.gateway.stats.refused.fetch_add(1, Ordering::Relaxed);
                 (error == AppendError::Full).then(|| {

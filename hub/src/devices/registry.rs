@@ -63,11 +63,20 @@ impl Registry {
         lock(&self.inner).devices.get(device).and_then(|e| e.memory)
     }
 
-    /// Records the highest sequence held for a device's session.
+    /// Records the highest sequence held for a device's session. Within a session it
+    /// only moves forward (two connections of one device may race); a new session
+    /// replaces it.
     pub fn remember(&self, device: &str, memory: SessionMemory) {
         let mut inner = lock(&self.inner);
         match inner.devices.get_mut(device) {
-            Some(e) => e.memory = Some(memory),
+            Some(e) => {
+                let keep = e
+                    .memory
+                    .is_some_and(|m| m.session == memory.session && m.last_seq > memory.last_seq);
+                if !keep {
+                    e.memory = Some(memory);
+                }
+            }
             None => {
                 inner.devices.insert(
                     device.to_owned(),
@@ -76,6 +85,16 @@ impl Registry {
                         live: None,
                     },
                 );
+            }
+        }
+    }
+
+    /// Moves a device's memory back after the journal refused telemetry, so the
+    /// device's resend is taken as new.
+    pub fn roll_back(&self, device: &str, memory: SessionMemory) {
+        if let Some(e) = lock(&self.inner).devices.get_mut(device) {
+            if e.memory.is_some_and(|m| m.session == memory.session) {
+                e.memory = Some(memory);
             }
         }
     }
@@ -209,6 +228,19 @@ mod tests {
                 last_seq: 9
             })
         );
+    }
+
+    #[test]
+    fn memory_moves_forward_within_a_session_and_back_only_by_roll_back() {
+        let r = Registry::default();
+        let m = |session, last_seq| SessionMemory { session, last_seq };
+        r.remember("d", m(1, 5));
+        r.remember("d", m(1, 3));
+        assert_eq!(r.memory("d"), Some(m(1, 5)), "a late, older connection");
+        r.roll_back("d", m(1, 2));
+        assert_eq!(r.memory("d"), Some(m(1, 2)));
+        r.remember("d", m(2, 1));
+        assert_eq!(r.memory("d"), Some(m(2, 1)), "a new session");
     }
 
     #[test]

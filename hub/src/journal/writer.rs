@@ -85,6 +85,16 @@ impl Writer {
         if let Err(error) = self.shared.db.flush() {
             tracing::error!(%error, "journal: final flush failed");
         }
+        let c = &self.shared.counters;
+        tracing::info!(
+            appended = c.appended.load(Ordering::Relaxed),
+            flushes = c.flushes.load(Ordering::Relaxed),
+            dropped_full = c.dropped_full.load(Ordering::Relaxed),
+            dropped_age = c.dropped_age.load(Ordering::Relaxed),
+            refused = c.refused.load(Ordering::Relaxed),
+            records = c.records.load(Ordering::Relaxed),
+            "journal closed"
+        );
     }
 
     /// Writes a batch of appends durably and answers each.
