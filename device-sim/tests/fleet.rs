@@ -101,6 +101,23 @@ async fn a_command_published_to_a_simulated_device_is_answered_ok_through_the_hu
         .subscribe("devices/cmdtest-1/cmd/result", rumqttc::QoS::AtLeastOnce)
         .await
         .expect("subscribe");
+    // The event loop runs on its own: EventLoop::poll is not cancel-safe while it
+    // connects, and a select with the ticker below could cancel it forever on a busy
+    // machine.
+    let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    if results_tx.send(p.payload).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    });
     let mut seen = Vec::new();
     let result = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         let mut asked = 0;
@@ -116,15 +133,13 @@ async fn a_command_published_to_a_simulated_device_is_answered_ok_through_the_hu
                         .await
                         .expect("publish");
                 }
-                event = events.poll() => {
-                    if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&p.payload).expect("result JSON");
-                        if v["status"] != "offline" {
-                            return v;
-                        }
-                        seen.push(v);
+                Some(payload) = results.recv() => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&payload).expect("result JSON");
+                    if v["status"] != "offline" {
+                        return v;
                     }
+                    seen.push(v);
                 }
             }
         }
