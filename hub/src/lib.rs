@@ -268,6 +268,7 @@ async fn publish_stats(
         time: u64,
         devices: devices::StatsSnapshot,
         serial: &'a std::collections::BTreeMap<String, serial::PortStats>,
+        journal: journal::JournalStats,
     }
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,6 +282,7 @@ async fn publish_stats(
             time: devices::wall_ms(),
             devices: gateway.stats.snapshot(gateway.registry.online()),
             serial: &serial,
+            journal: gateway.journal.stats(),
         };
         if gateway.publisher.stats(&stats).await.is_err() {
             return;

@@ -89,3 +89,26 @@ async fn a_device_that_speaks_mqtt_itself_answers_its_own_commands_and_the_hub_s
         "only the device answered n-1: {answers:?}"
     );
 }
+
+#[tokio::test]
+async fn the_hub_publishes_its_counters_with_the_journal_on_its_stats_topic() {
+    let hub = TestHub::start("stats_interval = \"100ms\"\n").await;
+    let mut watcher = Watcher::start_with(&hub, &["edgehub/+/stats"]).await;
+    let (mut device, _) = Device::online(&hub, D1, new_session()).await;
+    for seq in 1..=3 {
+        device.telemetry(seq, support::device::sample_readings(seq));
+    }
+    device.expect_ack(3).await;
+    let stats = watcher
+        .wait_for("stats counting the three messages", |p| {
+            p.topic == "edgehub/test-hub/stats"
+                && p.json["devices"]["telemetry"] == 3
+                && p.json["journal"]["consumers"]["broker"]["cursor"] == 3
+        })
+        .await;
+    let json = &stats.json;
+    assert_eq!(json["devices"]["devices_online"], 1, "{json}");
+    assert_eq!(json["journal"]["appended"], 3, "{json}");
+    assert!(json["journal"]["flushes"].as_u64() >= Some(1), "{json}");
+    assert_eq!(json["devices"]["rejected"]["malformed"], 0, "{json}");
+}

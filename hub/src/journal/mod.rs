@@ -372,14 +372,17 @@ impl Journal {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v)),
         );
+        // Records are removed only from the front, so those held are contiguous and a
+        // consumer's lag is a subtraction, not a scan.
         let consumers = cursors
             .iter()
             .map(|(name, &cursor)| {
-                let records = self
-                    .shared
-                    .records
-                    .range(record::key(cursor.saturating_add(1))..)
-                    .count() as u64;
+                let records = match (oldest, newest) {
+                    (Some((first, _)), Some((last, _))) => {
+                        last.saturating_sub(cursor.max(first.saturating_sub(1)))
+                    }
+                    _ => 0,
+                };
                 (name.clone(), ConsumerLag { cursor, records })
             })
             .collect();
