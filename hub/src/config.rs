@@ -14,6 +14,7 @@ mod hub;
 mod journal;
 mod log;
 mod shutdown;
+mod uplink;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use self::hub::{HubConfig, HubId, InvalidHubId};
 pub use self::journal::{JournalConfig, WhenFull};
 pub use self::log::{InvalidLogLevel, LogConfig, LogFormat, LogLevel};
 pub use self::shutdown::ShutdownConfig;
+pub use self::uplink::UplinkConfig;
 
 /// The commented sample configuration, which is also the embedded default: one text, so
 /// the documentation cannot drift from what the hub runs on.
@@ -63,6 +65,8 @@ pub struct Config {
     pub serial: Vec<SerialPortConfig>,
     /// `[journal]`: the durable telemetry store's budget and policy.
     pub journal: JournalConfig,
+    /// `[[uplinks]]`: upstream brokers the journal is forwarded to. None by default.
+    pub uplinks: Vec<UplinkConfig>,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             devices: Default::default(),
             serial: Vec::new(),
             journal: Default::default(),
+            uplinks: Vec::new(),
         }
     }
 }

@@ -57,6 +57,9 @@ pub enum HubError {
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    /// An `[[uplinks]]` entry is unusable.
+    #[error("[[uplinks]]: {0}")]
+    Uplink(#[from] uplink::task::UplinkError),
     /// A listener could not be set up.
     #[error(transparent)]
     Front(#[from] front::FrontError),
@@ -77,6 +80,7 @@ pub struct Hub {
     router_inbox: tokio::sync::mpsc::Receiver<devices::RouterInput>,
     mqtt_commands: tokio::sync::mpsc::Receiver<publisher::IncomingCommand>,
     mqtt_commands_tx: tokio::sync::mpsc::Sender<publisher::IncomingCommand>,
+    uplinks: Vec<uplink::task::Uplink>,
 }
 
 impl Hub {
@@ -94,6 +98,7 @@ impl Hub {
         // blocking pool rather than on a runtime worker.
         let setup_config = config.clone();
         let Setup {
+            uplinks,
             acl,
             auth,
             broker,
@@ -138,6 +143,7 @@ impl Hub {
             router_inbox,
             mqtt_commands,
             mqtt_commands_tx,
+            uplinks,
         })
     }
 
@@ -179,6 +185,7 @@ impl Hub {
             router_inbox,
             mqtt_commands,
             mqtt_commands_tx,
+            uplinks,
             ..
         } = self;
         let sinks = Stages::new();
@@ -221,6 +228,13 @@ impl Hub {
         device_stages.spawn("journal to broker", move |token| {
             publisher::feed(feed_journal, feed_publisher, format, token)
         });
+        for uplink in uplinks {
+            let journal = gateway.journal.clone();
+            let publisher = publisher.clone();
+            device_stages.spawn(uplink.consumer(), move |token| {
+                uplink::task::run(uplink, journal, publisher, token)
+            });
+        }
         let front_stages = Stages::new();
         front_stages.spawn("front door", move |token| front.run(token));
 
@@ -292,6 +306,7 @@ async fn publish_stats(
 
 /// What [`Hub::start`] prepares with blocking calls.
 struct Setup {
+    uplinks: Vec<uplink::task::Uplink>,
     acl: Arc<acl::Acl>,
     auth: Arc<auth::Authenticator>,
     broker: broker::Broker,
@@ -338,10 +353,23 @@ impl Setup {
             }
         }
 
+        let uplinks = config
+            .uplinks
+            .iter()
+            .map(|u| {
+                uplink::task::Uplink::new(
+                    u,
+                    config.hub.id.as_str(),
+                    config.devices.telemetry_format,
+                    &config.base_dir(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let journal =
             journal::Journal::open(&config.hub.data_dir.join("journal"), &config.journal)?;
         let broker = broker::Broker::start(&config.broker, config.limits.max_connections)?;
         Ok(Setup {
+            uplinks,
             acl,
             auth,
             broker,

@@ -146,6 +146,15 @@ impl Publisher {
             .map_err(|_| Stopped)
     }
 
+    /// Publishes a message from an uplink's downlink on a local topic (QoS 1), so that,
+    /// for example, a command from the cloud reaches the command router.
+    pub async fn local(&self, topic: &str, payload: Vec<u8>) -> Result<(), Stopped> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| Stopped)
+    }
+
     /// Publishes the hub's stats.
     pub async fn stats(&self, payload: &impl Serialize) -> Result<(), Stopped> {
         let payload = serde_json::to_vec(payload).unwrap_or_default();

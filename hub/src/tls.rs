@@ -403,6 +403,37 @@ fn warn_if_expired(path: &Path, chain: &[CertificateDer<'static>]) {
     }
 }
 
+/// A client configuration for connecting out (uplinks): trusts the CAs in `ca`, and
+/// presents `cert`/`key` when given.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca, "uplink CA bundle")? {
+        // A system bundle holds a few certificates rustls cannot use; skip those.
+        let _ = roots.add(cert);
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                load_certs(cert, "uplink client certificate")?,
+                load_key(key)?,
+            )
+            .map_err(|error| TlsError::BadKey {
+                path: key.to_path_buf(),
+                reason: error.to_string(),
+            })?,
+    };
+    Ok(Arc::new(config))
+}
+
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(|error| TlsError::Read {
         what,

@@ -88,7 +88,8 @@ impl Scheme {
         }
     }
 
-    fn tls(self) -> bool {
+    /// Whether the scheme runs over TLS.
+    pub fn tls(self) -> bool {
         matches!(self, Scheme::Mqtts | Scheme::Wss)
     }
 
@@ -115,6 +116,15 @@ const URL_FORMS: &str = "mqtt://HOST[:PORT], mqtts://HOST[:PORT], ws://HOST[:POR
      or wss://HOST[:PORT][/PATH] (default ports 1883, 8883, 80, 443; default path /mqtt)";
 
 impl Endpoint {
+    /// Whether the broker is on this machine (an IP loopback address or `localhost`).
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// Parses an upstream URL; the error says what a valid one looks like.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let bad = |why: &str| format!("invalid upstream URL {url:?}: {why}; expected {URL_FORMS}");

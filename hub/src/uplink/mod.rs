@@ -7,4 +7,5 @@
 
 pub mod backoff;
 pub mod client;
+pub mod task;
 pub mod window;

@@ -1,0 +1,76 @@
+//! `[[uplinks]]`: upstream MQTT brokers the journal is forwarded to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// One `[[uplinks]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Name in logs and stats; also the journal consumer's name (`uplink:<name>`).
+    pub name: String,
+    /// `mqtts://host:8883`, `wss://host/mqtt`, or (loopback, or with `insecure`)
+    /// `mqtt://host:1883` / `ws://host/mqtt`.
+    pub url: String,
+    /// "3.1.1" or "5".
+    #[serde(default = "default_version")]
+    pub mqtt_version: String,
+    /// Client id upstream. Default: `edgehub-<hub id>-<name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Username, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (its first line), so the secret stays out of this file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle (PEM) the broker's certificate must chain to. Default: the system's
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM chain) and key for brokers that want one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// MQTT keep-alive.
+    #[serde(
+        default = "default_keep_alive",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub keep_alive: Duration,
+    /// Prepended to each local topic upstream; `{hub_id}` is replaced by the hub's id.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// Local topic filters subscribed to upstream (with the prefix), whose messages are
+    /// published locally without it: commands from the cloud reach devices.
+    #[serde(default)]
+    pub downlink: Vec<String>,
+    /// Records published and awaiting a PUBACK at most.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    /// Allows plain mqtt:// or ws:// to a non-loopback broker.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+fn default_version() -> String {
+    "5".into()
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_prefix() -> String {
+    "edgehub/{hub_id}/".into()
+}
+
+fn default_inflight() -> u16 {
+    100
+}
