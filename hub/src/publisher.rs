@@ -76,7 +76,7 @@ impl Publisher {
         };
         options.set_last_will(LastWill::new(
             status_topic(hub_id),
-            serde_json::to_vec(&offline).unwrap_or_default(),
+            json(&offline),
             QoS::AtLeastOnce,
             true,
         ));
@@ -103,29 +103,15 @@ impl Publisher {
     /// Publishes telemetry (QoS 0: the loopback hop does not lose messages while the hub
     /// runs, and subscribers choose their own QoS).
     pub async fn telemetry(&self, device: &str, payload: Vec<u8>) -> Result<(), Stopped> {
-        self.client
-            .publish(
-                format!("devices/{device}/telemetry"),
-                QoS::AtMostOnce,
-                false,
-                payload,
-            )
-            .await
-            .map_err(|_| Stopped)
+        let topic = format!("devices/{device}/telemetry");
+        self.publish(topic, QoS::AtMostOnce, false, payload).await
     }
 
     /// Publishes a device's retained status.
     pub async fn status(&self, device: &str, payload: &impl Serialize) -> Result<(), Stopped> {
-        let payload = serde_json::to_vec(payload).unwrap_or_default();
-        self.client
-            .publish(
-                format!("devices/{device}/status"),
-                QoS::AtLeastOnce,
-                true,
-                payload,
-            )
+        let topic = format!("devices/{device}/status");
+        self.publish(topic, QoS::AtLeastOnce, true, json(payload))
             .await
-            .map_err(|_| Stopped)
     }
 
     /// Publishes a command result.
@@ -134,37 +120,34 @@ impl Publisher {
         device: &str,
         payload: &impl Serialize,
     ) -> Result<(), Stopped> {
-        let payload = serde_json::to_vec(payload).unwrap_or_default();
-        self.client
-            .publish(
-                format!("devices/{device}/cmd/result"),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+        let topic = format!("devices/{device}/cmd/result");
+        self.publish(topic, QoS::AtLeastOnce, false, json(payload))
             .await
-            .map_err(|_| Stopped)
     }
 
     /// Publishes a message from an uplink's downlink on a local topic (QoS 1), so that,
     /// for example, a command from the cloud reaches the command router.
     pub async fn local(&self, topic: &str, payload: Vec<u8>) -> Result<(), Stopped> {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
+        self.publish(topic.to_owned(), QoS::AtLeastOnce, false, payload)
             .await
-            .map_err(|_| Stopped)
     }
 
     /// Publishes the hub's stats.
     pub async fn stats(&self, payload: &impl Serialize) -> Result<(), Stopped> {
-        let payload = serde_json::to_vec(payload).unwrap_or_default();
+        let topic = format!("edgehub/{}/stats", self.hub_id);
+        self.publish(topic, QoS::AtMostOnce, false, json(payload))
+            .await
+    }
+
+    async fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), Stopped> {
         self.client
-            .publish(
-                format!("edgehub/{}/stats", self.hub_id),
-                QoS::AtMostOnce,
-                false,
-                payload,
-            )
+            .publish(topic, qos, retain, payload)
             .await
             .map_err(|_| Stopped)
     }
@@ -178,14 +161,9 @@ impl Publisher {
             version: crate::VERSION,
             since: crate::devices::wall_ms(),
         };
+        let topic = status_topic(&self.hub_id);
         let _ = self
-            .client
-            .publish(
-                status_topic(&self.hub_id),
-                QoS::AtLeastOnce,
-                true,
-                serde_json::to_vec(&status).unwrap_or_default(),
-            )
+            .publish(topic, QoS::AtLeastOnce, true, json(&status))
             .await;
         let _ = self.client.disconnect().await;
     }
@@ -197,7 +175,7 @@ impl Publisher {
             version: crate::VERSION,
             since: crate::devices::wall_ms(),
         };
-        let payload = serde_json::to_vec(&status).unwrap_or_default();
+        let payload = json(&status);
         if self
             .client
             .try_publish(status_topic(&self.hub_id), QoS::AtLeastOnce, true, payload)
@@ -210,6 +188,11 @@ impl Publisher {
             tracing::warn!("broker publisher queue full at connect: hub status or command subscription delayed until the next reconnect");
         }
     }
+}
+
+/// Our payload types always serialize (string keys, no fallible impls).
+fn json(payload: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(payload).unwrap_or_default()
 }
 
 fn status_topic(hub_id: &str) -> String {

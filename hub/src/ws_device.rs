@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::acl::{Acl, Subject};
-use crate::devices::link::{Link, Place};
+use crate::devices::link::{Link, Pending, Place, MAX_PENDING};
 use crate::devices::session::{Claim, Close};
 use crate::devices::{Downlink, Gateway, Transport, Violation};
 use crate::tls::PeerIdentity;
@@ -29,10 +28,6 @@ pub const CLOSE_REPLACED: u16 = 4000;
 /// Messages handled before an Ack is forced out even if more input is waiting, so a
 /// device streaming without pause still gets regular Acks.
 const ACK_EVERY: usize = 64;
-
-/// Telemetry messages of one device waiting for the journal before the hub stops reading
-/// from it.
-const MAX_DURABLE_PENDING: usize = 512;
 
 /// A deadline that never comes (Instant + Duration::MAX would overflow).
 const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -112,7 +107,7 @@ pub async fn serve<S>(
     let mut last_heard = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut dead_check = Box::pin(tokio::time::sleep(FAR));
-    let mut durable = FuturesOrdered::new();
+    let mut durable = Pending::new();
     // Devices that say nothing for the announced heartbeat are gone even if their
     // WebSocket stack still answers pings (PROTOCOL.md §5.5).
     let mut silence = tokio::time::interval(Duration::from_secs(1));
@@ -161,25 +156,16 @@ pub async fn serve<S>(
                 }
                 dead_check.as_mut().reset((Instant::now() + FAR).into());
             }
-            Some((seq, result)) = durable.next(), if !durable.is_empty() => {
+            Some(first) = durable.next(), if !durable.is_empty() => {
                 // Everything already on disk in one go, then one Ack for all of it.
-                let mut next = Some((seq, result));
-                while let Some((seq, result)) = next {
-                    if let Some(reply) = link.durable(seq, result) {
-                        if send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await.is_err() {
-                            break 'conn ("timeout", None);
-                        }
-                    }
-                    next = durable.next().now_or_never().flatten();
-                }
-                if let Some(ack) = link.take_ack() {
-                    if send(&mut tx, WsMessage::binary(ack.to_vec()), write_timeout).await.is_err() {
+                for reply in link.durable_ready(first, &mut durable) {
+                    if send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await.is_err() {
                         break 'conn ("timeout", None);
                     }
                 }
             }
             // A device whose messages wait for the disk is not read further meanwhile.
-            first = rx.next(), if durable.len() < MAX_DURABLE_PENDING => {
+            first = rx.next(), if durable.len() < MAX_PENDING => {
                 let mut next = first;
                 let mut handled = 0;
                 // Handle everything already received, then send one Ack for all of it.
@@ -246,9 +232,7 @@ pub async fn serve<S>(
         }
     };
 
-    // Telemetry already handed to the journal is settled first: a refusal must roll the
-    // session memory back, or the device's resend would be dropped as a duplicate.
-    settle(&mut link, &mut durable).await;
+    link.settle(&mut durable).await;
     // A replaced connection's end publishes nothing: the newer one owns the status.
     link.end(reason).await;
     // Close cleanly where the peer can still hear it: our close frame, or the reply to
@@ -264,20 +248,6 @@ pub async fn serve<S>(
     })
     .await;
     tracing::info!(reason, "device connection closed");
-}
-
-/// Waits (briefly: one group commit) for the journal's answers still pending on a link
-/// that is ending.
-pub(crate) async fn settle(
-    link: &mut Link,
-    durable: &mut FuturesOrdered<crate::devices::link::Durable>,
-) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some((seq, result)) = durable.next().await {
-            let _ = link.durable(seq, result);
-        }
-    })
-    .await;
 }
 
 fn close(code: CloseCode, reason: &'static str) -> WsMessage {

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use firmware_proto::{ErrorCode, Message};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::device::{new_session, sample_readings, Device};
+use support::device::{new_session, sample_readings, Device, Event as DeviceEvent};
 use support::hub::TestHub;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
@@ -66,6 +67,17 @@ impl Drop for Upstream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True (after saying so loudly) when Mosquitto is not installed.
+fn mosquitto_missing() -> bool {
+    let missing = !Path::new(MOSQUITTO).exists();
+    if missing {
+        eprintln!(
+            "!!! SKIPPED: {MOSQUITTO} is not installed (apt-get install mosquitto; .ci/run does)"
+        );
+    }
+    missing
 }
 
 fn free_port() -> u16 {
@@ -147,10 +159,7 @@ async fn receive_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_reaches_the_upstream_broker_in_order_and_survives_its_outage() {
-    if !Path::new(MOSQUITTO).exists() {
-        eprintln!(
-            "!!! SKIPPED: {MOSQUITTO} is not installed (apt-get install mosquitto; .ci/run does)"
-        );
+    if mosquitto_missing() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -210,10 +219,7 @@ async fn telemetry_reaches_the_upstream_broker_in_order_and_survives_its_outage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_published_upstream_reaches_the_device_through_the_downlink() {
-    if !Path::new(MOSQUITTO).exists() {
-        eprintln!(
-            "!!! SKIPPED: {MOSQUITTO} is not installed (apt-get install mosquitto; .ci/run does)"
-        );
+    if mosquitto_missing() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -251,4 +257,49 @@ async fn a_command_published_upstream_reaches_the_device_through_the_downlink() 
     .expect("the command reached the device");
     assert_eq!(command.name, "reboot");
     driver.abort();
+}
+
+#[tokio::test]
+async fn with_the_upstream_down_a_full_journal_refuses_telemetry_as_busy_and_does_not_count_it_held(
+) {
+    // Nothing listens on the uplink's port: every record stays in the journal.
+    let dead = free_port();
+    let hub = TestHub::start(&format!(
+        "[journal]\nmax_bytes = 2000\nwhen_full = \"refuse-new\"\n\n\
+         [[uplinks]]\nname = \"down\"\nurl = \"mqtt://127.0.0.1:{dead}\"\n"
+    ))
+    .await;
+    let session = new_session();
+    let (mut device, _) = Device::online(&hub, D1, session).await;
+    let mut refused_at = None;
+    for seq in 1..=100 {
+        device.telemetry(seq, sample_readings(seq));
+        let answer = device
+            .next("an Ack or an Error", |e| match e {
+                DeviceEvent::Message(Message::Ack(a)) => Some(Ok(a.seq)),
+                DeviceEvent::Message(Message::Error(e)) => Some(Err(e.clone())),
+                _ => None,
+            })
+            .await;
+        match answer {
+            Ok(acked) => assert_eq!(acked, seq, "each message acknowledged in turn"),
+            Err(error) => {
+                assert_eq!(error.known_code(), Some(ErrorCode::Busy), "{error:?}");
+                refused_at = Some(seq);
+                break;
+            }
+        }
+    }
+    let refused = refused_at.expect("a 2000-byte journal fills up within 100 messages");
+    assert!(
+        refused > 1,
+        "some telemetry fits before the budget is reached"
+    );
+    // The refused message is not held: reconnecting, the device is told the last one
+    // that was, so it keeps and resends the rest.
+    let mut again = Device::connect(&hub, support::hub::WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("reconnects");
+    let welcome = again.hello(D1, session, false).await.expect("welcomed");
+    assert_eq!(welcome.acked, Some(refused - 1));
 }

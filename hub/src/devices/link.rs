@@ -3,6 +3,9 @@
 //! attach the device, keep its retained status, pass command results on).
 
 use std::future::Future;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,6 +39,15 @@ pub enum Place {
 /// journal's answer. The transport polls these in order ([`Link::durable`] each result)
 /// while it goes on reading, so a device's messages share group commits.
 pub type Durable = Pin<Box<dyn Future<Output = (u64, Result<u64, AppendError>)> + Send>>;
+
+/// A connection's telemetry waiting for the journal, in arrival order. Kept by the
+/// transport (it polls it in its `select!` next to the socket) and handed back to
+/// [`Link::durable_ready`] and [`Link::settle`].
+pub type Pending = FuturesOrdered<Durable>;
+
+/// Telemetry of one connection waiting for the journal before the transport stops
+/// reading from its device.
+pub const MAX_PENDING: usize = 512;
 
 /// What the transport must do after one message.
 #[derive(Default)]
@@ -254,7 +266,7 @@ impl Link {
     /// The journal answered for telemetry `seq`: durable (to be acknowledged), or
     /// refused (forgotten, so the device's resend is taken; a full journal is reported to
     /// the device as Busy).
-    pub fn durable(&mut self, seq: u64, result: Result<u64, AppendError>) -> Option<Message> {
+    fn durable(&mut self, seq: u64, result: Result<u64, AppendError>) -> Option<Message> {
         let device = self.device()?.to_owned();
         let registry = &self.gateway.registry;
         match result {
@@ -278,6 +290,36 @@ impl Link {
                 })
             }
         }
+    }
+
+    /// Takes the journal's answer `first` and every other one already available, and
+    /// returns what to send: Busy errors for refused telemetry, then one cumulative Ack
+    /// for everything now durable.
+    pub fn durable_ready(
+        &mut self,
+        first: (u64, Result<u64, AppendError>),
+        pending: &mut Pending,
+    ) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        while let Some((seq, result)) = next {
+            out.extend(self.durable(seq, result));
+            next = pending.next().now_or_never().flatten();
+        }
+        out.extend(self.take_ack());
+        out
+    }
+
+    /// Waits (briefly: about one group commit) for the journal's answers still pending
+    /// when the connection ends: a refusal must roll the session memory back, or the
+    /// device's resend would be dropped as a duplicate.
+    pub async fn settle(&mut self, pending: &mut Pending) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some((seq, result)) = pending.next().await {
+                let _ = self.durable(seq, result);
+            }
+        })
+        .await;
     }
 
     /// The cumulative Ack due after the messages handled so far, if any. Call when no

@@ -8,24 +8,20 @@ use std::time::Duration;
 
 use firmware_proto::frame::{self, Feed, FrameDecoder, FrameError};
 use firmware_proto::Message;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{counters, PortCounters};
 use crate::config::SerialPortConfig;
-use crate::devices::link::{Link, Place};
+use crate::devices::link::{Link, Pending, Place, MAX_PENDING};
 use crate::devices::session::Claim;
 use crate::devices::{Downlink, Gateway, Transport};
 
 /// Largest frame the decoder holds. Longer frames are dropped and counted as oversized;
 /// a serial sensor's messages are far smaller (the default `max_message` is 1 KiB).
 const MAX_FRAME: usize = frame::max_frame_len(16 * 1024);
-
-/// Telemetry frames waiting for the journal before the hub stops reading the line.
-const MAX_DURABLE_PENDING: usize = 512;
 
 /// A line that accepts nothing for this long is treated as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,30 +66,21 @@ pub(super) async fn serve(
     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut replaced = link.replaced();
 
-    let mut durable = FuturesOrdered::new();
+    let mut durable = Pending::new();
     let reason = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break "hub stopped",
-            Some((seq, result)) = durable.next(), if !durable.is_empty() => {
-                let mut next = Some((seq, result));
+            Some(first) = durable.next(), if !durable.is_empty() => {
                 let mut failed = false;
-                while let Some((seq, result)) = next {
-                    if let Some(reply) = link.durable(seq, result) {
-                        if write(&mut stream, &reply).await.is_err() {
-                            failed = true;
-                            break;
-                        }
+                for reply in link.durable_ready(first, &mut durable) {
+                    if write(&mut stream, &reply).await.is_err() {
+                        failed = true;
+                        break;
                     }
-                    next = durable.next().now_or_never().flatten();
                 }
                 if failed {
                     break "port gone";
-                }
-                if let Some(ack) = link.take_ack() {
-                    if write(&mut stream, &ack).await.is_err() {
-                        break "port gone";
-                    }
                 }
             }
             _ = replaced.cancelled() => {
@@ -123,7 +110,7 @@ pub(super) async fn serve(
                     link.end("silent").await;
                 }
             }
-            read = stream.read(&mut buf), if durable.len() < MAX_DURABLE_PENDING => {
+            read = stream.read(&mut buf), if durable.len() < MAX_PENDING => {
                 let n = match read {
                     Ok(0) => break "port gone",
                     Ok(n) => n,
@@ -177,7 +164,7 @@ pub(super) async fn serve(
             }
         }
     };
-    crate::ws_device::settle(&mut link, &mut durable).await;
+    link.settle(&mut durable).await;
     link.end(reason).await;
     tracing::info!(reason, "serial port closed");
 }
