@@ -293,6 +293,20 @@ impl Config {
                     .unwrap_or_default()
             ));
         }
+        for u in &self.uplinks {
+            listeners.push_str(&format!(
+                "uplink                = {:?} {} mqtt={} prefix={:?} forward={:?}{}\n",
+                u.name,
+                u.url,
+                u.mqtt_version,
+                u.topic_prefix,
+                u.forward,
+                u.topic
+                    .as_deref()
+                    .map(|t| format!(" topic={t:?}"))
+                    .unwrap_or_default()
+            ));
+        }
         listeners.push_str(&format!(
             "devices               = max_message={} message_rate={}/s heartbeat={} telemetry={:?}\n",
             self.devices.max_message,

@@ -219,8 +219,9 @@ impl Hub {
         });
         let stats_gateway = gateway.clone();
         let interval = config.hub.stats_interval;
+        let uplink_status = uplinks.iter().map(|u| u.status()).collect();
         device_stages.spawn("stats", move |token| {
-            publish_stats(stats_gateway, interval, token)
+            publish_stats(stats_gateway, uplink_status, interval, token)
         });
         let feed_journal = gateway.journal.clone();
         let feed_publisher = publisher.clone();
@@ -274,6 +275,7 @@ impl Hub {
 /// Publishes `edgehub/{hub_id}/stats` every `interval` until shutdown.
 async fn publish_stats(
     gateway: Arc<devices::Gateway>,
+    uplinks: Vec<Arc<uplink::status::UplinkStatus>>,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -283,6 +285,7 @@ async fn publish_stats(
         devices: devices::StatsSnapshot,
         serial: &'a std::collections::BTreeMap<String, serial::PortStats>,
         journal: journal::JournalStats,
+        uplinks: std::collections::BTreeMap<&'a str, uplink::status::UplinkSnapshot>,
     }
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,11 +295,17 @@ async fn publish_stats(
             _ = tick.tick() => {}
         }
         let serial = serial::snapshot(&gateway);
+        let now = std::time::Instant::now();
+        let time = devices::wall_ms();
         let stats = Stats {
-            time: devices::wall_ms(),
+            time,
             devices: gateway.stats.snapshot(gateway.registry.online()),
             serial: &serial,
             journal: gateway.journal.stats(),
+            uplinks: uplinks
+                .iter()
+                .map(|u| (u.name(), u.snapshot(&gateway.journal, now, time)))
+                .collect(),
         };
         if gateway.publisher.stats(&stats).await.is_err() {
             return;

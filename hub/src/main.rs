@@ -287,16 +287,28 @@ fn pki(command: PkiCommand) -> ExitCode {
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    match Config::load(Some(path)) {
-        Ok(config) => {
-            print!("{}: OK\n{}", path.display(), config.summary());
-            ExitCode::SUCCESS
-        }
+    let config = match Config::load(Some(path)) {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("edgehub: {error}");
-            ExitCode::from(EXIT_CONFIG)
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Uplinks read their credentials and certificates: check those files too, as a
+    // start would.
+    for uplink in &config.uplinks {
+        if let Err(error) = hub::uplink::task::Uplink::new(
+            uplink,
+            config.hub.id.as_str(),
+            config.devices.telemetry_format,
+            &config.base_dir(),
+        ) {
+            eprintln!("edgehub: {}: [[uplinks]]: {error}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
         }
     }
+    print!("{}: OK\n{}", path.display(), config.summary());
+    ExitCode::SUCCESS
 }
 
 fn run(path: Option<&Path>) -> ExitCode {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use firmware_proto::{ErrorCode, Message};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::device::{new_session, sample_readings, Device, Event as DeviceEvent};
+use support::device::{new_session, sample_readings, Device, Event as DeviceEvent, Watcher};
 use support::hub::TestHub;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
@@ -302,4 +302,84 @@ async fn with_the_upstream_down_a_full_journal_refuses_telemetry_as_busy_and_doe
         .expect("reconnects");
     let welcome = again.hello(D1, session, false).await.expect("welcomed");
     assert_eq!(welcome.acked, Some(refused - 1));
+}
+
+/// A second edgehub as the upstream broker: its anonymous loopback clients (the uplink
+/// and the test's consumer) may publish and subscribe anything.
+async fn upstream_hub() -> TestHub {
+    TestHub::start("[acl]\nassign = [{ role = \"admin\", identity = \"anonymous\" }]\n").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_template_and_forward_filter_choose_what_goes_up_and_the_stats_topic_shows_the_uplink(
+) {
+    let upstream = upstream_hub().await;
+    let mut cloud = Watcher::start_with(&upstream, &["plant/#"]).await;
+    let dead = free_port();
+    let hub = TestHub::start(&format!(
+        "stats_interval = \"100ms\"\n\n[devices]\nmessage_rate = 100000\n\n\
+         [[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://{}\"\n\
+         topic = \"plant/{{hub_id}}/{{device}}\"\nforward = [\"devices/{D1}/telemetry\"]\n\n\
+         [[uplinks]]\nname = \"down\"\nurl = \"mqtt://127.0.0.1:{dead}\"\n",
+        upstream.addr(support::hub::MQTT)
+    ))
+    .await;
+    let mut stats = Watcher::start_with(&hub, &["edgehub/test-hub/stats"]).await;
+    let (mut one, _) = Device::online(&hub, D1, new_session()).await;
+    let (mut two, _) = Device::online(&hub, "device-0002", new_session()).await;
+    for seq in 1..=20 {
+        one.telemetry(seq, sample_readings(seq));
+        two.telemetry(seq, sample_readings(seq));
+    }
+    one.expect_ack(20).await;
+    two.expect_ack(20).await;
+
+    // Only device-0001 goes up, on the template's topic.
+    let last = cloud
+        .wait_for("device-0001's 20th record upstream", |p| {
+            p.json["seq"] == 20
+        })
+        .await;
+    assert_eq!(last.topic, format!("plant/test-hub/{D1}"));
+    let seen = cloud.seen(&format!("plant/test-hub/{D1}"));
+    let seqs: Vec<u64> = seen.iter().filter_map(|j| j["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    assert!(
+        cloud.seen("plant/test-hub/device-0002").is_empty(),
+        "device-0002 is not forwarded"
+    );
+
+    // The stats topic: the working uplink is connected, caught up, has forwarded 20 and
+    // passed over 20; the other one is down, says why, and lags by all 40 records.
+    let snapshot = stats
+        .wait_for("stats with the cloud uplink caught up", |p| {
+            let cloud = &p.json["uplinks"]["cloud"];
+            cloud["forwarded"] == 20 && cloud["skipped"] == 20 && cloud["lag_records"] == 0
+        })
+        .await
+        .json;
+    let cloud_state = &snapshot["uplinks"]["cloud"];
+    assert_eq!(cloud_state["connected"], true, "{cloud_state}");
+    assert_eq!(cloud_state["connects"], 1, "{cloud_state}");
+    assert_eq!(cloud_state["in_flight"], 0, "{cloud_state}");
+    assert_eq!(cloud_state["lag_seconds"], 0.0, "{cloud_state}");
+    let down = &snapshot["uplinks"]["down"];
+    assert_eq!(down["connected"], false, "{down}");
+    assert_eq!(down["lag_records"], 40, "{down}");
+    assert_eq!(down["forwarded"], 0, "{down}");
+    assert!(
+        down["lag_seconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "{down}"
+    );
+    let error = down["last_error"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&dead.to_string()) || error.to_lowercase().contains("refused"),
+        "the last error names the broker or the failure: {down}"
+    );
+    // The journal keeps every record the down uplink has not forwarded.
+    assert_eq!(
+        snapshot["journal"]["consumers"]["uplink:down"]["records"], 40,
+        "{}",
+        snapshot["journal"]
+    );
 }

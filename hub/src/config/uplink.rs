@@ -47,6 +47,16 @@ pub struct UplinkConfig {
     /// Prepended to each local topic upstream; `{hub_id}` is replaced by the hub's id.
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
+    /// The upstream topic of a device's telemetry, when the prefix is not enough:
+    /// `{prefix}`, `{hub_id}` and `{device}` are replaced. Default:
+    /// `{prefix}devices/{device}/telemetry`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Which local topics go up: MQTT filters on `devices/{device}/telemetry`. Records
+    /// that match none are passed over (and deleted once every consumer is past them).
+    /// Default: every device's telemetry.
+    #[serde(default = "default_forward")]
+    pub forward: Vec<String>,
     /// Local topic filters subscribed to upstream (with the prefix), whose messages are
     /// published locally without it: commands from the cloud reach devices.
     #[serde(default)]
@@ -69,6 +79,10 @@ fn default_keep_alive() -> Duration {
 
 fn default_prefix() -> String {
     "edgehub/{hub_id}/".into()
+}
+
+fn default_forward() -> Vec<String> {
+    vec!["devices/+/telemetry".into()]
 }
 
 fn default_inflight() -> u16 {

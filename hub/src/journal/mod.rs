@@ -339,6 +339,29 @@ impl Journal {
         Ok(())
     }
 
+    /// How far `consumer` is behind: the records after its cursor, and the hub time (ms)
+    /// of the oldest of them, if any.
+    pub fn lag(&self, consumer: &str) -> (u64, Option<u64>) {
+        let Some(cursor) = lock(&self.shared.consumers).get(consumer).copied() else {
+            return (0, None);
+        };
+        let next = self
+            .shared
+            .records
+            .range(record::key(cursor.saturating_add(1))..)
+            .next()
+            .and_then(Result::ok);
+        let last = self.shared.records.last().ok().flatten();
+        match (next, last) {
+            // Records are contiguous from the front, so the count is a subtraction.
+            (Some((first, value)), Some((last, _))) => (
+                record::seq_of(&last) - record::seq_of(&first) + 1,
+                Some(record::hub_time_of(&value)),
+            ),
+            _ => (0, None),
+        }
+    }
+
     /// What the journal remembers of `device`'s session: (session, highest device seq).
     pub fn session(&self, device: &str) -> Option<(u64, u64)> {
         let v = self.shared.sessions.get(device).ok()??;

@@ -2,6 +2,7 @@
 //! [`Window`], over a [`client`](super::client) connection, reconnecting with
 //! [`Backoff`]. The journal cursor moves only over records upstream acknowledged.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -9,9 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::client::{self, ConnectOptions, Endpoint, Event};
+use super::status::UplinkStatus;
 use super::window::{Refused, Window};
+use crate::acl::{validate_topic, TopicPattern};
 use crate::config::{TelemetryFormat, UplinkConfig};
 use crate::devices::payload::TelemetryPayload;
+use crate::devices::wall_ms;
 use crate::journal::{Journal, Record};
 use crate::publisher::Publisher;
 
@@ -23,6 +27,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Packet id of the downlink SUBSCRIBE, sent and acknowledged before any PUBLISH.
 const SUBSCRIBE_PKID: u16 = 1;
+
+/// How often a draining uplink logs its progress.
+const DRAIN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why an uplink could not be set up from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +50,14 @@ pub struct Uplink {
     endpoint: Endpoint,
     options: ConnectOptions,
     prefix: String,
+    /// Upstream topic with `{device}` still to replace.
+    topic: String,
+    forward: Vec<TopicPattern>,
     downlink: Vec<String>,
     max_inflight: u16,
     hub_id: String,
     format: TelemetryFormat,
+    status: Arc<UplinkStatus>,
 }
 
 impl Uplink {
@@ -111,22 +122,77 @@ impl Uplink {
             .map_err(|e| bad(e.to_string()))?;
             options.tls = Some(tls);
         }
+        let prefix = config.topic_prefix.replace("{hub_id}", hub_id);
+        let topic = topic_template(config.topic.as_deref(), &prefix, hub_id).map_err(bad)?;
+        let forward = config
+            .forward
+            .iter()
+            .map(|f| match TopicPattern::new(f.as_str()) {
+                Ok(p) if p.uses_identity() => Err(bad(format!(
+                    "forward {f:?}: %i has no meaning here; write the device id or '+'"
+                ))),
+                Ok(p) => Ok(p),
+                Err(e) => Err(bad(format!("forward {f:?}: {e}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = config.name.clone();
+        let status = Arc::new(UplinkStatus::new(
+            &name,
+            &endpoint.to_string(),
+            &consumer_name(&name),
+        ));
         Ok(Uplink {
-            name: config.name.clone(),
+            name,
             endpoint,
             options,
-            prefix: config.topic_prefix.replace("{hub_id}", hub_id),
+            prefix,
+            topic,
+            forward,
             downlink: config.downlink.clone(),
             max_inflight: config.max_inflight.max(1),
             hub_id: hub_id.to_owned(),
             format,
+            status,
         })
     }
 
     /// The journal consumer's name.
     pub fn consumer(&self) -> String {
-        format!("uplink:{}", self.name)
+        consumer_name(&self.name)
     }
+
+    /// Its state, for stats and metrics.
+    pub fn status(&self) -> Arc<UplinkStatus> {
+        self.status.clone()
+    }
+
+    /// Whether a device's telemetry goes up this uplink.
+    fn forwards(&self, device: &str) -> bool {
+        let local = format!("devices/{device}/telemetry");
+        self.forward.iter().any(|f| f.matches_topic(&local, ""))
+    }
+}
+
+fn consumer_name(uplink: &str) -> String {
+    format!("uplink:{uplink}")
+}
+
+/// Checks the `topic` template and fills in everything but `{device}`.
+fn topic_template(template: Option<&str>, prefix: &str, hub_id: &str) -> Result<String, String> {
+    let template = template.unwrap_or("{prefix}devices/{device}/telemetry");
+    let filled = template
+        .replace("{prefix}", prefix)
+        .replace("{hub_id}", hub_id);
+    let sample = filled.replace("{device}", "device-0001");
+    if let Some(open) = sample.find('{') {
+        let rest = &sample[open..];
+        let name = rest.split_inclusive('}').next().unwrap_or(rest);
+        return Err(format!(
+            "topic {template:?}: unknown placeholder {name}; use {{prefix}}, {{hub_id}} or {{device}}"
+        ));
+    }
+    validate_topic(&sample).map_err(|e| format!("topic {template:?}: {e}"))?;
+    Ok(filled)
 }
 
 /// An upstream message: the local telemetry payload plus a stable id.
@@ -164,8 +230,12 @@ pub async fn run(
         };
         window.on_disconnect();
         match outcome {
-            Ok(()) => return,
+            Ok(()) => {
+                uplink.status.disconnected(wall_ms(), None);
+                return;
+            }
             Err(error) => {
+                uplink.status.disconnected(wall_ms(), Some(&error));
                 failures += 1;
                 if failures == 1 || failures % 20 == 0 {
                     tracing::warn!(uplink = %uplink.name, broker = %uplink.endpoint, %error, failures, "uplink down; records wait in the journal");
@@ -199,7 +269,9 @@ async fn session(
         .map_err(|e| e.to_string())?;
     let keep_alive = connection.connack().keep_alive.max(Duration::from_secs(5));
     let (mut reader, mut writer) = connection.into_split();
-    tracing::info!(uplink = %uplink.name, broker = %uplink.endpoint, cursor = window.cursor(), "uplink connected");
+    uplink.status.connected(wall_ms());
+    let mut drain = Drain::start(journal, consumer, window.cursor());
+    tracing::info!(uplink = %uplink.name, broker = %uplink.endpoint, cursor = window.cursor(), backlog = drain.as_ref().map_or(0, |d| d.records), "uplink connected");
     if !uplink.downlink.is_empty() {
         let filters: Vec<String> = uplink
             .downlink
@@ -245,6 +317,15 @@ async fn session(
                 break;
             }
             for (seq, record) in &batch {
+                if !uplink.forwards(&record.device) {
+                    uplink.status.skipped();
+                    if let Some(cursor) = window.skip(*seq) {
+                        journal
+                            .commit(consumer, cursor)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    continue;
+                }
                 match window.offer(*seq, Instant::now()) {
                     Ok(t) => write_record(uplink, &mut writer, t.seq, t.pkid, record)?,
                     Err(Refused::Full { .. }) | Err(Refused::ResendPending) => break,
@@ -252,6 +333,8 @@ async fn session(
                 }
             }
         }
+        let w = window.stats();
+        uplink.status.progress(w.acked, w.resent, w.in_flight);
         if writer.buffered() > 0 {
             writer.flush().await.map_err(|e| e.to_string())?;
         }
@@ -268,9 +351,15 @@ async fn session(
                             // Upstream will never take it (not authorised, quota...):
                             // resending forever would stall every later record.
                             tracing::warn!(uplink = %uplink.name, code, reason = client::reason_v5(code), "upstream refused a record; it is not resent");
+                            uplink.status.refused();
                         }
                         if let Some(cursor) = window.on_puback(pkid, Instant::now()) {
                             journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
+                            if drain.as_ref().is_some_and(|d| cursor >= d.through) {
+                                if let Some(d) = drain.take() {
+                                    d.finished(&uplink.name);
+                                }
+                            }
                         }
                     }
                     Event::Publish { topic, payload, qos, pkid, .. } => {
@@ -288,6 +377,9 @@ async fn session(
             }
             _ = head.changed() => {}
             _ = tick.tick() => {
+                if let Some(d) = drain.as_mut() {
+                    d.report(&uplink.name, window.cursor());
+                }
                 if last_heard.elapsed() > keep_alive + keep_alive / 2 {
                     return Err(format!("no answer from {} within 1.5 x keep-alive", uplink.endpoint));
                 }
@@ -317,6 +409,7 @@ fn publish(
     {
         Some((found, record)) if found == seq => write_record(uplink, writer, seq, pkid, &record),
         _ => {
+            uplink.status.skipped();
             if let Some(cursor) = window.skip(seq) {
                 journal
                     .commit(consumer, cursor)
@@ -348,7 +441,7 @@ fn write_record(
         },
         uplink.format,
     );
-    let topic = format!("{}devices/{}/telemetry", uplink.prefix, record.device);
+    let topic = uplink.topic.replace("{device}", &record.device);
     writer
         .publish(
             &topic,
@@ -358,4 +451,120 @@ fn write_record(
             &[("message-id".to_owned(), id)],
         )
         .map_err(|e| e.to_string())
+}
+
+/// A backlog being forwarded after a (re)connect, for the operator's log: progress every
+/// [`DRAIN_LOG_INTERVAL`] and a line when it is through.
+struct Drain {
+    /// The journal's newest record when the backlog was measured.
+    through: u64,
+    /// Records in the backlog then.
+    records: u64,
+    started: Instant,
+    cursor_at_start: u64,
+    last_report: Instant,
+}
+
+impl Drain {
+    /// `None` when there is nothing to drain.
+    fn start(journal: &Journal, consumer: &str, cursor: u64) -> Option<Drain> {
+        let (records, _) = journal.lag(consumer);
+        (records > 0).then(|| Drain {
+            through: *journal.head().borrow(),
+            records,
+            started: Instant::now(),
+            cursor_at_start: cursor,
+            last_report: Instant::now(),
+        })
+    }
+
+    fn rate(&self, cursor: u64) -> f64 {
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        (cursor.saturating_sub(self.cursor_at_start) as f64 / seconds).round()
+    }
+
+    fn report(&mut self, uplink: &str, cursor: u64) {
+        if self.last_report.elapsed() < DRAIN_LOG_INTERVAL {
+            return;
+        }
+        self.last_report = Instant::now();
+        let remaining = self.through.saturating_sub(cursor);
+        let rate = self.rate(cursor);
+        tracing::info!(
+            uplink,
+            remaining,
+            records_per_second = rate,
+            "uplink draining its backlog"
+        );
+    }
+
+    fn finished(self, uplink: &str) {
+        let seconds = (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        let rate = self.rate(self.through);
+        tracing::info!(
+            uplink,
+            records = self.records,
+            seconds,
+            records_per_second = rate,
+            "uplink backlog drained"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uplink(extra: &str) -> Result<Uplink, UplinkError> {
+        let text = format!("name = \"cloud\"\nurl = \"mqtt://127.0.0.1:1883\"\n{extra}");
+        let config: UplinkConfig = toml::from_str(&text).expect("uplink entry parses");
+        Uplink::new(
+            &config,
+            "hub-7",
+            TelemetryFormat::Json,
+            std::path::Path::new("/"),
+        )
+    }
+
+    #[test]
+    fn the_default_topic_is_the_prefix_and_the_local_topic() {
+        let u = uplink("").expect("valid");
+        assert_eq!(u.topic, "edgehub/hub-7/devices/{device}/telemetry");
+        assert!(u.forwards("anything"));
+    }
+
+    #[test]
+    fn a_topic_template_fills_in_the_hub_and_prefix_and_leaves_the_device() {
+        let u = uplink("topic_prefix = \"site/\"\ntopic = \"{prefix}{hub_id}/{device}\"")
+            .expect("valid");
+        assert_eq!(u.topic, "site/hub-7/{device}");
+    }
+
+    #[test]
+    fn a_template_with_an_unknown_placeholder_or_a_wildcard_is_refused_by_name() {
+        let error = uplink("topic = \"x/{devce}/t\"").err().expect("refused");
+        assert!(
+            error.to_string().contains("unknown placeholder {devce}"),
+            "{error}"
+        );
+        let error = uplink("topic = \"x/+/{device}\"").err().expect("refused");
+        assert!(
+            error.to_string().contains("topic \"x/+/{device}\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn forward_filters_choose_the_devices_that_go_up() {
+        let u = uplink("forward = [\"devices/boiler-1/telemetry\", \"devices/+/telemetry/#\"]")
+            .expect("valid");
+        assert!(u.forwards("boiler-1"));
+        assert!(u.forwards("pump-2"), "'#' matches its parent level");
+        let u = uplink("forward = [\"devices/boiler-1/telemetry\"]").expect("valid");
+        assert!(!u.forwards("pump-2"));
+        let error = uplink("forward = [\"devices/%i/telemetry\"]")
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("%i has no meaning"), "{error}");
+    }
 }
