@@ -17,6 +17,10 @@ pub struct JournalConfig {
     pub max_age: Duration,
     /// What happens when `max_bytes` is reached.
     pub when_full: WhenFull,
+    /// Shortest time between two group commits under load: appends arriving meanwhile
+    /// share one fsync. Longer: fewer fsyncs (less CPU, less flash wear), later Acks.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub flush_interval: Duration,
 }
 
 impl Default for JournalConfig {
@@ -25,6 +29,7 @@ impl Default for JournalConfig {
             max_bytes: 256 * 1024 * 1024,
             max_age: Duration::from_secs(7 * 24 * 3600),
             when_full: WhenFull::DropOldest,
+            flush_interval: Duration::from_millis(2),
         }
     }
 }

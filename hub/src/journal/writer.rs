@@ -17,11 +17,6 @@ use crate::front::lock;
 /// Most appends in one group commit.
 const MAX_BATCH: usize = 4096;
 
-/// Shortest time between two group commits. Idle, a record is flushed at once; under
-/// load, appends arriving within this time share a flush (at most ~500 fsyncs a second,
-/// at most 2 ms added to an Ack).
-const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(2);
-
 /// How often retention and clean-up run when no appends arrive.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -68,12 +63,15 @@ impl Writer {
             tokio::select! {
                 first = rx.recv() => {
                     let Some(first) = first else { break };
-                    // Under load, gather for a moment after the previous flush: each flush
-                    // costs sled's I/O threads far more than a bigger batch does.
+                    // Idle, a record is flushed at once. Under load, gather until
+                    // `flush_interval` after the previous flush: each flush costs sled's
+                    // I/O threads (and flash) far more than a bigger batch does. A
+                    // thread sleep, because tokio's timer rounds up to whole
+                    // milliseconds, and this thread has nothing else to do meanwhile.
                     if let Some(at) = last_flush {
                         let since = at.elapsed();
-                        if since < MIN_FLUSH_INTERVAL {
-                            tokio::time::sleep(MIN_FLUSH_INTERVAL - since).await;
+                        if since < self.config.flush_interval {
+                            std::thread::sleep(self.config.flush_interval - since);
                         }
                     }
                     last_flush = Some(Instant::now());
