@@ -26,7 +26,7 @@ pub use self::hub::{HubConfig, HubId, InvalidHubId};
 pub use self::journal::{JournalConfig, WhenFull};
 pub use self::log::{InvalidLogLevel, LogConfig, LogFormat, LogLevel};
 pub use self::shutdown::ShutdownConfig;
-pub use self::uplink::UplinkConfig;
+pub use self::uplink::{Backlog, UplinkConfig};
 
 /// The commented sample configuration, which is also the embedded default: one text, so
 /// the documentation cannot drift from what the hub runs on.

@@ -61,6 +61,9 @@ pub struct UplinkConfig {
     /// published locally without it: commands from the cloud reach devices.
     #[serde(default)]
     pub downlink: Vec<String>,
+    /// How a backlog (after an outage) and new telemetry share the link.
+    #[serde(default)]
+    pub backlog: Backlog,
     /// Records published and awaiting a PUBACK at most.
     #[serde(default = "default_inflight")]
     pub max_inflight: u16,
@@ -87,4 +90,18 @@ fn default_forward() -> Vec<String> {
 
 fn default_inflight() -> u16 {
     100
+}
+
+/// How an uplink sends a backlog and the telemetry that arrives while it drains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backlog {
+    /// Strict journal order: new telemetry goes up once the backlog before it has; each
+    /// device's records arrive in the order it sent them.
+    #[default]
+    InOrder,
+    /// New telemetry goes up at once, on a quarter of the in-flight window, while the
+    /// backlog drains on the rest: dashboards stay live, but during a drain a device's
+    /// new records arrive before its older ones.
+    LiveFirst,
 }

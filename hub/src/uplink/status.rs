@@ -103,11 +103,16 @@ impl UplinkStatus {
         }
     }
 
-    pub(crate) fn progress(&self, forwarded: u64, resent: u64, in_flight: usize) {
-        let mut s = self.lock();
-        s.forwarded = forwarded;
-        s.resent = resent;
-        s.in_flight = in_flight;
+    pub(crate) fn forwarded(&self) {
+        self.lock().forwarded += 1;
+    }
+
+    pub(crate) fn resent(&self) {
+        self.lock().resent += 1;
+    }
+
+    pub(crate) fn in_flight(&self, in_flight: usize) {
+        self.lock().in_flight = in_flight;
     }
 
     pub(crate) fn refused(&self) {

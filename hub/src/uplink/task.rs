@@ -13,7 +13,7 @@ use super::client::{self, ConnectOptions, Endpoint, Event};
 use super::status::UplinkStatus;
 use super::window::{Refused, Window};
 use crate::acl::{validate_topic, TopicPattern};
-use crate::config::{TelemetryFormat, UplinkConfig};
+use crate::config::{Backlog, TelemetryFormat, UplinkConfig};
 use crate::devices::payload::TelemetryPayload;
 use crate::devices::wall_ms;
 use crate::journal::{Journal, Record};
@@ -27,6 +27,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Packet id of the downlink SUBSCRIBE, sent and acknowledged before any PUBLISH.
 const SUBSCRIBE_PKID: u16 = 1;
+
+/// The two halves of the packet ids: the uplink's window uses one, a live lane the other.
+const LOW_PKIDS: std::ops::RangeInclusive<u16> = 1..=32_767;
+const HIGH_PKIDS: std::ops::RangeInclusive<u16> = 32_768..=65_535;
 
 /// How often a draining uplink logs its progress.
 const DRAIN_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,6 +59,7 @@ pub struct Uplink {
     forward: Vec<TopicPattern>,
     downlink: Vec<String>,
     max_inflight: u16,
+    backlog: Backlog,
     hub_id: String,
     format: TelemetryFormat,
     status: Arc<UplinkStatus>,
@@ -150,6 +155,7 @@ impl Uplink {
             forward,
             downlink: config.downlink.clone(),
             max_inflight: config.max_inflight.max(1),
+            backlog: config.backlog,
             hub_id: hub_id.to_owned(),
             format,
             status,
@@ -219,7 +225,7 @@ pub async fn run(
             return;
         }
     };
-    let mut window = Window::new(cursor, uplink.max_inflight);
+    let mut window = Window::with_pkids(cursor, uplink.max_inflight, LOW_PKIDS);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut failures = 0u32;
     loop {
@@ -268,10 +274,30 @@ async fn session(
         .await
         .map_err(|e| e.to_string())?;
     let keep_alive = connection.connack().keep_alive.max(Duration::from_secs(5));
+    // A broker may take fewer unacknowledged PUBLISHes than configured (MQTT 5).
+    let limit = connection
+        .connack()
+        .receive_maximum
+        .map_or(uplink.max_inflight, |m| m.clamp(1, uplink.max_inflight));
     let (mut reader, mut writer) = connection.into_split();
     uplink.status.connected(wall_ms());
     let mut drain = Drain::start(journal, consumer, window.cursor());
-    tracing::info!(uplink = %uplink.name, broker = %uplink.endpoint, cursor = window.cursor(), backlog = drain.as_ref().map_or(0, |d| d.records), "uplink connected");
+    // With `backlog = "live-first"`, records after the backlog get a window of their own.
+    let mut lane = match (&drain, uplink.backlog) {
+        (Some(d), Backlog::LiveFirst) if limit > 1 => {
+            let live = (limit / 4).max(1);
+            window.set_max_inflight(limit - live);
+            Some(LiveLane {
+                split: d.through,
+                window: Window::with_pkids(d.through, live, other_half(window)),
+            })
+        }
+        _ => {
+            window.set_max_inflight(limit);
+            None
+        }
+    };
+    tracing::info!(uplink = %uplink.name, broker = %uplink.endpoint, cursor = window.cursor(), backlog = drain.as_ref().map_or(0, |d| d.records), live_first = lane.is_some(), "uplink connected");
     if !uplink.downlink.is_empty() {
         let filters: Vec<String> = uplink
             .downlink
@@ -294,8 +320,10 @@ async fn session(
     let mut last_heard = Instant::now();
     let mut tick = tokio::time::interval(keep_alive / 4);
     loop {
-        // Resends first, in journal order, then new records while the window has room.
+        // Resends first, in journal order; then live records (live-first), then the
+        // backlog or, in order, everything, while the windows have room.
         while let Some(t) = window.next_resend() {
+            uplink.status.resent();
             publish(
                 uplink,
                 journal,
@@ -306,35 +334,24 @@ async fn session(
                 consumer,
             )?;
         }
-        while window.can_offer() {
-            let batch = journal
-                .read(
-                    window.next_read(),
-                    READ_BATCH.min(uplink.max_inflight as usize),
-                )
-                .map_err(|e| e.to_string())?;
-            if batch.is_empty() {
-                break;
-            }
-            for (seq, record) in &batch {
-                if !uplink.forwards(&record.device) {
-                    uplink.status.skipped();
-                    if let Some(cursor) = window.skip(*seq) {
-                        journal
-                            .commit(consumer, cursor)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    continue;
-                }
-                match window.offer(*seq, Instant::now()) {
-                    Ok(t) => write_record(uplink, &mut writer, t.seq, t.pkid, record)?,
-                    Err(Refused::Full { .. }) | Err(Refused::ResendPending) => break,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
+        if let Some(lane) = lane.as_mut() {
+            fill(uplink, journal, &mut lane.window, &mut writer, None, None)?;
         }
-        let w = window.stats();
-        uplink.status.progress(w.acked, w.resent, w.in_flight);
+        let through = lane.as_ref().map(|l| l.split);
+        fill(
+            uplink,
+            journal,
+            window,
+            &mut writer,
+            through,
+            Some(consumer),
+        )?;
+        backlog_through(
+            uplink, journal, consumer, window, &mut lane, &mut drain, limit,
+        )?;
+        uplink
+            .status
+            .in_flight(window.in_flight() + lane.as_ref().map_or(0, |l| l.window.in_flight()));
         if writer.buffered() > 0 {
             writer.flush().await.map_err(|e| e.to_string())?;
         }
@@ -353,14 +370,21 @@ async fn session(
                             tracing::warn!(uplink = %uplink.name, code, reason = client::reason_v5(code), "upstream refused a record; it is not resent");
                             uplink.status.refused();
                         }
-                        if let Some(cursor) = window.on_puback(pkid, Instant::now()) {
-                            journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
-                            if drain.as_ref().is_some_and(|d| cursor >= d.through) {
-                                if let Some(d) = drain.take() {
-                                    d.finished(&uplink.name);
+                        let live = lane.as_mut().filter(|l| l.window.owns(pkid));
+                        let acked = match live {
+                            Some(l) => puback(&mut l.window, pkid).0,
+                            None => {
+                                let (acked, moved) = puback(window, pkid);
+                                if let Some(cursor) = moved {
+                                    journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
                                 }
+                                acked
                             }
+                        };
+                        if acked {
+                            uplink.status.forwarded();
                         }
+                        backlog_through(uplink, journal, consumer, window, &mut lane, &mut drain, limit)?;
                     }
                     Event::Publish { topic, payload, qos, pkid, .. } => {
                         if let Some(local) = topic.strip_prefix(uplink.prefix.as_str()) {
@@ -389,6 +413,113 @@ async fn session(
             }
         }
     }
+}
+
+/// Once the backlog is through: the live lane (if any) carries on alone, its progress now
+/// the uplink's cursor, and the drain is logged as done.
+fn backlog_through(
+    uplink: &Uplink,
+    journal: &Journal,
+    consumer: &str,
+    window: &mut Window,
+    lane: &mut Option<LiveLane>,
+    drain: &mut Option<Drain>,
+    limit: u16,
+) -> Result<(), String> {
+    if lane.as_ref().is_some_and(|l| window.cursor() >= l.split) {
+        if let Some(l) = lane.take() {
+            *window = l.window;
+            window.set_max_inflight(limit);
+            journal
+                .commit(consumer, window.cursor())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if drain.as_ref().is_some_and(|d| window.cursor() >= d.through) {
+        if let Some(d) = drain.take() {
+            d.finished(&uplink.name);
+        }
+    }
+    Ok(())
+}
+
+/// Records after the backlog, forwarded on their own window while it drains
+/// (`backlog = "live-first"`). Their acknowledgements are not persisted until the backlog
+/// is through: after a crash or reconnect meanwhile they are sent again (at least once).
+struct LiveLane {
+    /// The newest record of the backlog.
+    split: u64,
+    window: Window,
+}
+
+/// The half of the packet ids that `window` does not use.
+fn other_half(window: &Window) -> std::ops::RangeInclusive<u16> {
+    if window.owns(1) {
+        HIGH_PKIDS
+    } else {
+        LOW_PKIDS
+    }
+}
+
+/// Reports a PUBACK to `window`: whether it acknowledged a record, and the new cursor.
+fn puback(window: &mut Window, pkid: u16) -> (bool, Option<u64>) {
+    let before = window.in_flight();
+    let moved = window.on_puback(pkid, Instant::now());
+    (window.in_flight() < before, moved)
+}
+
+/// Offers `window` new journal records (up to `through`, if given) while it has room.
+/// `consumer` is given for the window whose cursor is persisted.
+fn fill(
+    uplink: &Uplink,
+    journal: &Journal,
+    window: &mut Window,
+    writer: &mut client::Writer,
+    through: Option<u64>,
+    consumer: Option<&str>,
+) -> Result<(), String> {
+    while window.can_offer() && through.is_none_or(|t| window.next_read() < t) {
+        let batch = journal
+            .read(window.next_read(), READ_BATCH.min(window_room(window)))
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            break;
+        }
+        for (seq, record) in &batch {
+            if let Some(t) = through.filter(|t| seq > t) {
+                // Nothing left up to `t` (retention may have removed the rest).
+                if let (Some(cursor), Some(consumer)) = (window.skip(t), consumer) {
+                    journal
+                        .commit(consumer, cursor)
+                        .map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+            if !uplink.forwards(&record.device) {
+                uplink.status.skipped();
+                if let (Some(cursor), Some(consumer)) = (window.skip(*seq), consumer) {
+                    journal
+                        .commit(consumer, cursor)
+                        .map_err(|e| e.to_string())?;
+                }
+                continue;
+            }
+            match window.offer(*seq, Instant::now()) {
+                Ok(t) => write_record(uplink, writer, t.seq, t.pkid, record)?,
+                Err(Refused::Full { .. }) | Err(Refused::ResendPending) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records worth reading for `window` at once.
+fn window_room(window: &Window) -> usize {
+    window
+        .max_inflight()
+        .saturating_sub(window.in_flight())
+        .max(1)
 }
 
 /// Publishes record `seq` again (after a reconnect), or skips it if retention removed it.

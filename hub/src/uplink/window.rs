@@ -11,7 +11,8 @@
 //! taken records below it are done, and seqs between taken records that were never read
 //! are not in the journal (deleted by retention, or unreadable), so the cursor may pass them.
 //!
-//! Packet ids come from one counter over 1..=65535 that is never reset, not even on a
+//! Packet ids come from one counter over 1..=65535 (or a part of it, when two windows
+//! share a connection) that is never reset, not even on a
 //! reconnect: a record resent on a new connection gets an id not used recently, so a
 //! PUBACK left over from the old connection (rumqttc 0.25 keeps already-parsed events
 //! queued across a reconnect and yields them after the new CONNACK) is reported as
@@ -103,6 +104,9 @@ pub struct Window {
     pkids: HashMap<u16, u64>,
     /// Records waiting to be resent, a subset of `entries`.
     to_resend: BTreeSet<u64>,
+    /// Packet ids come from this range (a second window on the same connection uses
+    /// another).
+    pkid_range: std::ops::RangeInclusive<u16>,
     last_pkid: u16,
     acked: u64,
     resent: u64,
@@ -114,14 +118,27 @@ impl Window {
     /// A window starting after the persisted `cursor`, with at most `max_inflight`
     /// (at least 1) records awaiting a PUBACK.
     pub fn new(cursor: u64, max_inflight: u16) -> Window {
+        Window::with_pkids(cursor, max_inflight, 1..=u16::MAX)
+    }
+
+    /// A window whose packet ids all lie in `range` (not containing 0), so that two
+    /// windows can share a connection. `max_inflight` is capped at the range's size.
+    pub fn with_pkids(
+        cursor: u64,
+        max_inflight: u16,
+        range: std::ops::RangeInclusive<u16>,
+    ) -> Window {
+        let range = (*range.start()).max(1)..=(*range.end()).max(1);
+        let size = range.end().saturating_sub(*range.start()).saturating_add(1);
         Window {
             cursor,
             next_read: cursor,
-            max_inflight: max_inflight.max(1),
+            max_inflight: max_inflight.clamp(1, size.max(1)),
             entries: BTreeMap::new(),
             pkids: HashMap::new(),
             to_resend: BTreeSet::new(),
-            last_pkid: 0,
+            last_pkid: *range.end(),
+            pkid_range: range,
             acked: 0,
             resent: 0,
             unknown_pubacks: 0,
@@ -227,6 +244,33 @@ impl Window {
         self.advance()
     }
 
+    /// Changes how many records may await a PUBACK (at least 1, at most the packet id
+    /// range's size): for a broker whose Receive Maximum is lower than configured, or
+    /// while another window shares the connection. Records already in flight stay.
+    pub fn set_max_inflight(&mut self, max_inflight: u16) {
+        let size = self
+            .pkid_range
+            .end()
+            .saturating_sub(*self.pkid_range.start())
+            .saturating_add(1);
+        self.max_inflight = max_inflight.clamp(1, size.max(1));
+    }
+
+    /// Records that may await a PUBACK at once.
+    pub fn max_inflight(&self) -> usize {
+        usize::from(self.max_inflight)
+    }
+
+    /// Records published and awaiting a PUBACK.
+    pub fn in_flight(&self) -> usize {
+        self.pkids.len()
+    }
+
+    /// Whether `pkid` is one of this window's packet ids.
+    pub fn owns(&self, pkid: u16) -> bool {
+        self.pkid_range.contains(&pkid)
+    }
+
     /// The connection is gone: everything in flight waits to be resent on the next one.
     /// The upstream session is clean, so its packet ids are forgotten.
     pub fn on_disconnect(&mut self) {
@@ -257,9 +301,14 @@ impl Window {
 
     /// Puts `seq` in flight under a fresh packet id.
     fn send(&mut self, seq: u64) -> u16 {
-        // Terminates: fewer than 65535 ids are in flight whenever there is room.
+        // Terminates: fewer ids than the range holds are in flight whenever there is room.
+        let (first, last) = (*self.pkid_range.start(), *self.pkid_range.end());
         loop {
-            self.last_pkid = self.last_pkid % u16::MAX + 1;
+            self.last_pkid = if self.last_pkid >= last || self.last_pkid < first {
+                first
+            } else {
+                self.last_pkid + 1
+            };
             if !self.pkids.contains_key(&self.last_pkid) {
                 self.pkids.insert(self.last_pkid, seq);
                 return self.last_pkid;
@@ -391,6 +440,20 @@ mod tests {
         );
         assert_eq!(window.on_puback(1, t0()), Some(65_535));
         assert_eq!(window.on_puback(2, t0()), Some(65_536));
+    }
+
+    #[test]
+    fn a_window_with_a_packet_id_range_stays_in_it_and_wraps_within_it() {
+        let mut window = Window::with_pkids(0, 8, 40_000..=40_002);
+        let pkids: Vec<u16> = (1..=3).map(|seq| offer(&mut window, seq)).collect();
+        assert_eq!(pkids, [40_000, 40_001, 40_002]);
+        assert!(
+            !window.can_offer(),
+            "only three ids: three in flight at most"
+        );
+        assert!(window.owns(40_001) && !window.owns(1) && !window.owns(40_003));
+        window.on_puback(40_001, t0());
+        assert_eq!(offer(&mut window, 4), 40_001, "the free id in the range");
     }
 
     #[test]

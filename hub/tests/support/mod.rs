@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub use nix::sys::signal::Signal;
 
 pub mod device;
+pub mod proxy;
 pub mod serial;
 
 /// Safety net for waits, not a timing assertion: healthy runs take milliseconds.
