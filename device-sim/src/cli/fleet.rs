@@ -91,6 +91,10 @@ pub struct MeasureArgs {
     /// QoS of the subscriptions (the hub publishes telemetry at QoS 0).
     #[arg(long, default_value = "0", value_enum)]
     pub qos: QosArg,
+    /// Topic filter the subscribers measure: change it to measure at an uplink's
+    /// upstream broker (for example edgehub/HUB_ID/devices/+/telemetry there).
+    #[arg(long, default_value = "devices/+/telemetry", value_name = "FILTER")]
+    pub topic: String,
     /// Subscribing clients (each receives every message).
     #[arg(long, default_value_t = 1, value_name = "M")]
     pub subscribers: usize,
@@ -325,6 +329,7 @@ pub fn devices_plan(args: &DevicesArgs) -> anyhow::Result<crate::devices::Plan> 
         subscriber_spec: measure.spec,
         subscribers: m.subscribers,
         qos: m.qos.into(),
+        topic: m.topic.clone(),
         id_prefix: format!("edgehub-sim-{}", std::process::id()),
         warmup: measure.warmup,
         duration: measure.duration,
@@ -366,6 +371,7 @@ pub fn serial_plan(args: &SerialArgs) -> anyhow::Result<crate::serial::Plan> {
         subscriber_spec: measure.spec,
         subscribers: m.subscribers,
         qos: m.qos.into(),
+        topic: m.topic.clone(),
         id_prefix: format!("edgehub-sim-{}", std::process::id()),
         pacer: Arc::new(pacing.pacer()),
         warmup: measure.warmup,

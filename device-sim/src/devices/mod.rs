@@ -49,6 +49,8 @@ pub struct Plan {
     pub subscribers: usize,
     /// Subscription QoS.
     pub qos: Qos,
+    /// Topic filter of the subscriptions.
+    pub topic: String,
     /// Subscriber client id prefix.
     pub id_prefix: String,
     /// Unmeasured lead-in.
@@ -154,7 +156,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
         subscribers: plan.subscribers,
         id_prefix: plan.id_prefix.clone(),
         subscription: Subscription {
-            filter: "devices/+/telemetry".to_owned(),
+            filter: plan.topic.clone(),
             qos: plan.qos,
             streams: devices,
             pacer: plan.pacer.clone(),
