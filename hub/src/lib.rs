@@ -376,6 +376,12 @@ impl Setup {
             .collect::<Result<Vec<_>, _>>()?;
         let journal =
             journal::Journal::open(&config.hub.data_dir.join("journal"), &config.journal)?;
+        // Every consumer holds its records from the start: one registered only once its
+        // task runs could find them removed behind a faster one.
+        journal.consumer(publisher::JOURNAL_CONSUMER)?;
+        for uplink in &uplinks {
+            journal.consumer(&uplink.consumer())?;
+        }
         let broker = broker::Broker::start(&config.broker, config.limits.max_connections)?;
         Ok(Setup {
             uplinks,

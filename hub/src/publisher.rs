@@ -262,6 +262,9 @@ pub async fn run(
 /// Records read from the journal per batch.
 const FEED_BATCH: usize = 512;
 
+/// The local broker's name among the journal's consumers.
+pub const JOURNAL_CONSUMER: &str = "broker";
+
 /// The journal's consumer for the local broker: publishes every durable record on
 /// `devices/{id}/telemetry` in journal order and moves its cursor. When `shutdown` is
 /// cancelled (after the devices are closed) it finishes the batch in hand and returns: a
@@ -273,8 +276,7 @@ pub async fn feed(
     format: crate::config::TelemetryFormat,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    const NAME: &str = "broker";
-    let mut cursor = match journal.consumer(NAME) {
+    let mut cursor = match journal.consumer(JOURNAL_CONSUMER) {
         Ok(c) => c,
         Err(error) => {
             tracing::error!(%error, "journal: cannot read the broker's cursor; local MQTT gets no telemetry");
@@ -315,7 +317,7 @@ pub async fn feed(
             }
             cursor = *seq;
         }
-        if let Err(error) = journal.commit(NAME, cursor) {
+        if let Err(error) = journal.commit(JOURNAL_CONSUMER, cursor) {
             tracing::error!(%error, "journal: cannot move the broker's cursor");
         }
     }

@@ -139,6 +139,43 @@ pub struct ConsumerLag {
     pub records: u64,
 }
 
+/// Key of the sessions tree's checkpoint: the sequence of the last record whose device
+/// session is recorded. No device id starts with a NUL.
+const SESSIONS_THROUGH: &[u8] = b"\0through";
+
+/// Records every device session found in records after the sessions checkpoint (left by
+/// a crash in the middle of a group commit: sled may keep the records and lose the
+/// sessions written after them), so Welcome never tells a device less than the journal
+/// holds, which would journal its resends twice. Returns how many records it read.
+fn redo_sessions(records: &sled::Tree, sessions: &sled::Tree, db: &sled::Db) -> sled::Result<u64> {
+    let through = sessions
+        .get(SESSIONS_THROUGH)?
+        .map_or(0, |v| record::seq_of(&v));
+    let mut latest: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let (mut read, mut last) = (0u64, through);
+    for item in records.range(record::key(through.saturating_add(1))..) {
+        let (k, v) = item?;
+        read += 1;
+        last = record::seq_of(&k);
+        if let Some(r) = Record::decode(&v) {
+            latest.insert(r.device, (r.session, r.telemetry.seq));
+        }
+    }
+    if read == 0 {
+        return Ok(0);
+    }
+    let mut batch = sled::Batch::default();
+    for (device, (session, seq)) in latest {
+        let mut v = session.to_be_bytes().to_vec();
+        v.extend_from_slice(&seq.to_be_bytes());
+        batch.insert(device.as_bytes(), v);
+    }
+    batch.insert(SESSIONS_THROUGH, &record::key(last));
+    sessions.apply_batch(batch)?;
+    db.flush()?;
+    Ok(read)
+}
+
 /// The pending answer for a submitted record: resolves to its sequence number once it is
 /// durable.
 pub struct Durability(oneshot::Receiver<Result<u64, AppendError>>);
@@ -228,6 +265,10 @@ impl Journal {
             Some((k, _)) => record::seq_of(&k),
             None => 0,
         };
+        let redone = redo_sessions(&records, &sessions, &db).map_err(open_err)?;
+        if redone > 0 {
+            tracing::info!(dir = %dir.display(), records = redone, "journal: device sessions brought up to date with records the last flush before a crash did not cover");
+        }
         // A fresh journal continues after the highest cursor ever recorded, so sequence
         // numbers are never reused even if every record was removed.
         let mut highest = last;
@@ -298,9 +339,18 @@ impl Journal {
     pub fn consumer(&self, name: &str) -> Result<u64, JournalError> {
         let seq = match self.shared.cursors.get(name).map_err(|e| self.io(e))? {
             Some(v) => record::seq_of(&v),
-            None => 0,
+            None => {
+                // Persisted (with the next flush) so that `edgehub journal stats` shows a
+                // consumer that has not forwarded anything yet, and how far behind it is.
+                self.shared
+                    .cursors
+                    .insert(name, &0u64.to_be_bytes())
+                    .map_err(|e| self.io(e))?;
+                0
+            }
         };
-        lock(&self.shared.consumers).insert(name.to_owned(), seq);
+        let mut consumers = lock(&self.shared.consumers);
+        let seq = *consumers.entry(name.to_owned()).or_insert(seq);
         Ok(seq)
     }
 

@@ -289,3 +289,16 @@ fn a_journal_directory_that_cannot_be_opened_gives_an_error_naming_it_and_leaves
         .collect();
     assert_eq!(before.len(), after.len(), "{before:?} -> {after:?}");
 }
+
+#[test]
+fn a_journal_path_that_is_not_a_writable_directory_gives_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the directory belongs (as an unwritable or read-only place fails:
+    // root ignores permissions, so a test cannot use them).
+    let path = dir.path().join("journal");
+    std::fs::write(&path, b"not a directory").unwrap();
+    let error = Journal::open(&path, &config()).err().expect("refused");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a directory");
+}

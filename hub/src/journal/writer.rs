@@ -160,6 +160,10 @@ impl Writer {
                 sessions.insert(device.as_bytes(), v);
             }
         }
+        // sled makes a prefix of its writes durable, tree by tree in write order: after a
+        // crash mid-flush the records may be there without this sessions batch. The
+        // checkpoint says which records the sessions cover; `Journal::open` redoes the rest.
+        sessions.insert(super::SESSIONS_THROUGH, &key(self.last));
         let written = self
             .shared
             .records
