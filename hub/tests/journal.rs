@@ -15,42 +15,11 @@ use support::{edgehub, RunningHub, Signal};
 const D1: &str = "device-0001";
 
 fn start_hub(dir: &Path) -> (RunningHub, SocketAddr) {
-    let config = dir.join("edgehub.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[hub]\nid = \"crash\"\ndata_dir = {:?}\n\n[devices]\nmessage_rate = 100000\n\n\
-             [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\nauth = [\"certificate\"]\n",
-            dir.join("data").display().to_string()
-        ),
-    )
-    .expect("write config");
-    let mut command = edgehub();
-    command.arg("run").arg("--config").arg(&config);
-    let mut hub = RunningHub::start(command);
-    // Logged once the hub serves: after "edgehub ready".
-    let line = hub.wait_for_line("listener=wss");
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (hub, addr)
+    RunningHub::with_devices(dir, "crash", "")
 }
 
 async fn device(dir: &Path, addr: SocketAddr) -> Device {
-    let pki = dir.join("data").join("pki");
-    let config = support::tls::client_config(
-        &pki.join("ca.crt"),
-        Some((
-            &pki.join(format!("devices/{D1}.crt")),
-            &pki.join(format!("devices/{D1}.key")),
-        )),
-    );
-    Device::connect_with(addr, config, "/device")
-        .await
-        .expect("device connects")
+    Device::of_process(dir, addr, D1).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,4 +120,178 @@ async fn journal_stats_refuses_a_journal_in_use_and_reports_cursors_once_the_hub
     // The local broker's feed had all five; with no other consumer nothing is kept.
     assert_eq!(json["consumers"]["broker"]["cursor"], 5, "{json}");
     assert_eq!(json["records"], 0, "{json}");
+}
+
+#[test]
+fn a_corrupt_journal_directory_stops_the_hub_with_an_error_naming_it_and_leaves_the_files_alone() {
+    /// Every directory and file under `dir`, with the files' bytes.
+    fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Option<Vec<u8>>> {
+        let mut found = std::collections::BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read journal directory") {
+                let path = entry.expect("directory entry").path();
+                if path.is_dir() {
+                    todo.push(path.clone());
+                    found.insert(path, None);
+                } else {
+                    let bytes = std::fs::read(&path).expect("read journal file");
+                    found.insert(path, Some(bytes));
+                }
+            }
+        }
+        found
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("data").join("journal");
+    std::fs::create_dir_all(&journal).expect("create journal directory");
+    // Not a sled database: garbage where sled keeps its configuration and its log.
+    std::fs::write(journal.join("conf"), b"\xff\xfe not sled").expect("write conf");
+    std::fs::write(journal.join("db"), vec![0xa5u8; 4096]).expect("write db");
+    let before = snapshot(&journal);
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nid = \"crash\"\ndata_dir = {:?}\n\n\
+             [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\nauth = [\"certificate\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("write config");
+
+    // The hub does everything else at start (the PKI, the listeners' TLS) and then stops
+    // at the journal, with the failure status systemd reports.
+    let mut command = edgehub();
+    command.arg("run").arg("--config").arg(&config);
+    let (status, stderr) = RunningHub::start(command).wait_for_exit();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot open the journal in {}", journal.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("left as they are"), "{stderr}");
+    assert!(!stderr.contains(support::READY), "{stderr}");
+    assert_eq!(
+        snapshot(&journal),
+        before,
+        "edgehub run changed the journal"
+    );
+
+    // The operator's first look does not change it either.
+    let stats = edgehub()
+        .args(["journal", "stats", "--config"])
+        .arg(&config)
+        .output()
+        .expect("edgehub journal stats runs");
+    let text = String::from_utf8_lossy(&stats.stderr);
+    assert_eq!(stats.status.code(), Some(1), "{text}");
+    assert!(text.contains(&journal.display().to_string()), "{text}");
+    assert_eq!(
+        snapshot(&journal),
+        before,
+        "edgehub journal stats changed the journal"
+    );
+}
+
+/// [`start_hub`] with an uplink to a loopback port where nothing listens: the uplink's
+/// cursor stays at 0, so the journal keeps every record for `edgehub journal export`.
+fn start_hub_keeping_every_record(dir: &Path) -> (RunningHub, SocketAddr) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    RunningHub::with_devices(
+        dir,
+        "crash",
+        &format!("[[uplinks]]\nname = \"nowhere\"\nurl = \"mqtt://{dead}\"\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_kill_9_restarts_every_record_is_journaled_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = new_session();
+    let total = 6000u64;
+    // What the hub said it held at each restart, for the failure message.
+    let mut welcomed = Vec::new();
+    // Each kill lands somewhere in the group commits of a stream; what goes wrong when
+    // it lands between writing a group's records and its session mark (a few kills in a
+    // hundred do here) shows only after a restart, so there are many.
+    for round in 1..=20u64 {
+        let (hub, addr) =
+            tokio::task::block_in_place(|| start_hub_keeping_every_record(dir.path()));
+        let mut device = device(dir.path(), addr).await;
+        let welcome = device.hello(D1, session, true).await.expect("welcomed");
+        let held = welcome.acked.unwrap_or(0);
+        welcomed.push(held);
+        if held + 100 >= total {
+            eprintln!("the stream was held whole after {} kills", round - 1);
+            drop(device);
+            tokio::task::block_in_place(|| drop(hub));
+            break;
+        }
+        for seq in held + 1..=total {
+            device.telemetry(seq, sample_readings(seq));
+        }
+        device.expect_ack(held + 100).await;
+        tokio::task::block_in_place(|| hub.signal(Signal::SIGKILL));
+        let _ = device.ended().await;
+        tokio::task::block_in_place(|| drop(hub));
+    }
+    let (hub, addr) = tokio::task::block_in_place(|| start_hub_keeping_every_record(dir.path()));
+    let mut device = device(dir.path(), addr).await;
+    let held = device
+        .hello(D1, session, true)
+        .await
+        .expect("welcomed")
+        .acked
+        .unwrap_or(0);
+    welcomed.push(held);
+    for seq in held + 1..=total {
+        device.telemetry(seq, sample_readings(seq));
+    }
+    if held < total {
+        device.expect_ack(total).await;
+    }
+    tokio::task::block_in_place(|| {
+        hub.signal(Signal::SIGTERM);
+        let (status, stderr) = hub.wait_for_exit();
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    });
+
+    let export = tokio::task::block_in_place(|| {
+        edgehub()
+            .args(["journal", "export", "--config"])
+            .arg(dir.path().join("edgehub.toml"))
+            .output()
+            .expect("edgehub journal export runs")
+    });
+    assert_eq!(
+        export.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    // Device seq -> the journal seqs it was written under.
+    let mut journaled: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for line in String::from_utf8_lossy(&export.stdout).lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("export is JSON lines");
+        let seq = record["seq"].as_u64().expect("device seq");
+        let at = record["journal_seq"].as_u64().expect("journal seq");
+        journaled.entry(seq).or_default().push(at);
+    }
+    assert_eq!(
+        journaled.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "every record is held"
+    );
+    let twice: Vec<_> = journaled.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} records were journaled twice (the device resent records the hub held but did \
+         not know it held), the first: {:?}; Welcome.acked at each restart: {welcomed:?}",
+        twice.len(),
+        twice.first()
+    );
 }

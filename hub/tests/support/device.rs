@@ -171,6 +171,23 @@ impl Device {
         Device::connect_with(hub.addr(listener), config, DEVICE_PATH).await
     }
 
+    /// Connects as `id` to the /device endpoint at `addr` of a hub process whose data
+    /// directory is `dir/data` (see `RunningHub::with_devices`), with the certificate
+    /// its development PKI issued for `id`.
+    pub async fn of_process(dir: &std::path::Path, addr: SocketAddr, id: &str) -> Device {
+        let pki = dir.join("data").join("pki");
+        let config = super::tls::client_config(
+            &pki.join("ca.crt"),
+            Some((
+                &pki.join(format!("devices/{id}.crt")),
+                &pki.join(format!("devices/{id}.key")),
+            )),
+        );
+        Device::connect_with(addr, config, "/device")
+            .await
+            .expect("device connects")
+    }
+
     /// Connects to `addr` over TLS with `config` and upgrades `path`.
     pub async fn connect_with(
         addr: SocketAddr,

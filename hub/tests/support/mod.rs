@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -68,6 +69,35 @@ impl RunningHub {
             lines,
             stderr: Vec::new(),
         }
+    }
+
+    /// Runs `edgehub run` on a config written to `dir`: hub `id`, data in `dir/data`, a
+    /// wss listener (certificates) on a free loopback port, devices unthrottled, then
+    /// `extra` TOML. Returns once it serves, with the listener's address.
+    pub fn with_devices(dir: &Path, id: &str, extra: &str) -> (RunningHub, SocketAddr) {
+        let config = dir.join("edgehub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hub]\nid = {id:?}\ndata_dir = {:?}\n\n[devices]\nmessage_rate = 100000\n\n\
+                 [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n\
+                 auth = [\"certificate\"]\n\n{extra}",
+                dir.join("data").display().to_string()
+            ),
+        )
+        .expect("write config");
+        let mut command = edgehub();
+        command.arg("run").arg("--config").arg(&config);
+        let mut hub = RunningHub::start(command);
+        // Logged once the hub serves: after "edgehub ready".
+        let line = hub.wait_for_line("listener=wss");
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (hub, addr)
     }
 
     /// Waits for a stderr line containing `needle` and returns it.

@@ -2,9 +2,9 @@
 //! its upstream broker while both stay up, which killing either end cannot simulate
 //! (the broker would lose its subscribers' sessions, the hub its memory).
 //!
-//! While cut, new connections are accepted and closed at once (as a route that comes and
-//! goes looks to a client: the connect attempt fails), so the client's reconnect loop
-//! keeps running and the test does not depend on the listener's port being free again.
+//! While cut, new connections are accepted and closed at once: the client's connect
+//! attempts fail fast and its reconnect loop keeps running, and the proxy keeps its port
+//! for the restore (no other process can take it meanwhile).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
