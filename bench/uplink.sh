@@ -4,8 +4,10 @@
 # throughput, measured at Mosquitto by edgehub-sim), then the drain of a backlog of
 # RECORDS records (default 1,000,000) built while Mosquitto was down.
 #
-#   bench/uplink.sh                 # everything
-#   RECORDS=200000 bench/uplink.sh  # a shorter drain
+#   bench/uplink.sh                      # everything
+#   RECORDS=200000 bench/uplink.sh       # a shorter drain
+#   INGEST_RATES= bench/uplink.sh        # the drain only
+#   MQ_INFLIGHT=100 bench/uplink.sh      # Mosquitto's Receive Maximum (default 20)
 #
 # Needs mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)
 # and python3. Everything runs on loopback, in a temporary directory.
@@ -13,7 +15,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RECORDS=${RECORDS:-1000000}
-INGEST_RATES=${INGEST_RATES:-"10000 25000"}
+INGEST_RATES=${INGEST_RATES-"10000 25000"}
+MQ_INFLIGHT=${MQ_INFLIGHT:-20}
 BACKLOG_RATE=${BACKLOG_RATE:-25000}
 WORK=$(mktemp -d /tmp/edgehub-uplink-bench.XXXXXX)
 MQ_PORT=18830
@@ -39,6 +42,8 @@ allow_anonymous true
 user root
 # The consumer must not be the one that drops messages.
 max_queued_messages 0
+# Outgoing window, and (MQTT 5) the Receive Maximum the uplink gets in CONNACK.
+max_inflight_messages $MQ_INFLIGHT
 EOF
 
 cat >"$WORK/hub.toml" <<EOF
@@ -102,6 +107,10 @@ stop_mosquitto() {
     MQ_PID=
 }
 
+rss() { awk '/VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$1/status"; }
+# CPU seconds (user + system) of a process so far.
+cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+
 # The uplink's figures from the hub's stats topic.
 uplink_stats() {
     mosquitto_sub -p $HUB_MQTT -t edgehub/bench/stats -C 1 -W 5 |
@@ -133,7 +142,7 @@ seconds=$(python3 -c "print(max(1, round($RECORDS / $BACKLOG_RATE)))")
     --id-prefix backlog --mqtt-url "mqtt://127.0.0.1:$HUB_MQTT" \
     --hub-pid "$HUB_PID" >"$WORK/backlog.out" 2>>"$WORK/sim.log"
 read -r lag connected _ < <(uplink_stats)
-echo "backlog in the journal: $lag records (uplink connected: $connected)"
+echo "backlog in the journal: $lag records (uplink connected: $connected); hub VmRSS $(rss "$HUB_PID")"
 du -sh "$WORK/data/journal" | sed 's/^/journal on disk: /'
 
 start_mosquitto
@@ -141,9 +150,12 @@ start_mosquitto
 (mosquitto_sub -p $MQ_PORT -q 1 -t "$TOPIC" -C "$lag" -W 600 | wc -l >"$WORK/arrived") &
 CONSUMER=$!
 drain_start=$(date +%s.%N)
+hub_cpu=$(cpu "$HUB_PID")
+mq_cpu=$(cpu "$MQ_PID")
 until grep -q "uplink backlog drained" "$WORK/hub.log"; do
     sleep 0.2
 done
+echo "CPU from mosquitto's restart to the end of the drain: hub $(python3 -c "print(round($(cpu "$HUB_PID") - $hub_cpu, 1))") s, mosquitto $(python3 -c "print(round($(cpu "$MQ_PID") - $mq_cpu, 1))") s; hub VmRSS $(rss "$HUB_PID")"
 wait "$CONSUMER" || true
 grep "uplink connected" "$WORK/hub.log" | tail -1
 grep "uplink backlog drained" "$WORK/hub.log" | tail -1

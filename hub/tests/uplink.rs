@@ -1,6 +1,8 @@
-//! Store-and-forward to a real upstream broker (Mosquitto, installed by .ci/run; these
-//! tests skip loudly without it): everything a device sent arrives upstream in order,
-//! with a stable message id, also across an outage of the upstream.
+//! Store-and-forward to a real upstream broker: Mosquitto (installed by .ci/run; those
+//! tests skip loudly without it), where everything a device sent arrives in order with a
+//! stable message id, also across an outage of the broker; and a second edgehub, where
+//! topic templates, forward filters, the stats topic's uplink state and the two backlog
+//! modes are checked.
 
 mod support;
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -297,7 +298,7 @@ async fn session(
             None
         }
     };
-    tracing::info!(uplink = %uplink.name, broker = %uplink.endpoint, cursor = window.cursor(), backlog = drain.as_ref().map_or(0, |d| d.records), live_first = lane.is_some(), "uplink connected");
+    tracing::info!(uplink = %uplink.name, broker = %uplink.endpoint, cursor = window.cursor(), backlog = drain.as_ref().map_or(0, |d| d.records), max_inflight = limit, live_first = lane.is_some(), "uplink connected");
     if !uplink.downlink.is_empty() {
         let filters: Vec<String> = uplink
             .downlink
@@ -361,42 +362,48 @@ async fn session(
                 return Ok(());
             }
             event = reader.next_event() => {
-                last_heard = Instant::now();
-                match event.map_err(|e| e.to_string())? {
-                    Event::PubAck { pkid, refused } => {
-                        if let Some(code) = refused {
-                            // Upstream will never take it (not authorised, quota...):
-                            // resending forever would stall every later record.
-                            tracing::warn!(uplink = %uplink.name, code, reason = client::reason_v5(code), "upstream refused a record; it is not resent");
-                            uplink.status.refused();
-                        }
-                        let live = lane.as_mut().filter(|l| l.window.owns(pkid));
-                        let acked = match live {
-                            Some(l) => puback(&mut l.window, pkid).0,
-                            None => {
-                                let (acked, moved) = puback(window, pkid);
-                                if let Some(cursor) = moved {
-                                    journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
+                // Everything already received in one go: a burst of PUBACKs then costs one
+                // refill and one write, not one each.
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    last_heard = Instant::now();
+                    match event.map_err(|e| e.to_string())? {
+                        Event::PubAck { pkid, refused } => {
+                            if let Some(code) = refused {
+                                // Upstream will never take it (not authorised, quota...):
+                                // resending forever would stall every later record.
+                                tracing::warn!(uplink = %uplink.name, code, reason = client::reason_v5(code), "upstream refused a record; it is not resent");
+                                uplink.status.refused();
+                            }
+                            let live = lane.as_mut().filter(|l| l.window.owns(pkid));
+                            let acked = match live {
+                                Some(l) => puback(&mut l.window, pkid).0,
+                                None => {
+                                    let (acked, moved) = puback(window, pkid);
+                                    if let Some(cursor) = moved {
+                                        journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
+                                    }
+                                    acked
                                 }
-                                acked
+                            };
+                            if acked {
+                                uplink.status.forwarded();
                             }
-                        };
-                        if acked {
-                            uplink.status.forwarded();
+                            backlog_through(uplink, journal, consumer, window, &mut lane, &mut drain, limit)?;
                         }
-                        backlog_through(uplink, journal, consumer, window, &mut lane, &mut drain, limit)?;
-                    }
-                    Event::Publish { topic, payload, qos, pkid, .. } => {
-                        if let Some(local) = topic.strip_prefix(uplink.prefix.as_str()) {
-                            if publisher.local(local, payload.to_vec()).await.is_err() {
-                                return Ok(());
+                        Event::Publish { topic, payload, qos, pkid, .. } => {
+                            if let Some(local) = topic.strip_prefix(uplink.prefix.as_str()) {
+                                if publisher.local(local, payload.to_vec()).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            if qos > 0 {
+                                writer.puback(pkid);
                             }
                         }
-                        if qos > 0 {
-                            writer.puback(pkid);
-                        }
+                        _ => {}
                     }
-                    _ => {}
+                    next = reader.next_event().now_or_never();
                 }
             }
             _ = head.changed() => {}
