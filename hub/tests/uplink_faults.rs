@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use firmware_proto::Message;
-use rumqttc::{AsyncClient, Packet, QoS};
+use rumqttc::{AsyncClient, Packet};
 use serde_json::Value as Json;
 use support::device::{new_session, now_ms, sample_readings, Device};
 use support::hub::{TestHub, MQTT};
-use support::mqtt::{connect_v4, next_incoming, options_v4, spawn_events, Via};
+use support::mqtt::{connect_v4, options_v4, spawn_events, subscribe_granted, Via};
 use support::proxy::Proxy;
 use support::{edgehub, RunningHub, Signal, DEADLINE};
 
@@ -54,20 +54,7 @@ impl Feed {
         // Stats messages are larger than rumqttc's 10 KiB default.
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = connect_v4(options).await;
-        client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe request queued");
-        let granted = next_incoming(&mut events, |p| match p {
-            Packet::SubAck(a) => Some(a.return_codes.clone()),
-            _ => None,
-        })
-        .await;
-        assert_eq!(
-            granted,
-            [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)],
-            "{client_id} may subscribe to {filter}"
-        );
+        subscribe_granted(&client, &mut events, filter).await;
         Feed {
             _client: client,
             packets: spawn_events(events),
@@ -148,6 +135,20 @@ impl Feed {
     }
 }
 
+/// The upstream edgehub, its cloud consumer of the downstream hub's telemetry, and a
+/// proxy to it for the downstream hub's uplink.
+async fn cloud_behind_proxy() -> (TestHub, Feed, Proxy) {
+    let upstream = TestHub::start(UPSTREAM).await;
+    let cloud = Feed::subscribe(
+        upstream.addr(MQTT),
+        "cloud-consumer",
+        "edgehub/test-hub/devices/+/telemetry",
+    )
+    .await;
+    let proxy = Proxy::start(upstream.addr(MQTT)).await;
+    (upstream, cloud, proxy)
+}
+
 fn seq_of(message: &Json) -> u64 {
     message["seq"]
         .as_u64()
@@ -201,14 +202,7 @@ fn check_messages(messages: &[Json], hub_id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_edgehub_receives_every_record_in_order_across_network_outages() {
-    let upstream = TestHub::start(UPSTREAM).await;
-    let mut cloud = Feed::subscribe(
-        upstream.addr(MQTT),
-        "cloud-consumer",
-        "edgehub/test-hub/devices/+/telemetry",
-    )
-    .await;
-    let proxy = Proxy::start(upstream.addr(MQTT)).await;
+    let (_upstream, mut cloud, proxy) = cloud_behind_proxy().await;
     let hub = TestHub::start(&downstream(&proxy, "")).await;
     let mut stats = Feed::subscribe(hub.addr(MQTT), "stats", "edgehub/test-hub/stats").await;
     let (mut device, _) = Device::online(&hub, D1, new_session()).await;
@@ -429,14 +423,7 @@ async fn every_record_acknowledged_before_a_kill_9_while_draining_arrives_upstre
 async fn a_long_outage_with_a_small_disk_budget_drops_the_oldest_and_delivered_plus_dropped_equals_sent(
 ) {
     let sent = 1000u64;
-    let upstream = TestHub::start(UPSTREAM).await;
-    let mut cloud = Feed::subscribe(
-        upstream.addr(MQTT),
-        "cloud-consumer",
-        "edgehub/test-hub/devices/+/telemetry",
-    )
-    .await;
-    let proxy = Proxy::start(upstream.addr(MQTT)).await;
+    let (_upstream, mut cloud, proxy) = cloud_behind_proxy().await;
     // Down from the start: nothing goes up before the budget is spent.
     proxy.cut().await;
     let hub = TestHub::start(&downstream(

@@ -502,6 +502,26 @@ pub mod mqtt {
         }
     }
 
+    /// Subscribes `client` to `filter` at QoS 1 and asserts the broker granted it.
+    pub async fn subscribe_granted(client: &AsyncClient, events: &mut EventLoop, filter: &str) {
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe request queued");
+        let granted = next_incoming(events, |p| match p {
+            rumqttc::Packet::SubAck(a) => Some(a.return_codes.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            granted,
+            [rumqttc::SubscribeReasonCode::Success(
+                rumqttc::QoS::AtLeastOnce
+            )],
+            "the subscription to {filter}"
+        );
+    }
+
     /// Drives `events` in the background; incoming packets go to the returned channel.
     pub fn spawn_events(
         mut events: EventLoop,
@@ -678,19 +698,7 @@ pub mod peer {
         options.set_client_id(format!("good-{n:08x}"));
         let topic = format!("devices/good-{n:08x}/cmd");
         let (client, mut events) = connect_v4(options).await;
-        client
-            .subscribe(&topic, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        let granted = next_incoming(&mut events, |p| match p {
-            Packet::SubAck(a) => Some(a.return_codes.clone()),
-            _ => None,
-        })
-        .await;
-        assert_eq!(
-            granted,
-            [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
-        );
+        super::mqtt::subscribe_granted(&client, &mut events, &topic).await;
         client
             .publish(&topic, QoS::AtLeastOnce, false, b"still here".to_vec())
             .await
