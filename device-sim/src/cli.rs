@@ -176,6 +176,11 @@ pub struct MqttArgs {
     /// Also write the summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write a report to FILE.html: one self-contained page (no network needed)
+    /// with the key figures, a latency histogram, sent and received per second over the
+    /// run, and the summary table.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// Exit with status 1 when more than PCT percent of the expected messages are lost.
     #[arg(long, default_value_t = 100.0, value_name = "PCT")]
     pub max_loss: f64,

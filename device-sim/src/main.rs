@@ -85,9 +85,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hub_pid: args.hub_pid,
             };
             let summary = load::run(plan).await?;
-            print!("{}", summary.table());
+            let table = summary.table();
+            print!("{table}");
             if let Some(path) = &args.json {
                 report::write_json(path, &summary)?;
+            }
+            if let Some(path) = &args.report {
+                report::write_html(path, "mqtt", &table, &summary.delivery)?;
             }
             let hint = "If the broker is edgehub, its ACL may drop the publishers' messages: \
                         see `edgehub-sim mqtt --help`";
@@ -116,9 +120,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Devices(args) => {
             let plan = cli::devices_plan(&args)?;
             let summary = devices::run(plan).await?;
-            print!("{}", summary.table());
+            let table = summary.table();
+            print!("{table}");
             if let Some(path) = &args.measure.json {
                 report::write_json(path, &summary)?;
+            }
+            if let Some(path) = &args.measure.report {
+                report::write_html(path, "devices", &table, &summary.delivery)?;
             }
             let hint = "Is the hub's [devices] message_rate high enough (Error 7 in the \
                         summary), and may the subscriber read devices/#? See `edgehub-sim \
@@ -128,9 +136,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serial(args) => {
             let plan = cli::serial_plan(&args)?;
             let summary = serial::run(plan).await?;
-            print!("{}", summary.table());
+            let table = summary.table();
+            print!("{table}");
             if let Some(path) = &args.measure.json {
                 report::write_json(path, &summary)?;
+            }
+            if let Some(path) = &args.measure.report {
+                report::write_html(path, "serial", &table, &summary.delivery)?;
             }
             let hint = "May the subscriber read devices/#, and does the hub accept telemetry \
                         from serial devices? See `edgehub-sim serial --help`";

@@ -1,5 +1,9 @@
 //! What a run found, as a table for people and as JSON for machines (one struct, so the
-//! two never disagree).
+//! two never disagree), and as an HTML page with charts ([`write_html`]).
+
+mod charts;
+mod html;
+mod svg;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -27,10 +31,29 @@ pub struct Latency {
     pub p999_us: u64,
     /// Largest.
     pub max_us: u64,
+    /// The distribution, in [`BUCKETS_PER_DECADE`] log-spaced buckets per decade; only
+    /// buckets that hold messages, lowest first.
+    pub histogram: Vec<LatencyBucket>,
+}
+
+/// Latency buckets per factor of ten: each bucket is about 12 % wider than the one
+/// below, coarser than the HDR histogram's 0.1 % but plenty to draw, and a run spanning
+/// µs to an hour still has fewer than 200 buckets.
+pub const BUCKETS_PER_DECADE: u32 = 20;
+
+/// Messages whose latency fell in `[from_us, to_us)`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyBucket {
+    /// Lower bound, µs.
+    pub from_us: f64,
+    /// Upper bound (exclusive), µs.
+    pub to_us: f64,
+    /// Messages.
+    pub count: u64,
 }
 
 impl Latency {
-    /// Percentiles of `h` (values in µs).
+    /// Percentiles and buckets of `h` (values in µs).
     pub fn of(h: &Histogram<u64>) -> Latency {
         Latency {
             count: h.len(),
@@ -40,8 +63,34 @@ impl Latency {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+            histogram: log_buckets(h),
         }
     }
+}
+
+/// `h` regrouped into [`BUCKETS_PER_DECADE`] buckets per decade, empty ones left out.
+fn log_buckets(h: &Histogram<u64>) -> Vec<LatencyBucket> {
+    let per_decade = f64::from(BUCKETS_PER_DECADE);
+    let bound = |i: i64| 10f64.powf(i as f64 / per_decade);
+    let mut buckets: Vec<(i64, u64)> = Vec::new();
+    for v in h.iter_recorded() {
+        // Each HDR bucket is placed by its middle value: its top may already lie in the
+        // next log bucket. Values are at least 1 µs, the histogram's lowest.
+        let value = h.median_equivalent(v.value_iterated_to()).max(1) as f64;
+        let i = (value.log10() * per_decade).floor() as i64;
+        match buckets.last_mut() {
+            Some((last, count)) if *last == i => *count += v.count_at_value(),
+            _ => buckets.push((i, v.count_at_value())),
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(i, count)| LatencyBucket {
+            from_us: bound(i),
+            to_us: bound(i + 1),
+            count,
+        })
+        .collect()
 }
 
 /// What one source's stream (an MQTT publisher's, a device's, a serial port's) looked
@@ -437,9 +486,58 @@ fn cpu_line(cpu: &CpuUse) -> String {
     )
 }
 
+/// Writes the HTML report of a run to `path`, for `--report`: `mode` is the subcommand,
+/// `table` the summary table printed.
+pub fn write_html(path: &Path, mode: &str, table: &str, delivery: &Delivery) -> anyhow::Result<()> {
+    let page = html::page(&html::Page {
+        mode,
+        table,
+        delivery,
+        written: std::time::SystemTime::now(),
+    });
+    std::fs::write(path, page)
+        .with_context(|| format!("--report {}: cannot write the report there", path.display()))
+}
+
 /// Writes `value` as pretty JSON to `path`, for `--json`.
 pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("serialize the summary")?;
     std::fs::write(path, text + "\n")
         .with_context(|| format!("--json {}: cannot write the summary there", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_log_spaced_hold_every_message_and_skip_empty_ones() {
+        let mut h = crate::delivery::subscriber::latency_histogram();
+        for us in [100, 101, 105, 111, 1_000, 1_050, 250_000] {
+            h.record(us).expect("in range");
+        }
+        let l = Latency::of(&h);
+        let total: u64 = l.histogram.iter().map(|b| b.count).sum();
+        assert_eq!(total, 7);
+        // 100..112.2 µs, 1..1.122 ms, 223.9..251.2 ms.
+        assert_eq!(
+            l.histogram.iter().map(|b| b.count).collect::<Vec<_>>(),
+            [4, 2, 1]
+        );
+        let first = &l.histogram[0];
+        assert!((first.from_us - 100.0).abs() < 1e-6, "{first:?}");
+        let ratio = first.to_us / first.from_us;
+        assert!((ratio - 10f64.powf(0.05)).abs() < 1e-9, "{ratio}");
+        for b in &l.histogram {
+            assert!(b.from_us < b.to_us);
+        }
+        assert!(l.histogram[2].from_us <= 250_000.0 && 250_000.0 < l.histogram[2].to_us);
+    }
+
+    #[test]
+    fn an_empty_histogram_has_no_buckets() {
+        let l = Latency::of(&crate::delivery::subscriber::latency_histogram());
+        assert_eq!(l.count, 0);
+        assert!(l.histogram.is_empty());
+    }
 }

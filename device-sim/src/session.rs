@@ -69,6 +69,21 @@ impl Flow {
     /// Takes the sequence number of a message sent at `now` (at or after [`Flow::due`]).
     pub fn take(&mut self, now: Instant) -> u64 {
         self.seq += 1;
+        self.advance(now);
+        if self.unacked() >= self.limit && !self.stalled {
+            self.stalled = true;
+            self.window_full += 1;
+        }
+        self.seq
+    }
+
+    /// Uses the send slot due at `now` for something other than telemetry (a malformed
+    /// message): the schedule moves on, the sequence does not.
+    pub fn pass(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    fn advance(&mut self, now: Instant) {
         if let Some(interval) = self.interval {
             let late = now.saturating_duration_since(self.next_due);
             if late >= interval.max(CATCH_UP) {
@@ -83,11 +98,6 @@ impl Flow {
         } else {
             self.next_due = now;
         }
-        if self.unacked() >= self.limit && !self.stalled {
-            self.stalled = true;
-            self.window_full += 1;
-        }
-        self.seq
     }
 
     /// Records an Ack of everything up to `seq`; returns how many messages it newly
@@ -99,6 +109,16 @@ impl Flow {
         if self.unacked() < self.limit {
             self.stalled = false;
         }
+        newly
+    }
+
+    /// A new connection (Welcome) of a device that resends: what the hub says it holds
+    /// (`acked`) is acknowledged, the rest stays in the window to be sent again. Returns
+    /// how many messages it newly acknowledged.
+    pub fn resumed(&mut self, limit: u32, acked: Option<u64>) -> u64 {
+        self.limit = u64::from(limit.max(1));
+        let newly = self.ack(acked.unwrap_or(0));
+        self.stalled = self.unacked() >= self.limit;
         newly
     }
 
@@ -386,6 +406,24 @@ mod tests {
         f.reconnected(256);
         assert!(f.due().is_some());
         assert_eq!(f.take(t0), 3);
+    }
+
+    #[test]
+    fn a_resumed_flow_keeps_what_the_hub_does_not_hold_in_its_window() {
+        let t0 = Instant::now();
+        let mut f = Flow::new(None, 10, t0);
+        for _ in 0..5 {
+            f.take(t0);
+        }
+        assert_eq!(f.resumed(10, Some(3)), 3);
+        assert_eq!(f.unacked(), 2);
+        assert_eq!(
+            f.resumed(10, None),
+            0,
+            "an unknown session acknowledges nothing"
+        );
+        f.pass(t0);
+        assert_eq!(f.take(t0), 6, "a passed slot takes no sequence number");
     }
 
     #[test]

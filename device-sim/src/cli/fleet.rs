@@ -12,8 +12,8 @@ use crate::devices::DeviceCerts;
 
 pub(super) const DEVICES_HELP: &str = "\
 Each device connects to --url with its own client certificate, says Hello (a session
-random per run, resends off), waits for the Welcome and then sends Telemetry with
---readings readings at --rate per device. Its first reading, \"sent_us\", carries the send
+random per run; resends on with --churn, --storm-at, --abrupt or --malformed), waits
+for the Welcome and then sends Telemetry with --readings readings at --rate per device. Its first reading, \"sent_us\", carries the send
 time (µs since the Unix epoch). A device keeps to the Welcome's max_unacked window (when
 it is full the device waits for an Ack; the summary counts how often, and the send slots
 given up), answers every Command with an ok CommandResult, and reconnects with the same
@@ -28,6 +28,15 @@ issued in memory for every device (O=edgehub, OU=devices, CN=device id), so any 
 devices needs no files; without the key, the certificates DIR/devices/ID.crt are used and
 their names are the device ids. The hub's certificate is checked against DIR/ca.crt (or
 --ca); subscribers over mqtts or wss present DIR/dashboard.crt.
+
+Load shapes and faults, all off by default: --ramp-up spreads the first connections
+over a time; --churn, --abrupt and --storm-at cut connections while the devices send
+(the storm's time counts from the start of the measured window), and each device
+reconnects with the same session and resends what the hub's Welcome says it does not
+hold: a message the hub publishes twice counts as a duplicate, a resend the hub drops
+does not. --malformed and --stall check that the hub keeps serving everyone else. The
+summary counts reconnects, churn closes, drops, resent and malformed messages, stalled
+devices, and the hub's Errors by code.
 
 The hub's defaults are sized for real devices; raise them in its config file for a
 benchmark:
@@ -111,6 +120,11 @@ pub struct MeasureArgs {
     /// Also write the summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write a report to FILE.html: one self-contained page (no network needed)
+    /// with the key figures, a latency histogram, sent and received per second over the
+    /// run, and the summary table.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// Exit with status 1 when more than PCT percent of the expected messages are lost.
     #[arg(long, default_value_t = 100.0, value_name = "PCT")]
     pub max_loss: f64,
@@ -148,6 +162,95 @@ pub struct DevicesArgs {
     pub pacing: PacingArgs,
     #[command(flatten)]
     pub measure: MeasureArgs,
+    // Last: its help heading would otherwise carry over to the flags after it.
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Load shapes and faults of `edgehub-sim devices`, all off by default.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Load shape and faults")]
+pub struct FaultArgs {
+    /// Spread the devices' first connections evenly over SECS (still no faster than
+    /// --connect-rate); the warm-up starts once all are connected.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub ramp_up: f64,
+    /// Connection churn: RATE devices per second, over the fleet, close their
+    /// connection cleanly (close frame 1000) and reconnect with the same session,
+    /// resending what the hub has not acknowledged.
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub churn: f64,
+    /// A reconnect storm SECS into the measured window: every device drops its
+    /// connection without a close frame (a TCP reset: the hub loses what it had not
+    /// read) and reconnects at once (not held to --connect-rate), resending what the
+    /// hub has not acknowledged.
+    #[arg(long, value_name = "SECS")]
+    pub storm_at: Option<f64>,
+    /// Replace this fraction (0 to 1) of telemetry messages with bytes that are not
+    /// CBOR; they are not counted as sent. The hub answers each with Error 1 Malformed
+    /// (and closes after [devices] max_violations of them; the device reconnects).
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub malformed: f64,
+    /// This many devices (the first ones) stop reading from their socket after the
+    /// Welcome and go on sending until their window is full: Acks and pings go unread.
+    #[arg(long, default_value_t = 0, value_name = "DEVICES")]
+    pub stall: usize,
+    /// Drop this fraction of the devices per second (0.1: one device in ten each
+    /// second; above 1, each device more than once a second) without a close frame (a
+    /// TCP reset, as a crash or a network failure); each reconnects at once with the
+    /// same session and resends what was not acknowledged.
+    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    pub abrupt: f64,
+}
+
+impl FaultArgs {
+    /// Checks the flags against a fleet of `devices` measured for `duration`.
+    fn check(
+        &self,
+        devices: usize,
+        duration: std::time::Duration,
+    ) -> anyhow::Result<crate::devices::Faults> {
+        let per_second = |flag: &str, v: f64| -> anyhow::Result<f64> {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{flag} {v}: give a rate per second, 0 for none");
+            }
+            Ok(v)
+        };
+        let fraction = |flag: &str, v: f64| -> anyhow::Result<f64> {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{flag} {v}: give a fraction from 0 to 1");
+            }
+            Ok(v)
+        };
+        if self.stall > devices {
+            bail!(
+                "--stall {}: only {devices} devices (--devices) to stall",
+                self.stall
+            );
+        }
+        let storm_at = match self.storm_at {
+            Some(at) => {
+                let at = seconds("--storm-at", at)?;
+                if at >= duration {
+                    bail!(
+                        "--storm-at {}: the storm must come within the measured --duration of {} s",
+                        at.as_secs_f64(),
+                        duration.as_secs_f64()
+                    );
+                }
+                Some(at)
+            }
+            None => None,
+        };
+        Ok(crate::devices::Faults {
+            ramp_up: seconds("--ramp-up", self.ramp_up)?,
+            churn: per_second("--churn", self.churn)?,
+            storm_at,
+            malformed: fraction("--malformed", self.malformed)?,
+            stall: self.stall,
+            abrupt: per_second("--abrupt", self.abrupt)?,
+        })
+    }
 }
 
 /// `edgehub-sim serial`.
@@ -297,6 +400,7 @@ pub fn devices_plan(args: &DevicesArgs) -> anyhow::Result<crate::devices::Plan> 
     };
     let m = &args.measure;
     let measure = m.check(&args.pacing)?;
+    let faults = args.faults.check(args.devices, measure.duration)?;
     let (roots, certs, ids) = if args.url.scheme == Scheme::Wss {
         let Some(pki) = &m.pki else {
             bail!(
@@ -335,6 +439,7 @@ pub fn devices_plan(args: &DevicesArgs) -> anyhow::Result<crate::devices::Plan> 
         duration: measure.duration,
         drain: measure.drain,
         hub_pid: m.hub_pid,
+        faults,
     })
 }
 

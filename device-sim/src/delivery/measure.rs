@@ -120,10 +120,12 @@ pub(super) async fn progress(
     let mut interval =
         tokio::time::interval_at(start_at + Duration::from_secs(1), Duration::from_secs(1));
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.changed() => break,
-        }
+        // The part-second in progress when the run stops is recorded too (not printed):
+        // without it the timeline would miss the end of sending and the drain.
+        let stopping = tokio::select! {
+            _ = interval.tick() => false,
+            _ = stop.changed() => true,
+        };
         let now = Instant::now();
         let (sent, received) = totals(&shared);
         let secs = (now - last.0).as_secs_f64().max(1e-6);
@@ -138,19 +140,24 @@ pub(super) async fn progress(
         } else {
             "drain"
         };
-        eprintln!(
-            "[{:>5.1}s {phase:<7}] sent {:>9.0}/s  received {:>9.0}/s  disconnects {}",
-            (now - start_at).as_secs_f64(),
-            d_sent as f64 / secs,
-            d_recv as f64 / secs,
-            shared.disconnects.load(Relaxed)
-        );
+        if !stopping {
+            eprintln!(
+                "[{:>5.1}s {phase:<7}] sent {:>9.0}/s  received {:>9.0}/s  disconnects {}",
+                (now - start_at).as_secs_f64(),
+                d_sent as f64 / secs,
+                d_recv as f64 / secs,
+                shared.disconnects.load(Relaxed)
+            );
+        }
         ticks.push(Tick {
             t_s: (now - start_at).as_secs_f64(),
             sent: d_sent,
             received: d_recv,
         });
         last = (now, (sent, received));
+        if stopping {
+            break;
+        }
     }
     ticks
 }

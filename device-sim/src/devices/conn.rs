@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -24,6 +24,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A device's open WebSocket.
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
+/// An open connection: the WebSocket, and a second handle on its TCP socket to cut it
+/// abruptly. Dropping it closes normally (TCP FIN once both handles are gone).
+pub struct Conn {
+    /// The WebSocket.
+    pub ws: Ws,
+    tcp: TcpSocket,
+}
+
+impl Conn {
+    /// Ends the connection as a crash or a network failure would: no close frame, and
+    /// a TCP reset, so the hub discards whatever it had not read yet.
+    pub fn abort(self) {
+        // Zero linger: close sends RST at once and never blocks.
+        let _ = self.tcp.set_zero_linger();
+        drop(self);
+    }
+}
+
 /// How long a connection attempt, Hello included, may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -32,7 +50,7 @@ pub async fn connect(
     endpoint: &Endpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
     hello: &Hello,
-) -> Result<(Ws, Welcome), String> {
+) -> Result<(Conn, Welcome), String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(endpoint, tls, hello)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
@@ -46,10 +64,18 @@ async fn connect_inner(
     endpoint: &Endpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
     hello: &Hello,
-) -> Result<(Ws, Welcome), String> {
+) -> Result<(Conn, Welcome), String> {
     let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
         .map_err(|e| format!("connect to {}:{}: {e}", endpoint.host, endpoint.port))?;
+    // A duplicate of the socket's descriptor, kept aside to reset the connection.
+    let (tcp, handle) = tcp
+        .into_std()
+        .and_then(|std| {
+            let dup = std.try_clone()?;
+            Ok((TcpStream::from_std(std)?, TcpSocket::from_std_stream(dup)))
+        })
+        .map_err(|e| format!("socket of {}:{}: {e}", endpoint.host, endpoint.port))?;
     // Small messages, each one measured: do not let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match (endpoint.scheme, tls) {
@@ -90,7 +116,7 @@ async fn connect_inner(
     loop {
         match ws.next().await {
             Some(Ok(WsMessage::Binary(bytes))) => match Message::decode(&bytes) {
-                Ok(Message::Welcome(welcome)) => return Ok((ws, welcome)),
+                Ok(Message::Welcome(welcome)) => return Ok((Conn { ws, tcp: handle }, welcome)),
                 Ok(Message::Error(e)) => {
                     return Err(format!(
                         "the hub refused the Hello: Error {} ({})",

@@ -6,6 +6,7 @@
 mod certs;
 mod conn;
 mod device;
+mod faults;
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,6 +25,8 @@ use crate::session::{ProtoStats, ProtoSummary};
 use crate::telemetry::{self, TelemetryReader};
 
 pub use certs::DeviceCerts;
+pub use faults::Faults;
+use faults::{FaultStats, FaultSummary};
 
 /// A checked `devices` run.
 pub struct Plan {
@@ -61,6 +64,8 @@ pub struct Plan {
     pub drain: Duration,
     /// The hub's pid.
     pub hub_pid: Option<u32>,
+    /// Load shape and faults.
+    pub faults: Faults,
 }
 
 impl Plan {
@@ -108,6 +113,9 @@ pub struct DevicesSummary {
     /// Acks, window, hub errors, commands.
     #[serde(flatten)]
     pub protocol: ProtoSummary,
+    /// Reconnects, malformed messages, stalled devices.
+    #[serde(flatten)]
+    pub faults: FaultSummary,
     /// Per device, by index.
     pub per_device: Vec<StreamTotals>,
 }
@@ -139,6 +147,7 @@ impl DevicesSummary {
         );
         self.delivery.head_rows(&mut t);
         self.protocol.rows(&mut t);
+        self.faults.rows(&mut t);
         per_stream_row(&mut t, "per device", &self.per_device);
         self.delivery.tail_rows(&mut t);
         t
@@ -151,6 +160,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
     let devices = plan.ids.len();
     let shared = Arc::new(Shared::new(devices, plan.subscribers));
     let stats = Arc::new(ProtoStats::default());
+    let faults = Arc::new(FaultStats::default());
     let setup = Setup {
         subscriber_spec: plan.subscriber_spec.clone(),
         subscribers: plan.subscribers,
@@ -166,7 +176,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
         },
         what: "device",
         // Connecting a thousand devices at the default pace takes a while.
-        ready_timeout: SETUP_TIMEOUT + Duration::from_secs(devices as u64 / 50),
+        ready_timeout: SETUP_TIMEOUT
+            + Duration::from_secs(devices as u64 / 50)
+            + plan.faults.ramp_up,
         warmup: plan.warmup,
         duration: plan.duration,
         drain: plan.drain,
@@ -175,9 +187,10 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
     let outcome = fleet::run(setup, shared.clone(), |signals| {
         (0..devices)
             .map(|i| {
-                let (plan, shared, stats) = (plan.clone(), shared.clone(), stats.clone());
+                let (plan, shared) = (plan.clone(), shared.clone());
+                let (stats, faults) = (stats.clone(), faults.clone());
                 Source::spawn(signals, move |ends| {
-                    device::device(i, plan, shared, stats, ends)
+                    device::device(i, plan, shared, stats, faults, ends)
                 })
             })
             .collect()
@@ -197,6 +210,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
         target_rate: plan.rate * devices as f64,
         delivery: outcome.delivery,
         protocol: stats.summary(acked),
+        faults: faults.summary(&plan.faults),
         per_device: outcome.streams,
     })
 }
