@@ -15,7 +15,7 @@ pub use fleet::{devices_plan, serial_plan, DevicesArgs, SerialArgs};
 
 /// Simulate edgehub devices and clients, and measure delivery, loss and latency.
 #[derive(Parser, Debug)]
-#[command(name = "edgehub-sim", version, about)]
+#[command(name = "edgehub-sim", version, about, args_override_self = true)]
 pub struct Cli {
     /// What to simulate.
     #[command(subcommand)]
@@ -41,6 +41,20 @@ pub enum Command {
     /// subscriber measures what the hub publishes.
     #[command(after_long_help = fleet::SERIAL_HELP)]
     Serial(SerialArgs),
+    /// Runs a scenario file: `mode` names one of the modes above, every other key is one
+    /// of its long flags (`total-rate = 50000`); flags after the file override it.
+    /// Examples: config/scenarios/.
+    Scenario {
+        /// The scenario (TOML).
+        file: std::path::PathBuf,
+        /// Flags of the scenario's mode, overriding the file's.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "FLAGS"
+        )]
+        overrides: Vec<String>,
+    },
 }
 
 const MQTT_HELP: &str = "\

@@ -17,6 +17,7 @@ mod pacer;
 mod payload;
 mod procfs;
 mod report;
+mod scenario;
 mod serial;
 mod session;
 mod telemetry;
@@ -29,7 +30,30 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Scenario { file, overrides } = &cli.command {
+        let program = std::env::args_os()
+            .next()
+            .unwrap_or_else(|| "edgehub-sim".into());
+        let args = match scenario::expand(program, file, overrides) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("edgehub-sim: error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        cli = match Cli::try_parse_from(args) {
+            Ok(cli) if matches!(cli.command, Command::Scenario { .. }) => {
+                eprintln!("edgehub-sim: error: scenario {}: mode = \"scenario\" would never end; name a mode", file.display());
+                return ExitCode::from(2);
+            }
+            Ok(cli) => cli,
+            Err(e) => {
+                eprintln!("edgehub-sim: scenario {}:", file.display());
+                e.exit()
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,6 +171,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let hint = "May the subscriber read devices/#, and does the hub accept telemetry \
                         from serial devices? See `edgehub-sim serial --help`";
             Ok(verdict(&summary.delivery, args.measure.max_loss, hint))
+        }
+        Command::Scenario { file, .. } => {
+            anyhow::bail!("scenario {}: not expanded", file.display())
         }
     }
 }
