@@ -4,11 +4,7 @@
 
 mod support;
 
-use support::{args, describe, json, sim, TestHub, FAST_DEVICES};
-
-fn path_arg(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
+use support::{args, describe, json, path_arg, serial_hub, sim, TestHub, FAST_DEVICES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_with_certificates_issued_on_the_fly_deliver_every_message_through_the_hub() {
@@ -210,10 +206,7 @@ async fn devices_above_the_hubs_default_message_rate_are_refused_and_the_loss_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_sensors_at_an_emulated_baud_rate_fill_their_lines_and_lose_nothing() {
     let ports = tempfile::tempdir().expect("tempdir for the port links");
-    let config = format!(
-        "{FAST_DEVICES}\n[[serial]]\npath = \"{}/ttySIM*\"\nbaud = 115200\nrescan = \"100ms\"\n",
-        path_arg(ports.path())
-    );
+    let config = serial_hub(ports.path());
     let hub = TestHub::start(&config).await;
     let out = hub.dir.path().join("serial.json");
     let output = sim(args([

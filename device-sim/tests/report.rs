@@ -5,11 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{args, describe, json, sim, TestHub, FAST_DEVICES, OPEN_ACL};
-
-fn path_arg(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
+use support::{args, describe, json, path_arg, serial_hub, sim, TestHub, FAST_DEVICES, OPEN_ACL};
 
 /// The page at `path`, checked to be HTML that needs nothing from the network.
 fn self_contained_page(path: &Path, output: &str) -> String {
@@ -155,10 +151,7 @@ async fn a_devices_run_writes_a_report_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serial_run_writes_a_report_too() {
     let ports = tempfile::tempdir().expect("tempdir for the port links");
-    let config = format!(
-        "{FAST_DEVICES}\n[[serial]]\npath = \"{}/ttySIM*\"\nbaud = 115200\nrescan = \"100ms\"\n",
-        path_arg(ports.path())
-    );
+    let config = serial_hub(ports.path());
     let hub = TestHub::start(&config).await;
     let report = hub.dir.path().join("serial.html");
     let output = sim(args([

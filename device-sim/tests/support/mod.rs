@@ -28,6 +28,20 @@ pub const FAST_DEVICES: &str = r#"
 message_rate = 100000
 "#;
 
+/// A path as a command-line argument.
+pub fn path_arg(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// A hub configuration ([`FAST_DEVICES`]) that picks up the simulator's serial ports,
+/// whose links it makes in `ports`.
+pub fn serial_hub(ports: &std::path::Path) -> String {
+    format!(
+        "{FAST_DEVICES}\n[[serial]]\npath = \"{}/ttySIM*\"\nbaud = 115200\nrescan = \"100ms\"\n",
+        path_arg(ports)
+    )
+}
+
 /// A running in-process hub with wss (certificates) and plain mqtt (anonymous).
 pub struct TestHub {
     /// Holds the data directory (and the development PKI under `data/pki`).
