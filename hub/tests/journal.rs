@@ -198,13 +198,11 @@ fn a_corrupt_journal_directory_stops_the_hub_with_an_error_naming_it_and_leaves_
 /// [`start_hub`] with an uplink to a loopback port where nothing listens: the uplink's
 /// cursor stays at 0, so the journal keeps every record for `edgehub journal export`.
 fn start_hub_keeping_every_record(dir: &Path) -> (RunningHub, SocketAddr) {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let dead = support::free_port();
     RunningHub::with_devices(
         dir,
         "crash",
-        &format!("[[uplinks]]\nname = \"nowhere\"\nurl = \"mqtt://{dead}\"\n"),
+        &format!("[[uplinks]]\nname = \"nowhere\"\nurl = \"mqtt://127.0.0.1:{dead}\"\n"),
     )
 }
 

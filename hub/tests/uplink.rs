@@ -13,6 +13,7 @@ use std::time::Duration;
 use firmware_proto::{ErrorCode, Message};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::device::{new_session, sample_readings, Device, Event as DeviceEvent, Watcher};
+use support::free_port;
 use support::hub::TestHub;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
@@ -80,13 +81,6 @@ fn mosquitto_missing() -> bool {
         );
     }
     missing
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The consumer's client and its event task; dropping it aborts the task (a lingering
@@ -306,16 +300,10 @@ async fn with_the_upstream_down_a_full_journal_refuses_telemetry_as_busy_and_doe
     assert_eq!(welcome.acked, Some(refused - 1));
 }
 
-/// A second edgehub as the upstream broker: its anonymous loopback clients (the uplink
-/// and the test's consumer) may publish and subscribe anything.
-async fn upstream_hub() -> TestHub {
-    TestHub::start("[acl]\nassign = [{ role = \"admin\", identity = \"anonymous\" }]\n").await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_template_and_forward_filter_choose_what_goes_up_and_the_stats_topic_shows_the_uplink(
 ) {
-    let upstream = upstream_hub().await;
+    let upstream = TestHub::start(support::hub::UPSTREAM).await;
     let mut cloud = Watcher::start_with(&upstream, &["plant/#"]).await;
     let dead = free_port();
     let hub = TestHub::start(&format!(
@@ -398,7 +386,7 @@ fn arrival(messages: &[serde_json::Value], seq: u64) -> usize {
 /// the backlog has started to arrive sends one more record: returns the upstream arrival
 /// order and the new record's seq.
 async fn backlog_then_live(backlog_mode: &str, backlog: u64) -> (Vec<serde_json::Value>, u64) {
-    let upstream = upstream_hub().await;
+    let upstream = TestHub::start(support::hub::UPSTREAM).await;
     let topic = format!("edgehub/test-hub/devices/{D1}/telemetry");
     let mut cloud = Watcher::start_with(&upstream, &[topic.as_str()]).await;
     let proxy = support::proxy::Proxy::start(upstream.addr(support::hub::MQTT)).await;

@@ -15,16 +15,12 @@ use firmware_proto::Message;
 use rumqttc::{AsyncClient, Packet};
 use serde_json::Value as Json;
 use support::device::{new_session, now_ms, sample_readings, Device};
-use support::hub::{TestHub, MQTT};
+use support::hub::{TestHub, MQTT, UPSTREAM};
 use support::mqtt::{connect_v4, options_v4, spawn_events, subscribe_granted, Via};
 use support::proxy::Proxy;
 use support::{edgehub, RunningHub, Signal, DEADLINE};
 
 const D1: &str = "device-0001";
-
-/// The upstream hub's policy: anonymous clients (the downstream hub's uplink, the cloud
-/// consumer) may publish and subscribe anywhere.
-const UPSTREAM: &str = "[acl]\nassign = [{ role = \"admin\", identity = \"anonymous\" }]\n";
 
 /// Configuration for a downstream [`TestHub`] (id "test-hub") forwarding through
 /// `proxy`; `journal` is a `[journal]` section or "". It comes right after `[hub]`.

@@ -103,8 +103,10 @@ impl UplinkStatus {
         }
     }
 
-    pub(crate) fn forwarded(&self) {
-        self.lock().forwarded += 1;
+    pub(crate) fn forwarded(&self, records: u64) {
+        if records > 0 {
+            self.lock().forwarded += records;
+        }
     }
 
     pub(crate) fn resent(&self) {

@@ -363,7 +363,8 @@ async fn session(
             }
             event = reader.next_event() => {
                 // Everything already received in one go: a burst of PUBACKs then costs one
-                // refill and one write, not one each.
+                // cursor commit, one refill and one write, not one each.
+                let (mut forwarded, mut moved) = (0, None);
                 let mut next = Some(event);
                 while let Some(event) = next.take() {
                     last_heard = Instant::now();
@@ -375,21 +376,19 @@ async fn session(
                                 tracing::warn!(uplink = %uplink.name, code, reason = client::reason_v5(code), "upstream refused a record; it is not resent");
                                 uplink.status.refused();
                             }
-                            let live = lane.as_mut().filter(|l| l.window.owns(pkid));
-                            let acked = match live {
-                                Some(l) => puback(&mut l.window, pkid).0,
-                                None => {
-                                    let (acked, moved) = puback(window, pkid);
-                                    if let Some(cursor) = moved {
-                                        journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
-                                    }
-                                    acked
-                                }
+                            // Only the uplink's own window moves the persisted cursor; a
+                            // live lane's progress counts once the backlog is through.
+                            let live = lane.as_ref().is_some_and(|l| l.window.owns(pkid));
+                            let target = match (lane.as_mut(), live) {
+                                (Some(l), true) => &mut l.window,
+                                _ => &mut *window,
                             };
-                            if acked {
-                                uplink.status.forwarded();
+                            let before = target.in_flight();
+                            let cursor = target.on_puback(pkid, Instant::now());
+                            forwarded += u64::from(target.in_flight() < before);
+                            if !live {
+                                moved = cursor.or(moved);
                             }
-                            backlog_through(uplink, journal, consumer, window, &mut lane, &mut drain, limit)?;
                         }
                         Event::Publish { topic, payload, qos, pkid, .. } => {
                             if let Some(local) = topic.strip_prefix(uplink.prefix.as_str()) {
@@ -405,6 +404,10 @@ async fn session(
                     }
                     next = reader.next_event().now_or_never();
                 }
+                if let Some(cursor) = moved {
+                    journal.commit(consumer, cursor).map_err(|e| e.to_string())?;
+                }
+                uplink.status.forwarded(forwarded);
             }
             _ = head.changed() => {}
             _ = tick.tick() => {
@@ -466,13 +469,6 @@ fn other_half(window: &Window) -> std::ops::RangeInclusive<u16> {
     } else {
         LOW_PKIDS
     }
-}
-
-/// Reports a PUBACK to `window`: whether it acknowledged a record, and the new cursor.
-fn puback(window: &mut Window, pkid: u16) -> (bool, Option<u64>) {
-    let before = window.in_flight();
-    let moved = window.on_puback(pkid, Instant::now());
-    (window.in_flight() < before, moved)
 }
 
 /// Offers `window` new journal records (up to `through`, if given) while it has room.

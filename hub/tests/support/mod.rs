@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
 
+/// A loopback port nothing listens on (free when asked): an upstream that is down.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 pub mod device;
 pub mod proxy;
 pub mod serial;
@@ -332,6 +340,11 @@ kind = "ws"
 bind = "127.0.0.1:0"
 auth = ["password"]
 "#;
+
+    /// Extra configuration for a hub that serves as another hub's upstream broker: its
+    /// anonymous loopback clients (the uplink, the test's cloud consumer) may publish and
+    /// subscribe anything.
+    pub const UPSTREAM: &str = "[acl]\nassign = [{ role = \"admin\", identity = \"anonymous\" }]\n";
 
     /// A running hub and where to reach it.
     pub struct TestHub {
