@@ -55,3 +55,44 @@ fn check_config_rejects_a_missing_file_and_names_it() {
     assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
     assert!(stderr.contains("/nonexistent/edgehub.toml"), "{stderr}");
 }
+
+#[test]
+fn check_config_reads_an_uplinks_files_and_names_the_one_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgehub.toml");
+    let uplink = "[[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:1884\"\n";
+    let check = |extra: &str| {
+        std::fs::write(&path, format!("{uplink}{extra}")).expect("write config");
+        edgehub()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run edgehub")
+    };
+
+    let output = check("password_file = \"cloud.password\"\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("uplink \"cloud\""), "{stderr}");
+    assert!(
+        stderr.contains(&dir.path().join("cloud.password").display().to_string()),
+        "the missing file is named: {stderr}"
+    );
+
+    std::fs::write(dir.path().join("cloud.password"), "s3cret\n").expect("write password");
+    let output = check("password_file = \"cloud.password\"\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("uplink                = \"cloud\" mqtt://127.0.0.1:1884"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("s3cret"),
+        "the password is never printed: {stdout}"
+    );
+}
