@@ -168,6 +168,10 @@ pub struct MqttArgs {
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value = "0", value_enum)]
     pub qos: QosArg,
+    /// QoS of the subscriptions when it differs from the publishes' (a dashboard reading
+    /// QoS 1 telemetry at QoS 0, say). Default: --qos.
+    #[arg(long, value_enum, value_name = "QOS")]
+    pub subscribe_qos: Option<QosArg>,
     /// Payload size in bytes (at least the 28-byte header).
     #[arg(long, default_value_t = 128, value_name = "BYTES")]
     pub payload: usize,

@@ -101,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 subscribers: args.subscribers,
                 topic_prefix: args.topic_prefix.trim_end_matches('/').to_owned(),
                 qos: args.qos.into(),
+                subscribe_qos: args.subscribe_qos.unwrap_or(args.qos).into(),
                 payload: args.payload,
                 rate: args.rate,
                 duration: cli::seconds("--duration", args.duration)?,

@@ -27,6 +27,9 @@
 //!   relay quick-ACKs every read from the broker.
 //! - It skips messages for a subscriber that falls behind its in-memory log (QoS 1 too)
 //!   and only says so through alerts, which [`Broker::subscriber_skips`] counts.
+//! - It keeps at most 100 QoS 1 messages in flight per subscriber (a constant) and its
+//!   PUBACK round trip capped a subscriber near 20k msgs/s: the relay delivers QoS 1 to
+//!   clean sessions itself (`front::custody`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};

@@ -1038,3 +1038,204 @@ async fn a_client_connecting_right_after_another_disconnected_cleanly_stays_conn
     }
     hub.stop().await.expect("clean stop");
 }
+
+// --- QoS 1 delivered by the relay (clean sessions) ------------------------------------------
+
+mod raw {
+    //! A subscriber that speaks MQTT 3.1.1 by hand, to withhold PUBACKs and see packet ids.
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4;
+    use rumqttc::QoS;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::support::hub::{TestHub, MQTT};
+    use super::support::peer::{read_packet, subscribe_packet};
+
+    pub struct Subscriber {
+        pub tcp: TcpStream,
+        buf: BytesMut,
+        pub session_present: bool,
+    }
+
+    impl Subscriber {
+        /// Connects (clean or persistent session) and subscribes to `filter` at QoS 1.
+        pub async fn connect(hub: &TestHub, id: &str, clean: bool, filter: &str) -> Subscriber {
+            let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
+            let mut connect = v4::Connect::new(id);
+            connect.keep_alive = 60;
+            connect.clean_session = clean;
+            let mut out = BytesMut::new();
+            connect.write(&mut out).expect("encode CONNECT");
+            tcp.write_all(&out).await.expect("write CONNECT");
+            let mut buf = BytesMut::new();
+            let session_present = match read_packet(&mut tcp, &mut buf).await {
+                Some(v4::Packet::ConnAck(a)) => a.session_present,
+                other => panic!("expected CONNACK, got {other:?}"),
+            };
+            let mut s = Subscriber {
+                tcp,
+                buf,
+                session_present,
+            };
+            if !session_present {
+                s.tcp
+                    .write_all(&subscribe_packet(filter, QoS::AtLeastOnce, 1))
+                    .await
+                    .expect("write SUBSCRIBE");
+                match read_packet(&mut s.tcp, &mut s.buf).await {
+                    Some(v4::Packet::SubAck(a)) => assert_eq!(
+                        a.return_codes,
+                        [v4::SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+                        "the client is granted the QoS 1 it asked for"
+                    ),
+                    other => panic!("expected SUBACK, got {other:?}"),
+                }
+            }
+            s
+        }
+
+        /// Every PUBLISH that arrives until nothing has for `quiet`.
+        pub async fn publishes_until_quiet(&mut self, quiet: Duration) -> Vec<v4::Publish> {
+            let mut got = Vec::new();
+            while let Ok(packet) =
+                tokio::time::timeout(quiet, read_packet(&mut self.tcp, &mut self.buf)).await
+            {
+                match packet {
+                    Some(v4::Packet::Publish(p)) => got.push(p),
+                    Some(other) => panic!("expected PUBLISH, got {other:?}"),
+                    None => panic!("the hub closed the connection"),
+                }
+            }
+            got
+        }
+
+        pub async fn ack(&mut self, publishes: &[v4::Publish]) {
+            let mut out = BytesMut::new();
+            for p in publishes {
+                v4::PubAck::new(p.pkid)
+                    .write(&mut out)
+                    .expect("encode PUBACK");
+            }
+            self.tcp.write_all(&out).await.expect("write PUBACK");
+        }
+    }
+}
+
+/// Publishes `n` numbered QoS 0 messages to `topic` as an anonymous loopback client.
+async fn publish_numbered(hub: &TestHub, topic: &str, n: usize) {
+    use support::mqtt::{connect_v4, options_v4, spawn_events, Via};
+    let (client, events) = connect_v4(options_v4("numbers", hub.addr(MQTT), Via::Tcp, None)).await;
+    let _events = spawn_events(events);
+    for i in 0..n {
+        client
+            .publish(topic, rumqttc::QoS::AtMostOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    client.disconnect().await.expect("disconnect");
+}
+
+fn payloads(publishes: &[rumqttc::mqttbytes::v4::Publish]) -> Vec<usize> {
+    publishes
+        .iter()
+        .map(|p| {
+            std::str::from_utf8(&p.payload)
+                .expect("utf-8")
+                .parse()
+                .expect("a number")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clean_qos1_subscriber_gets_500_in_flight_and_the_rest_as_it_acknowledges() {
+    // rumqttd's own window is 100; the relay delivers QoS 1 to clean sessions itself.
+    let hub = TestHub::start(support::hub::UPSTREAM).await;
+    let mut sub = raw::Subscriber::connect(&hub, "window", true, "devices/+/telemetry").await;
+    publish_numbered(&hub, "devices/w/telemetry", 700).await;
+    let quiet = std::time::Duration::from_millis(700);
+    let first = sub.publishes_until_quiet(quiet).await;
+    assert_eq!(first.len(), 500, "the relay's window, not the broker's 100");
+    assert_eq!(payloads(&first), (0..500).collect::<Vec<_>>(), "in order");
+    assert!(first.iter().all(|p| p.qos == rumqttc::QoS::AtLeastOnce));
+    let ids: std::collections::HashSet<u16> = first.iter().map(|p| p.pkid).collect();
+    assert_eq!(ids.len(), 500, "no packet id is reused while in flight");
+    assert!(
+        ids.iter().all(|&id| id > 100),
+        "ids above the broker's range"
+    );
+
+    sub.ack(&first).await;
+    let rest = sub.publishes_until_quiet(quiet).await;
+    assert_eq!(payloads(&rest), (500..700).collect::<Vec<_>>());
+    sub.ack(&rest).await;
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_persistent_qos1_subscriber_gets_unacknowledged_messages_again_after_reconnecting() {
+    // Only the broker can resend after a reconnect, so persistent sessions keep its QoS 1.
+    let hub = TestHub::start(support::hub::UPSTREAM).await;
+    let filter = "devices/+/telemetry";
+    let mut sub = raw::Subscriber::connect(&hub, "keeper", false, filter).await;
+    publish_numbered(&hub, "devices/p/telemetry", 150).await;
+    let quiet = std::time::Duration::from_millis(700);
+    let first = sub.publishes_until_quiet(quiet).await;
+    assert_eq!(first.len(), 100, "the broker's own window");
+    assert!(first.iter().all(|p| (1..=100).contains(&p.pkid)));
+    sub.ack(&first[..60]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(sub);
+
+    let mut again = raw::Subscriber::connect(&hub, "keeper", false, filter).await;
+    assert!(again.session_present);
+    let mut seen: Vec<usize> = payloads(&first[..60]);
+    loop {
+        let more = again.publishes_until_quiet(quiet).await;
+        if more.is_empty() {
+            break;
+        }
+        again.ack(&more).await;
+        seen.extend(payloads(&more));
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..150).collect::<Vec<_>>(),
+        "every message arrives, the 40 unacknowledged ones again"
+    );
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_qos1_subscriber_that_reads_but_never_acknowledges_is_disconnected_and_others_go_on() {
+    let hub = TestHub::start(&format!(
+        "{}[limits]\nwrite_timeout = \"1s\"\n",
+        support::hub::UPSTREAM
+    ))
+    .await;
+    let mut sub = raw::Subscriber::connect(&hub, "hoarder", true, "devices/+/telemetry").await;
+    publish_numbered(&hub, "devices/h/telemetry", 600).await;
+    let held = sub
+        .publishes_until_quiet(std::time::Duration::from_millis(300))
+        .await;
+    assert_eq!(held.len(), 500);
+    support::peer::wait_for_rejects(&hub, Reject::SlowConsumer, 1).await;
+    let closed = support::peer::read_until_closed(&mut sub.tcp).await;
+    assert!(
+        closed.received.is_empty(),
+        "nothing more was sent: {closed:?}"
+    );
+    // The broker and the relay go on serving everyone else.
+    let mut next = raw::Subscriber::connect(&hub, "next", true, "devices/+/telemetry").await;
+    publish_numbered(&hub, "devices/h/telemetry", 3).await;
+    let got = next
+        .publishes_until_quiet(std::time::Duration::from_millis(300))
+        .await;
+    assert_eq!(payloads(&got), [0, 1, 2]);
+    hub.stop().await.expect("clean stop");
+}

@@ -32,8 +32,10 @@ pub struct Plan {
     pub subscribers: usize,
     /// Topic prefix.
     pub topic_prefix: String,
-    /// QoS.
+    /// QoS of the publishes.
     pub qos: Qos,
+    /// QoS of the subscriptions.
+    pub subscribe_qos: Qos,
     /// Payload bytes.
     pub payload: usize,
     /// Total msgs/s, 0 for unpaced.
@@ -72,7 +74,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<MqttSummary> {
         id_prefix: plan.id_prefix.clone(),
         subscription: Subscription {
             filter: format!("{}/+/telemetry", plan.topic_prefix),
-            qos: plan.qos,
+            qos: plan.subscribe_qos,
             streams: plan.publishers,
             pacer: plan.pacer.clone(),
             reader: Arc::new(HeaderReader),

@@ -24,6 +24,11 @@ pub struct Admitted {
     pub subject: Subject,
     /// The keep-alive the client asked for, in seconds.
     pub keep_alive: u16,
+    /// The broker keeps nothing of the session after the connection ends (3.1.1 clean
+    /// session; MQTT 5 clean start without a session expiry).
+    pub ends_with_connection: bool,
+    /// MQTT 5: the most QoS 1/2 messages the client will have in flight from us.
+    pub receive_max: Option<u16>,
     /// When the credential (a JWT) stops being valid.
     pub expires_at: Option<SystemTime>,
     /// The broker connection, CONNACK already relayed.
@@ -114,6 +119,27 @@ impl Connect {
         }
     }
 
+    fn ends_with_connection(&self) -> bool {
+        match self {
+            Connect::V4(c) => c.clean_session,
+            Connect::V5(c, _, _) => {
+                c.clean_start
+                    && c.properties
+                        .as_ref()
+                        .and_then(|p| p.session_expiry_interval)
+                        .unwrap_or(0)
+                        == 0
+            }
+        }
+    }
+
+    fn receive_max(&self) -> Option<u16> {
+        match self {
+            Connect::V4(_) => None,
+            Connect::V5(c, _, _) => c.properties.as_ref().and_then(|p| p.receive_maximum),
+        }
+    }
+
     fn keep_alive(&self) -> u16 {
         match self {
             Connect::V4(c) => c.keep_alive,
@@ -181,6 +207,8 @@ where
     }
 
     let keep_alive = connect.keep_alive();
+    let ends_with_connection = connect.ends_with_connection();
+    let receive_max = connect.receive_max();
     let (broker, connack, broker_leftover) = open_broker_session(shared, connect, &subject).await?;
     client
         .write_all(&connack)
@@ -191,6 +219,8 @@ where
         v5,
         subject,
         keep_alive,
+        ends_with_connection,
+        receive_max,
         expires_at,
         broker,
         client_leftover: buf,

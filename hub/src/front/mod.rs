@@ -7,6 +7,7 @@
 
 mod admit;
 mod conns;
+mod custody;
 pub mod packet;
 mod relay;
 mod session;
@@ -463,6 +464,9 @@ async fn mqtt_client<C>(
         shared.acl.clone(),
         shared.stats.clone(),
         admitted.keep_alive,
+        admitted
+            .ends_with_connection
+            .then(|| custody::Custody::new(admitted.receive_max)),
     ));
     let ended = relay::run(
         client,

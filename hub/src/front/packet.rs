@@ -15,12 +15,16 @@ pub mod kind {
     pub const CONNACK: u8 = 2;
     /// PUBLISH
     pub const PUBLISH: u8 = 3;
+    /// PUBACK
+    pub const PUBACK: u8 = 4;
     /// PUBREL
     pub const PUBREL: u8 = 6;
     /// SUBSCRIBE
     pub const SUBSCRIBE: u8 = 8;
     /// SUBACK
     pub const SUBACK: u8 = 9;
+    /// UNSUBSCRIBE
+    pub const UNSUBSCRIBE: u8 = 10;
     /// DISCONNECT
     pub const DISCONNECT: u8 = 14;
     /// AUTH (MQTT 5)
@@ -97,6 +101,55 @@ fn read_varint(frame: &[u8], mut at: usize) -> Result<(usize, usize), FrameError
         }
     }
     Err(FrameError::Malformed("varint too long"))
+}
+
+/// The topic of a QoS 0 PUBLISH frame (`None` for other QoS), without parsing its
+/// properties: what the relay needs to decide whether to deliver it at QoS 1.
+pub fn qos0_publish_topic(frame: &[u8]) -> Result<Option<&str>, FrameError> {
+    let first = *frame.first().ok_or(FrameError::Malformed("empty packet"))?;
+    if (first >> 1) & 0b11 != 0 {
+        return Ok(None);
+    }
+    let at = body_offset(frame)?;
+    let len = read_u16(frame, at)? as usize;
+    let topic = frame
+        .get(at + 2..at + 2 + len)
+        .ok_or(FrameError::Malformed("truncated topic"))?;
+    std::str::from_utf8(topic)
+        .map(Some)
+        .map_err(|_| FrameError::Malformed("topic not UTF-8"))
+}
+
+/// Appends to `out` the QoS 0 PUBLISH `frame` as a QoS 1 PUBLISH with packet id `id`:
+/// the same flags (retain, dup), topic, properties and payload.
+pub fn write_as_qos1(frame: &[u8], id: u16, out: &mut BytesMut) -> Result<(), FrameError> {
+    let at = body_offset(frame)?;
+    let id_at = at + 2 + read_u16(frame, at)? as usize;
+    if id_at > frame.len() {
+        return Err(FrameError::Malformed("truncated topic"));
+    }
+    let remaining = frame.len() - at + 2;
+    out.reserve(remaining + 5);
+    out.extend_from_slice(&[(frame[0] & !0b0110) | 0b0010]);
+    write_varint(remaining, out);
+    out.extend_from_slice(&frame[at..id_at]);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&frame[id_at..]);
+    Ok(())
+}
+
+fn write_varint(mut value: usize, out: &mut BytesMut) {
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if value == 0 {
+            return;
+        }
+    }
 }
 
 /// What the ACL needs from a PUBLISH.
@@ -194,18 +247,7 @@ pub fn strip_v5_properties(frame: &[u8], head: &PublishHead<'_>, topic: &str) ->
     let remaining = 2 + topic.len() + pkid_len + 1 + payload.len();
     let mut out = BytesMut::with_capacity(remaining + 5);
     out.extend_from_slice(&[frame[0]]);
-    let mut len = remaining;
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.extend_from_slice(&[byte]);
-        if len == 0 {
-            break;
-        }
-    }
+    write_varint(remaining, &mut out);
     out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     out.extend_from_slice(topic.as_bytes());
     if head.qos > 0 {
@@ -279,6 +321,72 @@ mod tests {
         assert_eq!(
             (head.topic, head.qos, head.pkid, head.topic_alias),
             ("", 2, 3, Some(7))
+        );
+    }
+
+    #[test]
+    fn a_qos0_publish_rewritten_at_qos1_decodes_with_the_same_topic_flags_and_payload() {
+        // 200 bytes of payload push the remaining length past one varint byte.
+        let mut p = Publish::new("devices/a/telemetry", QoS::AtMostOnce, vec![5u8; 200]);
+        p.retain = true;
+        let mut buf = BytesMut::new();
+        p.write(&mut buf).unwrap();
+        assert_eq!(qos0_publish_topic(&buf), Ok(Some("devices/a/telemetry")));
+        let mut out = BytesMut::new();
+        write_as_qos1(&buf, 777, &mut out).unwrap();
+        let Ok(rumqttc::Packet::Publish(q)) =
+            rumqttc::mqttbytes::v4::Packet::read(&mut out, 1 << 20)
+        else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(
+            (q.topic, q.qos, q.pkid, q.retain, q.payload.len()),
+            (
+                "devices/a/telemetry".to_owned(),
+                QoS::AtLeastOnce,
+                777,
+                true,
+                200
+            )
+        );
+        assert!(
+            out.is_empty(),
+            "the remaining length covers exactly the packet"
+        );
+    }
+
+    #[test]
+    fn a_v5_qos0_publish_rewritten_at_qos1_keeps_its_properties() {
+        let props = PublishProperties {
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        let p = Publish5::new("t/1", QoS5::AtMostOnce, vec![1u8; 10], Some(props.clone()));
+        let mut buf = BytesMut::new();
+        p.write(&mut buf).unwrap();
+        let mut out = BytesMut::new();
+        write_as_qos1(&buf, 101, &mut out).unwrap();
+        let Ok(rumqttc::v5::mqttbytes::v5::Packet::Publish(q)) =
+            rumqttc::v5::mqttbytes::v5::Packet::read(&mut out, None)
+        else {
+            panic!("not a PUBLISH");
+        };
+        assert_eq!(
+            (q.qos, q.pkid, q.properties),
+            (QoS5::AtLeastOnce, 101, Some(props))
+        );
+    }
+
+    #[test]
+    fn only_qos0_publishes_are_candidates_for_qos1_delivery() {
+        let mut p = Publish::new("a", QoS::AtLeastOnce, vec![1u8]);
+        p.pkid = 1;
+        let mut buf = BytesMut::new();
+        p.write(&mut buf).unwrap();
+        assert_eq!(qos0_publish_topic(&buf), Ok(None));
+        assert!(
+            qos0_publish_topic(&[0x30, 5, 0, 9, b'a']).is_err(),
+            "truncated topic"
         );
     }
 

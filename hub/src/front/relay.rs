@@ -7,7 +7,7 @@
 //! merging the broker's SUBACK for a partly denied SUBSCRIBE with the denied codes, and
 //! closes a client that stops reading instead of buffering for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,9 +17,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::custody::Custody;
 use super::lock;
 use super::packet::{self, kind, FrameError};
-use super::session::Session;
+use super::session::{Answer, Session};
 use super::stats::Reject;
 
 /// Why a relayed connection ended.
@@ -63,9 +64,8 @@ impl std::fmt::Display for Ended {
     }
 }
 
-/// For each pending SUBSCRIBE that was forwarded in part: per original filter, the
-/// failure code to report, or `None` where the broker's answer goes.
-type PendingSubacks = Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>>;
+/// For each pending SUBSCRIBE that was rebuilt: how to answer each original filter.
+type PendingSubacks = Arc<Mutex<HashMap<u16, Vec<Answer>>>>;
 
 /// Runs the relay until either side ends.
 pub async fn run<C>(
@@ -201,6 +201,17 @@ async fn upstream<R: AsyncRead + Unpin>(
                         return Ended::Protocol(e);
                     }
                 },
+                kind::PUBACK => {
+                    // The PUBACK of a QoS 1 delivery the relay made ends here.
+                    let id = packet::ack_pkid(&frame).unwrap_or(0);
+                    if !session.custody.as_ref().is_some_and(|c| c.acked(id)) {
+                        out.unsplit(frame);
+                    }
+                }
+                kind::UNSUBSCRIBE => {
+                    session.note_unsubscribe(&frame);
+                    out.unsplit(frame);
+                }
                 kind::PUBREL => {
                     let pkid = packet::ack_pkid(&frame).unwrap_or(0);
                     if denied_qos2.remove(&pkid) {
@@ -337,9 +348,26 @@ async fn downstream<W: AsyncWrite + Unpin>(
     let mut grow = ReadSize::new(64 * 1024);
     grow.reserve(&mut buf);
     let mut out = BytesMut::new();
+    // Deliveries from the broker not yet sent, in order: they wait while the client's
+    // QoS 1 window is full. Beyond PARKED_MAX the relay stops reading from the broker.
+    let mut parked: VecDeque<BytesMut> = VecDeque::new();
+    // Since when the window has been full with deliveries waiting.
+    let mut stalled_since: Option<tokio::time::Instant> = None;
     // Bytes that arrived with the CONNACK are handled before waiting for more.
     let mut ready = !buf.is_empty();
     loop {
+        let freed = async {
+            match (&session.custody, stalled_since) {
+                (Some(custody), Some(_)) => custody.freed().await,
+                _ => std::future::pending().await,
+            }
+        };
+        let stalled = async {
+            match stalled_since {
+                Some(at) => tokio::time::sleep_until(at + write_timeout).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -353,11 +381,19 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
                 return Ended::Shutdown;
             }
+            _ = freed => stalled_since = None,
+            _ = stalled => {
+                // The client reads but does not acknowledge: as good as not reading.
+                session.reject(Reject::SlowConsumer);
+                return Ended::ClientNotReading;
+            }
             reply = inject.recv() => {
                 let Some(reply) = reply else { return Ended::ClientGone(None) };
                 out.extend_from_slice(&reply);
             }
-            read = async { if ready { Ok(1) } else { broker.read_buf(&mut buf).await } } => {
+            read = async { if ready { Ok(1) } else { broker.read_buf(&mut buf).await } },
+                if parked.len() < PARKED_MAX =>
+            {
                 ready = false;
                 if let Ok(n) = read {
                     grow.saw(n);
@@ -381,7 +417,12 @@ async fn downstream<W: AsyncWrite + Unpin>(
                         Ok(None) => break,
                         Err(e) => return Ended::Protocol(format!("from broker: {e}")),
                     };
-                    if packet::packet_type(&frame) == kind::SUBACK {
+                    let frame_kind = packet::packet_type(&frame);
+                    if frame_kind == kind::PUBLISH && session.custody.is_some() {
+                        parked.push_back(frame);
+                        continue;
+                    }
+                    if frame_kind == kind::SUBACK {
                         let pkid = packet::ack_pkid(&frame).unwrap_or(0);
                         let codes = lock(&pending).remove(&pkid);
                         if let Some(codes) = codes {
@@ -395,6 +436,15 @@ async fn downstream<W: AsyncWrite + Unpin>(
                     out.unsplit(frame);
                 }
                 grow.reserve(&mut buf);
+            }
+        }
+        if let Some(custody) = &session.custody {
+            match deliver(custody, &mut parked, &mut out) {
+                Ok(true) => stalled_since = None,
+                Ok(false) => {
+                    stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Err(e) => return Ended::Protocol(format!("from broker: {e}")),
             }
         }
         // Drain any replies that queued meanwhile so they share the write.
@@ -416,6 +466,34 @@ async fn downstream<W: AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Deliveries parked at most before the relay stops reading from the broker.
+const PARKED_MAX: usize = 1024;
+
+/// Moves parked deliveries to `out`, in the broker's order, while the QoS 1 window has
+/// room. Returns false when some must wait for the client's PUBACKs.
+fn deliver(
+    custody: &Custody,
+    parked: &mut VecDeque<BytesMut>,
+    out: &mut BytesMut,
+) -> Result<bool, FrameError> {
+    while let Some(frame) = parked.front() {
+        if let Some(topic) = packet::qos0_publish_topic(frame)? {
+            if custody.upgrades(topic) {
+                let Some(id) = custody.take() else {
+                    return Ok(false);
+                };
+                packet::write_as_qos1(frame, id, out)?;
+                parked.pop_front();
+                continue;
+            }
+        }
+        if let Some(frame) = parked.pop_front() {
+            out.unsplit(frame);
+        }
+    }
+    Ok(true)
 }
 
 /// Read buffer sizing: idle connections keep a small buffer (most of the hub's memory

@@ -20,18 +20,31 @@ use crate::acl::{Acl, Subject};
 pub enum SubscribeOutcome {
     /// Every filter is allowed: forward these (original) bytes.
     Forward(Bytes),
-    /// Some filters are denied: forward a reduced SUBSCRIBE and merge the SUBACK with
-    /// `codes` (per original filter: the failure code, or `None` for the broker's answer).
+    /// Some filters are denied or served at QoS 1 by the relay: forward this rebuilt
+    /// SUBSCRIBE and answer from `codes` merged with the broker's SUBACK.
     Partial {
         /// The packet id shared by both.
         pkid: u16,
-        /// The reduced SUBSCRIBE.
+        /// The rebuilt SUBSCRIBE (denied filters left out).
         forward: Bytes,
         /// Per original filter.
-        codes: Vec<Option<u8>>,
+        codes: Vec<Answer>,
     },
     /// Every filter is denied: answer the client with this SUBACK, forward nothing.
     Refuse(Bytes),
+}
+
+/// How the SUBACK answers one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Refused by the hub with this code.
+    Denied(u8),
+    /// The broker's answer.
+    Broker,
+    /// The broker's answer, with QoS 0 granted reported as 1: the client asked for QoS 1,
+    /// the broker serves the relay at QoS 0 and the relay delivers at QoS 1 (see
+    /// `custody`).
+    Upgraded,
 }
 
 /// A SUBSCRIBE of either protocol version.
@@ -64,6 +77,8 @@ pub struct Session {
     acl: Arc<Acl>,
     stats: Arc<FrontStats>,
     keep_alive: u16,
+    /// QoS 1 deliveries in the relay's custody (clean sessions only).
+    pub custody: Option<super::custody::Custody>,
     /// Set when the client's token expired, so the goodbye says why.
     pub token_expired: std::sync::atomic::AtomicBool,
     logged: Mutex<HashSet<Reject>>,
@@ -81,6 +96,7 @@ impl Session {
         acl: Arc<Acl>,
         stats: Arc<FrontStats>,
         keep_alive: u16,
+        custody: Option<super::custody::Custody>,
     ) -> Session {
         Session {
             v5,
@@ -91,6 +107,7 @@ impl Session {
             acl,
             stats,
             keep_alive,
+            custody,
             token_expired: std::sync::atomic::AtomicBool::new(false),
             logged: Mutex::new(HashSet::new()),
         }
@@ -223,12 +240,42 @@ impl Session {
                 }
             }
         }
-        if allowed.iter().all(|a| *a) {
+        // Clean sessions get QoS 1 from the relay: the broker is asked for QoS 0.
+        let mut upgraded = vec![false; allowed.len()];
+        if let Some(custody) = &self.custody {
+            let mut downgrade = |i: usize, path: &str, qos: u8| {
+                let asked = custody.subscribe(path, qos);
+                upgraded[i] = asked != qos;
+                upgraded[i]
+            };
+            match &mut parsed {
+                ParsedSubscribe::V4(s) => {
+                    for (i, f) in s.filters.iter_mut().enumerate() {
+                        if allowed[i] && downgrade(i, &f.path, f.qos as u8) {
+                            f.qos = rumqttc::QoS::AtMostOnce;
+                        }
+                    }
+                }
+                ParsedSubscribe::V5(s) => {
+                    for (i, f) in s.filters.iter_mut().enumerate() {
+                        if allowed[i] && downgrade(i, &f.path, f.qos as u8) {
+                            f.qos = rumqttc::v5::mqttbytes::QoS::AtMostOnce;
+                        }
+                    }
+                }
+            }
+        }
+        if allowed.iter().all(|a| *a) && !upgraded.contains(&true) {
             return Ok(SubscribeOutcome::Forward(original));
         }
-        let codes: Vec<Option<u8>> = allowed
+        let codes: Vec<Answer> = allowed
             .iter()
-            .map(|ok| (!ok).then_some(denied_code(self.v5)))
+            .zip(&upgraded)
+            .map(|(ok, up)| match (ok, up) {
+                (false, _) => Answer::Denied(denied_code(self.v5)),
+                (true, true) => Answer::Upgraded,
+                (true, false) => Answer::Broker,
+            })
             .collect();
         if allowed.iter().all(|a| !*a) {
             return Ok(SubscribeOutcome::Refuse(self.suback(pkid, &codes, &[])?));
@@ -253,8 +300,32 @@ impl Session {
         })
     }
 
-    /// Merges the broker's SUBACK for a reduced SUBSCRIBE with the denied codes.
-    pub fn merge_suback(&self, frame: BytesMut, codes: &[Option<u8>]) -> Result<Bytes, String> {
+    /// The client unsubscribes: filters it had at QoS 1 are no longer upgraded.
+    pub fn note_unsubscribe(&self, frame: &BytesMut) {
+        let Some(custody) = &self.custody else {
+            return;
+        };
+        let mut frame = frame.clone();
+        let max = self.limits.max_packet_size;
+        // A malformed UNSUBSCRIBE goes on to the broker, which closes the connection.
+        let filters = if self.v5 {
+            match v5::Packet::read(&mut frame, Some(max as u32)) {
+                Ok(v5::Packet::Unsubscribe(u)) => u.filters,
+                _ => return,
+            }
+        } else {
+            match v4::Packet::read(&mut frame, max) {
+                Ok(v4::Packet::Unsubscribe(u)) => u.topics,
+                _ => return,
+            }
+        };
+        for filter in &filters {
+            custody.unsubscribe(filter);
+        }
+    }
+
+    /// Merges the broker's SUBACK for a rebuilt SUBSCRIBE with the hub's answers.
+    pub fn merge_suback(&self, frame: BytesMut, codes: &[Answer]) -> Result<Bytes, String> {
         let mut frame = frame;
         let (pkid, broker_codes): (u16, Vec<u8>) = if self.v5 {
             match v5::Packet::read(&mut frame, None) {
@@ -270,18 +341,21 @@ impl Session {
         self.suback(pkid, codes, &broker_codes)
     }
 
-    /// Builds a SUBACK: per entry of `codes`, the given failure code or the next of
+    /// Builds a SUBACK: per entry of `codes`, the hub's failure code or the next of
     /// `broker_codes`.
-    fn suback(
-        &self,
-        pkid: u16,
-        codes: &[Option<u8>],
-        broker_codes: &[u8],
-    ) -> Result<Bytes, String> {
+    fn suback(&self, pkid: u16, codes: &[Answer], broker_codes: &[u8]) -> Result<Bytes, String> {
         let mut from_broker = broker_codes.iter();
+        let mut next = || *from_broker.next().unwrap_or(&denied_code(self.v5));
         let merged: Vec<u8> = codes
             .iter()
-            .map(|c| c.unwrap_or_else(|| *from_broker.next().unwrap_or(&denied_code(self.v5))))
+            .map(|c| match c {
+                Answer::Denied(code) => *code,
+                Answer::Broker => next(),
+                Answer::Upgraded => match next() {
+                    0 => 1,
+                    other => other,
+                },
+            })
             .collect();
         let mut out = BytesMut::with_capacity(5 + merged.len());
         if self.v5 {
