@@ -86,7 +86,7 @@ pub struct Hub {
 impl Hub {
     /// Prepares the data directory, TLS, access rules and the embedded broker, and binds
     /// every listener. Nothing is served until [`Hub::run`].
-    pub async fn start(config: Config) -> Result<Hub, HubError> {
+    pub async fn start(mut config: Config) -> Result<Hub, HubError> {
         tracing::info!(
             version = VERSION,
             hub_id = %config.hub.id,
@@ -94,6 +94,8 @@ impl Hub {
             data_dir = %config.hub.data_dir.display(),
             "edgehub starting"
         );
+        config.limits.max_connections =
+            front::fit_to_open_file_limit(config.limits.max_connections);
         // Files, key generation, argon2 setup and rumqttd's start all block: do them on the
         // blocking pool rather than on a runtime worker.
         let setup_config = config.clone();

@@ -114,3 +114,74 @@ fn run_refuses_an_invalid_config_with_status_2() {
     assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
     assert!(stderr.contains("`hub.id`"), "{stderr}");
 }
+
+#[test]
+fn under_a_low_open_file_limit_max_connections_fits_it_and_extra_clients_are_refused_at_once() {
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::free_port();
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\nid = \"fds\"\ndata_dir = {:?}\n\n[[listeners]]\nname = \"mqtt\"\n\
+             kind = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut command = edgehub();
+    command.arg("run").arg("--config").arg(&config);
+    // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::sys::resource::{setrlimit, Resource};
+            setrlimit(Resource::RLIMIT_NOFILE, 400, 400).map_err(std::io::Error::from)
+        });
+    }
+    let mut hub = RunningHub::start(command);
+    let line = hub.wait_for_line("limits.max_connections lowered");
+    // (400 - 256 reserved) / 3 descriptors per client.
+    assert!(line.contains("allowed=48"), "{line}");
+    assert!(line.contains("LimitNOFILE"), "says what to do: {line}");
+    hub.wait_for_line(READY);
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let connect = |id: String| async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP");
+            tcp.write_all(&support::peer::connect_packet(&id, 60))
+                .await
+                .expect("CONNECT");
+            let mut buf = bytes::BytesMut::new();
+            let answer = support::peer::read_packet(&mut tcp, &mut buf).await;
+            (tcp, answer)
+        };
+        let mut held = Vec::new();
+        for i in 0..48 {
+            let (tcp, answer) = connect(format!("c{i}")).await;
+            assert!(
+                matches!(answer, Some(rumqttc::mqttbytes::v4::Packet::ConnAck(_))),
+                "client {i} of 48: {answer:?}"
+            );
+            held.push(tcp);
+        }
+        let (_, answer) = connect("one-too-many".into()).await;
+        assert!(answer.is_none(), "the 49th is closed at once: {answer:?}");
+        // A place freed is a place taken.
+        drop(held.pop());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (_, answer) = connect("next".into()).await;
+        assert!(matches!(
+            answer,
+            Some(rumqttc::mqttbytes::v4::Packet::ConnAck(_))
+        ));
+    });
+    hub.signal(Signal::SIGTERM);
+    let (status, stderr) = hub.wait_for_exit();
+    assert_clean_stop(status, &stderr);
+    assert!(!stderr.contains("accept failed"), "{stderr}");
+}

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use self::conns::fit_to_open_file_limit;
 use self::conns::{ConnGuard, Conns};
 use self::session::Session;
 pub use self::settings::{AuthMethod, Limits, ListenerKind, ListenerSettings};
