@@ -26,7 +26,14 @@
 # (rumqttd's cursor jump). The steps are coarse (factor 2) and short: on a busy machine
 # one noisy step halves a maximum, so for figures to publish lengthen and refine them.
 # Phase 2 runs each load against both brokers at the same rate, half the lower of the two maxima on that transport, for DURATION seconds: latency, CPU
-# and memory at that rate. The table at the end gives both brokers and the ratio
+# and memory at that rate.
+# Phase 3 (skipped with CONNECTIONS=0) measures connections on the TLS transports: full
+# TLS handshakes per second (HANDSHAKES connections opened as fast as they complete, 64
+# at a time, no session resumption, each with its MQTT CONNECT) and the memory of IDLE
+# idle connections (the broker's VmRSS, plus stunnel's on the wss rows, held minus
+# before, per connection). IDLE defaults to 10,000 where the open-file limit allows:
+# edgehub takes 3 descriptors per MQTT client, so below `ulimit -n` 30,300 it opens what
+# fits and the per-connection figure stands for the rest. The table at the end gives both brokers and the ratio
 # edgehub / mosquitto; it is also written to $OUT.
 #
 #   bench/compare.sh                                 # everything, about 10 minutes
@@ -68,6 +75,9 @@ SWEEP_START_fanin_q0=${SWEEP_START_fanin_q0:-25000}
 SWEEP_START_fanin_q1=${SWEEP_START_fanin_q1:-10000}
 SWEEP_START_fanout=${SWEEP_START_fanout:-500}
 SWEEP_FACTOR=${SWEEP_FACTOR:-2}
+CONNECTIONS=${CONNECTIONS:-1}
+HANDSHAKES=${HANDSHAKES:-2000}
+IDLE=${IDLE:-$(fits=$(( ($(ulimit -n) - 256) / 3 - 100 )); echo $(( fits < 10000 ? fits : 10000 )))}
 SWEEP_STEPS=${SWEEP_STEPS:-5}
 WORK=$(mktemp -d /tmp/edgehub-compare-bench.XXXXXX)
 OUT=${OUT:-$WORK/compare.md}
@@ -469,13 +479,68 @@ for t in $TRANSPORTS; do
     done
 done
 
+# Phase 3: handshakes per second and idle memory, TLS transports only.
+: >"$WORK/conns.tsv"
+# Passes the simulator's stderr on and, once every connection is open ("holding for"),
+# writes stunnel's VmRSS (KiB) to $1.
+watch_hold() { # outfile
+    local line
+    while IFS= read -r line; do
+        printf '%s\n' "$line" >&2
+        case $line in
+            *"holding for"*) [ -z "$STUNNEL_PID" ] || rss_kib "$STUNNEL_PID" >"$1" ;;
+        esac
+    done
+}
+run_idle() { # transport broker what connections rate hold -> json path
+    local t=$1 b=$2 what=$3 n=$4 rate=$5 hold=$6 url json args
+    json=$WORK/conns-$what-$t-$b.json
+    case $t in
+        mqtts) url="mqtts://127.0.0.1:$PORT_BROKER" ;;
+        wss) url="wss://127.0.0.1:$PORT_BROKER/mqtt" ;;
+    esac
+    args=(idle --url "$url" --pki "$PKI" --connections "$n" --connect-rate "$rate"
+        --connect-concurrency 64 --hold "$hold" --hub-pid "$BROKER_PID" --json "$json")
+    echo "$(quote "$SIM" "${args[@]}")   # phase 3: $b, $t, $what" >>"$WORK/commands.txt"
+    echo "== conns-$what-$t-$b" >>"$WORK/sim.log"
+    { "$SIM" "${args[@]}" 2>&1 >"$WORK/conns-$what-$t-$b.out"; } |
+        watch_hold "$WORK/conns-$what-$t-$b.stunnel" 2>>"$WORK/sim.log" || true
+    [ -s "$json" ] || die "edgehub-sim wrote no $json; see $WORK/sim.log"
+    echo "$json"
+}
+if [ "$CONNECTIONS" != 0 ]; then
+    echo "== phase 3: full TLS handshakes per second ($HANDSHAKES connections) and $IDLE idle connections"
+    for t in $TRANSPORTS; do
+        [ "$t" = ws ] && continue
+        for b in edgehub mosquitto; do
+            start_broker "$b" "$t" "$WORK/conns-hs-$t-$b.broker.log"
+            hs=$(run_idle "$t" "$b" handshakes "$HANDSHAKES" 0 1) || die "phase 3 failed; see $WORK/sim.log"
+            stop_broker "$WORK/conns-hs-$t-$b.broker.log"
+            start_broker "$b" "$t" "$WORK/conns-idle-$t-$b.broker.log"
+            st0=$([ -n "$STUNNEL_PID" ] && rss_kib "$STUNNEL_PID" || echo 0)
+            idle=$(run_idle "$t" "$b" idle "$IDLE" 500 3) || die "phase 3 failed; see $WORK/sim.log"
+            st1=$(cat "$WORK/conns-idle-$t-$b.stunnel" 2>/dev/null || echo 0)
+            stop_broker "$WORK/conns-idle-$t-$b.broker.log"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$b" "$hs" "$idle" "$st0" "$st1" >>"$WORK/conns.tsv"
+            python3 - "$hs" "$idle" <<'PY'
+import json, sys
+h, i = (json.load(open(p)) for p in sys.argv[1:3])
+r = i.get("hub_rss") or {}
+print(f"-- {h['url']}: {h['connected'] / h['connect_s']:.0f} handshakes/s ({h['failed']} failed); "
+      f"{i['connected']} idle: {r.get('per_connection_bytes', 0) / 1024:.1f} KiB each (broker only)")
+PY
+        done
+    done
+fi
+
 # ---------------------------------------------------------------------------------------
 # The table.
 python3 - "$WORK/runs.tsv" "$WORK/commands.txt" "$OUT" "$MOSQUITTO" "$STUNNEL" \
-    "$WORK" "$(( $(date +%s) - started ))" "$FANOUT_QOS" "$PAYLOAD" "$TRANSPORTS" <<'PY'
+    "$WORK" "$(( $(date +%s) - started ))" "$FANOUT_QOS" "$PAYLOAD" "$TRANSPORTS" \
+    "$WORK/conns.tsv" <<'PY'
 import json, os, subprocess, sys
 (runs_path, commands_path, out_path, mosquitto, stunnel, work, elapsed, fanout_qos, payload,
- used) = sys.argv[1:]
+ used, conns_path) = sys.argv[1:]
 used = used.split()
 
 runs = {}
@@ -579,6 +644,35 @@ for t in transports:
                     f"**{ratio(e['p50'], m['p50'])}** | **{ratio(e['p99'], m['p99'])}** | "
                     f"**{ratio(e['cores'], m['cores'])}** | **{ratio(e['rss'], m['rss'])}** |")
 
+conn_rows = []
+conns = {}
+for line in open(conns_path):
+    t, b, hs, idle, st0, st1 = line.rstrip("\n").split("\t")
+    h, i = json.load(open(hs)), json.load(open(idle))
+    r = i.get("hub_rss") or {}
+    n = max(i["connected"], 1)
+    extra = (int(st1) - int(st0)) * 1024 if int(st1) > 0 else 0
+    per = (r.get("after_bytes", 0) - r.get("before_bytes", 0) + extra) / n
+    conns[(t, b)] = {"hs": h["connected"] / h["connect_s"], "hs_failed": h["failed"],
+                     "idle": i["connected"], "idle_failed": i["failed"], "per": per,
+                     "total": r.get("after_bytes", 0) + (int(st1) * 1024 if int(st1) > 0 else 0)}
+if conns:
+    head2 = ("| transport | broker | full TLS handshakes/s | idle connections held | "
+             "memory per idle connection | broker RSS with them |")
+    conn_rows = [head2, "|" + "---|" * (head2.count("|") - 1)]
+    for t in transports:
+        if (t, "edgehub") not in conns:
+            continue
+        for b in ("edgehub", "mosquitto"):
+            c = conns[(t, b)]
+            failed = f" ({c['hs_failed']} failed)" if c["hs_failed"] else ""
+            ifailed = f" ({c['idle_failed']} failed)" if c["idle_failed"] else ""
+            conn_rows.append(f"| {transports[t]} | {b} | {c['hs']:.0f}{failed} | {c['idle']}{ifailed} | "
+                             f"{c['per'] / 1024:.1f} KiB | {c['total'] / 2**20:.1f} MiB |")
+        e, m = conns[(t, "edgehub")], conns[(t, "mosquitto")]
+        conn_rows.append(f"| {transports[t]} | **edgehub / mosquitto** | **{ratio(e['hs'], m['hs'])}** | | "
+                         f"**{ratio(e['per'], m['per'])}** | **{ratio(e['total'], m['total'])}** |")
+
 cmds = open(commands_path).read().rstrip("\n")
 edgehub_bin = None
 for line in cmds.splitlines():
@@ -614,6 +708,11 @@ text.append("""
   RSS (VmRSS at the end) are from that run.
 - ratio: edgehub / mosquitto; below 1× means edgehub is lower (faster for latency,
   cheaper for CPU and RSS, slower for msgs/s).""")
+if conn_rows:
+    text.append("\nConnections (phase 3): full TLS handshakes (no session resumption, each "
+                "with its MQTT CONNECT) per second, 64 at a time; memory of idle connections "
+                "held open, VmRSS with them minus before (mosquitto + stunnel on wss):\n")
+    text.append("\n".join(conn_rows))
 if notes:
     text.append("- mosquitto side of the wss rows = mosquitto + stunnel; stunnel's share "
                 "(its CPU over the same sending window, its VmRSS at the end):\n" +

@@ -3,6 +3,7 @@
 mod fleet;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -219,6 +220,11 @@ pub struct IdleArgs {
     /// Seconds to hold them open once all attempts finished.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub hold: f64,
+    /// Resume TLS sessions from earlier connections (TLS 1.3 tickets), as one client
+    /// reconnecting does. Off by default: every connection is a full handshake, as a fleet
+    /// of distinct clients makes, so the connection rate measures full handshakes.
+    #[arg(long)]
+    pub resume_tls: bool,
     /// The hub's process id: report its VmRSS before and after (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub hub_pid: Option<u32>,
@@ -375,6 +381,13 @@ pub fn mqtt_specs(args: &MqttArgs) -> anyhow::Result<(ClientSpec, ClientSpec)> {
 /// The spec for the `idle` mode's clients.
 pub fn idle_spec(args: &IdleArgs) -> anyhow::Result<ClientSpec> {
     args.connect.warn_unused_tls(false);
-    args.connect
-        .spec(args.connect.common_cert().as_ref(), 16 * 1024, 10, 4)
+    let mut spec = args
+        .connect
+        .spec(args.connect.common_cert().as_ref(), 16 * 1024, 10, 4)?;
+    if !args.resume_tls {
+        if let Some(tls) = spec.tls.as_mut() {
+            Arc::make_mut(tls).resumption = rustls::client::Resumption::disabled();
+        }
+    }
+    Ok(spec)
 }
