@@ -109,7 +109,22 @@ pub struct Broker {
     /// rumqttd's MQTT 5 listener (loopback).
     pub v5_addr: SocketAddr,
     password: String,
-    skips: Arc<AtomicU64>,
+    skips: Arc<Skips>,
+}
+
+/// Times rumqttd skipped messages for a subscriber that fell behind its in-memory log.
+/// (Its alert carries a count of messages lost, but rumqttd 0.20 always sets it to 0.)
+#[derive(Debug, Default)]
+struct Skips {
+    events: AtomicU64,
+}
+
+/// The embedded broker's counters, as the stats topic shows them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BrokerStats {
+    /// Times a subscriber fell so far behind that the broker skipped messages for it
+    /// (each time may skip many; rumqttd does not say how many).
+    pub subscriber_fell_behind: u64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -162,7 +177,7 @@ impl Broker {
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
 
         let config = rumqttd_config(settings, max_connections, v4_addr, v5_addr, &password);
-        let skips = Arc::new(AtomicU64::new(0));
+        let skips = Arc::new(Skips::default());
         let counter = skips.clone();
         std::thread::Builder::new()
             .name("rumqttd".into())
@@ -193,7 +208,14 @@ impl Broker {
     /// How many times a subscriber fell so far behind that the broker skipped messages
     /// for it (each event may skip many messages; rumqttd does not say how many).
     pub fn subscriber_skips(&self) -> u64 {
-        self.skips.load(Ordering::Relaxed)
+        self.skips.events.load(Ordering::Relaxed)
+    }
+
+    /// The counters for the stats topic.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            subscriber_fell_behind: self.skips.events.load(Ordering::Relaxed),
+        }
     }
 
     /// The loopback address for a client speaking `protocol_level` (4: 3.1.1, 5: MQTT 5).
@@ -215,7 +237,7 @@ impl Broker {
 /// the broker skipped messages for it, QoS 1 included. rumqttd only logs these (and we
 /// silence its logs), so this is where they become visible: one warning per 10 s at most,
 /// with the count.
-fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<AtomicU64>) {
+fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<Skips>) {
     let spawned = std::thread::Builder::new()
         .name("rumqttd-alerts".into())
         .spawn(move || {
@@ -226,7 +248,7 @@ fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<AtomicU64>) {
                     if alert.kind.name() != "cursor_jump" {
                         continue;
                     }
-                    skips.fetch_add(1, Ordering::Relaxed);
+                    skips.events.fetch_add(1, Ordering::Relaxed);
                     unlogged += 1;
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!(

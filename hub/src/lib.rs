@@ -222,8 +222,9 @@ impl Hub {
         let stats_gateway = gateway.clone();
         let interval = config.hub.stats_interval;
         let uplink_status = uplinks.iter().map(|u| u.status()).collect();
+        let stats_broker = self.broker.clone();
         device_stages.spawn("stats", move |token| {
-            publish_stats(stats_gateway, uplink_status, interval, token)
+            publish_stats(stats_gateway, stats_broker, uplink_status, interval, token)
         });
         let feed_journal = gateway.journal.clone();
         let feed_publisher = publisher.clone();
@@ -277,6 +278,7 @@ impl Hub {
 /// Publishes `edgehub/{hub_id}/stats` every `interval` until shutdown.
 async fn publish_stats(
     gateway: Arc<devices::Gateway>,
+    broker: broker::Broker,
     uplinks: Vec<Arc<uplink::status::UplinkStatus>>,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
@@ -288,6 +290,7 @@ async fn publish_stats(
         serial: &'a std::collections::BTreeMap<String, serial::PortStats>,
         journal: journal::JournalStats,
         uplinks: std::collections::BTreeMap<&'a str, uplink::status::UplinkSnapshot>,
+        broker: broker::BrokerStats,
     }
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,6 +311,7 @@ async fn publish_stats(
                 .iter()
                 .map(|u| (u.name(), u.snapshot(&gateway.journal, now, time)))
                 .collect(),
+            broker: broker.stats(),
         };
         if gateway.publisher.stats(&stats).await.is_err() {
             return;

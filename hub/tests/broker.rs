@@ -136,4 +136,9 @@ async fn a_subscriber_that_falls_behind_the_log_is_counted_not_silently_skipped(
         assert!(tokio::time::Instant::now() < deadline, "no skip counted");
         let _ = tokio::time::timeout(Duration::from_millis(100), sub_events.poll()).await;
     }
+    // What the stats topic shows.
+    assert_eq!(
+        broker.stats().subscriber_fell_behind,
+        broker.subscriber_skips()
+    );
 }

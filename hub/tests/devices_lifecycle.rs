@@ -111,4 +111,5 @@ async fn the_hub_publishes_its_counters_with_the_journal_on_its_stats_topic() {
     assert_eq!(json["journal"]["appended"], 3, "{json}");
     assert!(json["journal"]["flushes"].as_u64() >= Some(1), "{json}");
     assert_eq!(json["devices"]["rejected"]["malformed"], 0, "{json}");
+    assert_eq!(json["broker"]["subscriber_fell_behind"], 0, "{json}");
 }
