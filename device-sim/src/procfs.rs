@@ -5,16 +5,25 @@ use anyhow::Context;
 
 /// VmRSS of process `pid`, in bytes.
 pub fn vm_rss(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// VmHWM of process `pid` (its peak resident memory since it started), in bytes.
+pub fn vm_hwm(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path)
         .with_context(|| format!("--hub-pid {pid}: cannot read {path}; is the hub running?"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .with_context(|| format!("--hub-pid {pid}: no VmRSS line in {path}"))
+        .with_context(|| format!("--hub-pid {pid}: no {field} line in {path}"))
 }
 
 /// User + system CPU seconds process `pid` has used so far.
@@ -89,7 +98,12 @@ mod tests {
     #[test]
     fn this_process_has_memory_and_cpu_time() {
         let pid = std::process::id();
-        assert!(vm_rss(pid).expect("own VmRSS") > 0);
+        let rss = vm_rss(pid).expect("own VmRSS");
+        assert!(rss > 0);
+        assert!(
+            vm_hwm(pid).expect("own VmHWM") >= rss,
+            "the peak is at least now"
+        );
         assert!(cpu_seconds(pid).expect("own CPU time") >= 0.0);
     }
 }

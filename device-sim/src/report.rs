@@ -238,11 +238,12 @@ impl Delivery {
                 t,
                 "hub CPU",
                 format!(
-                    "{:.2} s over {:.1} s of sending ({:.2} cores), VmRSS {:.1} MiB (pid {})",
+                    "{:.2} s over {:.1} s of sending ({:.2} cores), VmRSS {:.1} MiB (peak {:.1} MiB) (pid {})",
                     hub.cpu_s,
                     hub.wall_s,
                     hub.cores,
                     hub.rss_bytes as f64 / (1024.0 * 1024.0),
+                    hub.peak_rss_bytes as f64 / (1024.0 * 1024.0),
                     hub.pid
                 ),
             );
@@ -345,6 +346,8 @@ pub struct HubUse {
     pub cores: f64,
     /// VmRSS at the end, bytes.
     pub rss_bytes: u64,
+    /// VmHWM at the end: the most it was resident since it started, bytes.
+    pub peak_rss_bytes: u64,
 }
 
 impl MqttSummary {

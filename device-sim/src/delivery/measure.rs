@@ -77,6 +77,7 @@ impl Meter {
                     wall_s,
                     cores: cpu_s / wall_s,
                     rss_bytes: crate::procfs::vm_rss(pid)?,
+                    peak_rss_bytes: crate::procfs::vm_hwm(pid)?,
                 })
             }
             None => None,

@@ -299,6 +299,7 @@ mod tests {
             wall_s: 2.0,
             cores: 0.5,
             rss_bytes: 12 * 1024 * 1024,
+            peak_rss_bytes: 14 * 1024 * 1024,
         });
         let html = render(
             &d,
