@@ -245,7 +245,17 @@ pub async fn run(
                     let _ = ready.send(());
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Keep the socket open until rumqttd closes it: a close that races its
+                // reading of DISCONNECT can be taken as the connection dying, and then it
+                // publishes the will ("offline", "lost") instead of our "stopped" (the
+                // relay does the same for clients; see `front::relay`).
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return;
+            }
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(error) => {
