@@ -5,24 +5,13 @@
 mod support;
 
 use serde_json::Value;
-use support::{args, describe, json, sim, TestHub, FAST_DEVICES};
+use support::{args, describe, json, path_arg, sim, TestHub, FAST_DEVICES};
 
 /// Runs `edgehub-sim devices` against `hub` with `extra` flags (separated by spaces);
 /// returns the output, its text and the JSON summary.
 async fn devices(hub: &TestHub, extra: &str) -> (std::process::Output, String, Value) {
     let out = hub.dir.path().join("devices.json");
-    let pki = hub.pki();
-    let mut argv = args([
-        "devices",
-        "--url",
-        &hub.device_url(),
-        "--pki",
-        pki.to_str().expect("utf-8 temp path"),
-        "--mqtt-url",
-        &hub.mqtt_url(),
-        "--json",
-        out.to_str().expect("utf-8 temp path"),
-    ]);
+    let mut argv = hub.devices_args(&["--json", path_arg(&out)]);
     argv.extend(args(extra.split_whitespace()));
     let output = sim(argv).await;
     let text = describe(&output);

@@ -10,14 +10,7 @@ use support::{args, describe, json, path_arg, serial_hub, sim, TestHub, FAST_DEV
 async fn devices_with_certificates_issued_on_the_fly_deliver_every_message_through_the_hub() {
     let hub = TestHub::start(FAST_DEVICES).await;
     let out = hub.dir.path().join("devices.json");
-    let output = sim(args([
-        "devices",
-        "--url",
-        &hub.device_url(),
-        "--pki",
-        path_arg(&hub.pki()),
-        "--mqtt-url",
-        &hub.mqtt_url(),
+    let output = sim(hub.devices_args(&[
         "--devices",
         "5",
         "--rate",
@@ -62,14 +55,7 @@ async fn devices_with_certificates_issued_on_the_fly_deliver_every_message_throu
 async fn a_command_published_to_a_simulated_device_is_answered_ok_through_the_hub() {
     let hub = TestHub::start(FAST_DEVICES).await;
     let out = hub.dir.path().join("devices.json");
-    let run = tokio::spawn(sim(args([
-        "devices",
-        "--url",
-        &hub.device_url(),
-        "--pki",
-        path_arg(&hub.pki()),
-        "--mqtt-url",
-        &hub.mqtt_url(),
+    let run = tokio::spawn(sim(hub.devices_args(&[
         "--id-prefix",
         "cmdtest",
         "--devices",
@@ -168,14 +154,7 @@ async fn devices_above_the_hubs_default_message_rate_are_refused_and_the_loss_is
     // The hub's default [devices] message_rate is 50/s per device (bursts of 100).
     let hub = TestHub::start("").await;
     let out = hub.dir.path().join("devices.json");
-    let output = sim(args([
-        "devices",
-        "--url",
-        &hub.device_url(),
-        "--pki",
-        path_arg(&hub.pki()),
-        "--mqtt-url",
-        &hub.mqtt_url(),
+    let output = sim(hub.devices_args(&[
         "--devices",
         "2",
         "--rate",

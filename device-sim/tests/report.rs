@@ -116,14 +116,7 @@ async fn a_run_where_nothing_arrives_still_writes_a_report_that_says_so() {
 async fn a_devices_run_writes_a_report_too() {
     let hub = TestHub::start(FAST_DEVICES).await;
     let report = hub.dir.path().join("devices.html");
-    let output = sim(args([
-        "devices",
-        "--url",
-        &hub.device_url(),
-        "--pki",
-        path_arg(&hub.pki()),
-        "--mqtt-url",
-        &hub.mqtt_url(),
+    let output = sim(hub.devices_args(&[
         "--devices",
         "2",
         "--rate",

@@ -26,7 +26,7 @@
 //! - It never sets TCP_NODELAY: its small writes wait for the peer's delayed ACK, so the
 //!   relay quick-ACKs every read from the broker.
 //! - It skips messages for a subscriber that falls behind its in-memory log (QoS 1 too)
-//!   and only says so through alerts, which [`Broker::subscriber_skips`] counts.
+//!   and only says so through alerts, which [`Broker::stats`] counts.
 //! - It keeps at most 100 QoS 1 messages in flight per subscriber (a constant) and its
 //!   PUBACK round trip capped a subscriber near 20k msgs/s: the relay delivers QoS 1 to
 //!   clean sessions itself (`front::custody`).
@@ -109,14 +109,10 @@ pub struct Broker {
     /// rumqttd's MQTT 5 listener (loopback).
     pub v5_addr: SocketAddr,
     password: String,
-    skips: Arc<Skips>,
-}
-
-/// Times rumqttd skipped messages for a subscriber that fell behind its in-memory log.
-/// (Its alert carries a count of messages lost, but rumqttd 0.20 always sets it to 0.)
-#[derive(Debug, Default)]
-struct Skips {
-    events: AtomicU64,
+    /// Times rumqttd skipped messages for a subscriber that fell behind its in-memory
+    /// log. (Its alert carries a count of messages lost, but rumqttd 0.20 always sets it
+    /// to 0.)
+    skips: Arc<AtomicU64>,
 }
 
 /// The embedded broker's counters, as the stats topic shows them.
@@ -177,7 +173,7 @@ impl Broker {
         let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
 
         let config = rumqttd_config(settings, max_connections, v4_addr, v5_addr, &password);
-        let skips = Arc::new(Skips::default());
+        let skips = Arc::new(AtomicU64::new(0));
         let counter = skips.clone();
         std::thread::Builder::new()
             .name("rumqttd".into())
@@ -205,16 +201,10 @@ impl Broker {
         })
     }
 
-    /// How many times a subscriber fell so far behind that the broker skipped messages
-    /// for it (each event may skip many messages; rumqttd does not say how many).
-    pub fn subscriber_skips(&self) -> u64 {
-        self.skips.events.load(Ordering::Relaxed)
-    }
-
     /// The counters for the stats topic.
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {
-            subscriber_fell_behind: self.skips.events.load(Ordering::Relaxed),
+            subscriber_fell_behind: self.skips.load(Ordering::Relaxed),
         }
     }
 
@@ -237,7 +227,7 @@ impl Broker {
 /// the broker skipped messages for it, QoS 1 included. rumqttd only logs these (and we
 /// silence its logs), so this is where they become visible: one warning per 10 s at most,
 /// with the count.
-fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<Skips>) {
+fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<AtomicU64>) {
     let spawned = std::thread::Builder::new()
         .name("rumqttd-alerts".into())
         .spawn(move || {
@@ -248,7 +238,7 @@ fn watch_alerts(alerts: rumqttd::alerts::AlertsLink, skips: Arc<Skips>) {
                     if alert.kind.name() != "cursor_jump" {
                         continue;
                     }
-                    skips.events.fetch_add(1, Ordering::Relaxed);
+                    skips.fetch_add(1, Ordering::Relaxed);
                     unlogged += 1;
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!(

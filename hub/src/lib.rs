@@ -162,11 +162,6 @@ impl Hub {
         self.stats.clone()
     }
 
-    /// How often the embedded broker skipped messages for a subscriber that fell behind.
-    pub fn subscriber_skips(&self) -> u64 {
-        self.broker.subscriber_skips()
-    }
-
     /// The device gateway's counters.
     pub fn device_stats(&self) -> devices::StatsSnapshot {
         self.gateway.stats.snapshot(self.gateway.registry.online())

@@ -333,6 +333,7 @@ fn run(path: Option<&Path>) -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("edgehub")
@@ -353,5 +354,19 @@ fn serve(config: Config) -> anyhow::Result<()> {
     match outcome {
         Supervised::Finished(result) => Ok(result?),
         Supervised::Forced(signal) => std::process::exit(i32::from(signal.exit_code())),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: every MQTT client takes three
+/// descriptors, and the usual soft default (1024) would hold about 250. The hub lowers
+/// `limits.max_connections` to whatever limit remains.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
+            }
+        }
     }
 }

@@ -1239,3 +1239,98 @@ async fn a_qos1_subscriber_that_reads_but_never_acknowledges_is_disconnected_and
     assert_eq!(payloads(&got), [0, 1, 2]);
     hub.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn an_mqtt5_subscriber_gets_no_more_in_flight_than_its_receive_maximum() {
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{
+        Connect, ConnectProperties, Filter, Packet, PubAck, Subscribe, SubscribeReasonCode,
+    };
+    use rumqttc::v5::mqttbytes::QoS;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn next(
+        tcp: &mut tokio::net::TcpStream,
+        buf: &mut BytesMut,
+        quiet: u64,
+    ) -> Option<Packet> {
+        loop {
+            match Packet::read(buf, None) {
+                Ok(p) => return Some(p),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("not MQTT 5: {e}"),
+            }
+            let wait = std::time::Duration::from_millis(quiet);
+            match tokio::time::timeout(wait, tcp.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => panic!("the hub closed the connection"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    let hub = TestHub::start(support::hub::UPSTREAM).await;
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr(MQTT))
+        .await
+        .expect("connect");
+    let mut props = ConnectProperties::new();
+    props.receive_maximum = Some(20);
+    let connect = Connect {
+        keep_alive: 60,
+        client_id: "rm20".into(),
+        clean_start: true,
+        properties: Some(props),
+    };
+    let mut out = BytesMut::new();
+    Packet::Connect(connect, None, None)
+        .write(&mut out, None)
+        .expect("encode CONNECT");
+    let filter = Filter::new("devices/+/telemetry", QoS::AtLeastOnce);
+    let mut subscribe = Subscribe::new(filter, None);
+    subscribe.pkid = 1;
+    Packet::Subscribe(subscribe)
+        .write(&mut out, None)
+        .expect("encode SUBSCRIBE");
+    tcp.write_all(&out).await.expect("write");
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        next(&mut tcp, &mut buf, 5000).await,
+        Some(Packet::ConnAck(_))
+    ));
+    match next(&mut tcp, &mut buf, 5000).await {
+        Some(Packet::SubAck(a)) => assert_eq!(
+            a.return_codes,
+            [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+        ),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+
+    publish_numbered(&hub, "devices/r/telemetry", 50).await;
+    let mut received = Vec::new();
+    while let Some(packet) = next(&mut tcp, &mut buf, 700).await {
+        match packet {
+            Packet::Publish(p) => received.push(p),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!(received.len(), 20, "the client's Receive Maximum");
+    assert!(received.iter().all(|p| p.qos == QoS::AtLeastOnce));
+    let mut acks = BytesMut::new();
+    for p in &received {
+        Packet::PubAck(PubAck::new(p.pkid, None))
+            .write(&mut acks, None)
+            .expect("encode PUBACK");
+    }
+    tcp.write_all(&acks).await.expect("write PUBACKs");
+    let mut more = 0;
+    while let Some(packet) = next(&mut tcp, &mut buf, 700).await {
+        if let Packet::Publish(_) = packet {
+            more += 1;
+        }
+    }
+    assert_eq!(
+        more, 20,
+        "the next window's worth once the first is acknowledged"
+    );
+    hub.stop().await.expect("clean stop");
+}

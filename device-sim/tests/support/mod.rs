@@ -115,6 +115,22 @@ auth = ["anonymous"]
     pub fn pki(&self) -> PathBuf {
         self.dir.path().join("data").join("pki")
     }
+
+    /// `edgehub-sim devices` against this hub: its device gateway, its development PKI
+    /// and its MQTT listener to measure at, then `extra`.
+    pub fn devices_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut argv = args([
+            "devices",
+            "--url",
+            &self.device_url(),
+            "--pki",
+            path_arg(&self.pki()),
+            "--mqtt-url",
+            &self.mqtt_url(),
+        ]);
+        argv.extend(args(extra));
+        argv
+    }
 }
 
 impl Drop for TestHub {

@@ -52,20 +52,15 @@ impl Drop for ConnGuard {
 /// serial ports, uplinks, the embedded broker's own, files opened at a reload.
 const RESERVED_FDS: u64 = 256;
 
-/// The most connections the process's open-file limit can hold, with the soft limit
-/// first raised to the hard one. An MQTT client costs three descriptors: its socket, the
-/// relay's loopback connection to the embedded broker and the broker's end of it. Past
-/// the limit `accept` fails, and clients see resets instead of a clean refusal, so the
-/// cap is lowered to fit (logged) rather than left to fail.
+/// The most connections the process's open-file limit can hold. An MQTT client costs
+/// three descriptors: its socket, the relay's loopback connection to the embedded broker
+/// and the broker's end of it. Past the limit `accept` fails, and clients see resets
+/// instead of a clean refusal, so the cap is lowered to fit (logged) rather than left to
+/// fail. (The `edgehub` binary raises its soft limit to the hard one first.)
 pub fn fit_to_open_file_limit(max_connections: usize) -> usize {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return max_connections;
-    };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
     };
     let fits = (limit.saturating_sub(RESERVED_FDS) / 3).max(1);
     let fits = usize::try_from(fits).unwrap_or(usize::MAX);

@@ -21,6 +21,7 @@
 //! any slow subscriber.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -40,6 +41,9 @@ pub struct Custody {
     freed: Notify,
     /// Filters the client subscribed at QoS 1 and the broker serves at QoS 0.
     upgraded: Mutex<Vec<String>>,
+    /// `upgraded` is not empty: read for every delivery, so that a session with only
+    /// QoS 0 (or 2) subscriptions passes its deliveries through untouched and unlocked.
+    upgrading: AtomicBool,
 }
 
 struct Ids {
@@ -60,6 +64,7 @@ impl Custody {
             }),
             freed: Notify::new(),
             upgraded: Mutex::new(Vec::new()),
+            upgrading: AtomicBool::new(false),
         }
     }
 
@@ -68,17 +73,28 @@ impl Custody {
         let mut upgraded = lock(&self.upgraded);
         // A new subscription to the same filter replaces the old one (§3.8.4).
         upgraded.retain(|f| f != filter);
-        if qos == 1 {
+        let asked = if qos == 1 {
             upgraded.push(filter.to_owned());
             0
         } else {
             qos
-        }
+        };
+        self.upgrading
+            .store(!upgraded.is_empty(), Ordering::Release);
+        asked
     }
 
     /// The client unsubscribed from `filter`.
     pub fn unsubscribe(&self, filter: &str) {
-        lock(&self.upgraded).retain(|f| f != filter);
+        let mut upgraded = lock(&self.upgraded);
+        upgraded.retain(|f| f != filter);
+        self.upgrading
+            .store(!upgraded.is_empty(), Ordering::Release);
+    }
+
+    /// Whether any subscription is delivered at QoS 1 by the relay.
+    pub fn upgrading(&self) -> bool {
+        self.upgrading.load(Ordering::Acquire)
     }
 
     /// Whether a QoS 0 delivery on `topic` is for a subscription the client made at QoS 1.
@@ -170,7 +186,9 @@ mod tests {
     #[test]
     fn qos1_subscriptions_go_to_the_broker_at_qos0_and_their_topics_are_upgraded() {
         let c = Custody::new(None);
+        assert!(!c.upgrading());
         assert_eq!(c.subscribe("devices/+/telemetry", 1), 0);
+        assert!(c.upgrading());
         assert_eq!(c.subscribe("alerts/#", 0), 0);
         assert_eq!(c.subscribe("cmd/#", 2), 2);
         assert!(c.upgrades("devices/d1/telemetry"));
@@ -182,6 +200,7 @@ mod tests {
         c.subscribe("a/b", 1);
         c.unsubscribe("a/b");
         assert!(!c.upgrades("a/b"));
+        assert!(!c.upgrading(), "nothing left to upgrade");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! forwards what is allowed to the broker in batches; what the ACL denies it answers itself
 //! through *down*, as the protocol says (PUBACK/PUBREC for a denied QoS 1/2 PUBLISH, SUBACK
 //! failure codes for denied filters). *Down* forwards the broker's packets to the client,
-//! merging the broker's SUBACK for a partly denied SUBSCRIBE with the denied codes, and
-//! closes a client that stops reading instead of buffering for it.
+//! merging the broker's SUBACK for a rebuilt SUBSCRIBE with the hub's answers, delivers
+//! QoS 1 to clean sessions itself (`custody`: the client's PUBACKs for those end in *up*),
+//! and closes a client that stops reading or acknowledging instead of buffering for it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -418,7 +419,13 @@ async fn downstream<W: AsyncWrite + Unpin>(
                         Err(e) => return Ended::Protocol(format!("from broker: {e}")),
                     };
                     let frame_kind = packet::packet_type(&frame);
-                    if frame_kind == kind::PUBLISH && session.custody.is_some() {
+                    // Deliveries go through custody only while some are upgraded (and
+                    // behind those already waiting, to keep the broker's order).
+                    let via_custody = session
+                        .custody
+                        .as_ref()
+                        .is_some_and(|c| c.upgrading() || !parked.is_empty());
+                    if frame_kind == kind::PUBLISH && via_custody {
                         parked.push_back(frame);
                         continue;
                     }

@@ -243,23 +243,22 @@ impl Session {
         // Clean sessions get QoS 1 from the relay: the broker is asked for QoS 0.
         let mut upgraded = vec![false; allowed.len()];
         if let Some(custody) = &self.custody {
-            let mut downgrade = |i: usize, path: &str, qos: u8| {
-                let asked = custody.subscribe(path, qos);
-                upgraded[i] = asked != qos;
-                upgraded[i]
-            };
+            let ask = |path: &str, qos: u8| custody.subscribe(path, qos) != qos;
+            let kept = allowed.iter().zip(upgraded.iter_mut());
             match &mut parsed {
                 ParsedSubscribe::V4(s) => {
-                    for (i, f) in s.filters.iter_mut().enumerate() {
-                        if allowed[i] && downgrade(i, &f.path, f.qos as u8) {
+                    for (f, (ok, up)) in s.filters.iter_mut().zip(kept) {
+                        if *ok && ask(&f.path, f.qos as u8) {
                             f.qos = rumqttc::QoS::AtMostOnce;
+                            *up = true;
                         }
                     }
                 }
                 ParsedSubscribe::V5(s) => {
-                    for (i, f) in s.filters.iter_mut().enumerate() {
-                        if allowed[i] && downgrade(i, &f.path, f.qos as u8) {
+                    for (f, (ok, up)) in s.filters.iter_mut().zip(kept) {
+                        if *ok && ask(&f.path, f.qos as u8) {
                             f.qos = rumqttc::v5::mqttbytes::QoS::AtMostOnce;
+                            *up = true;
                         }
                     }
                 }
