@@ -17,21 +17,21 @@ pub mod logging;
 pub mod pki;
 pub mod publisher;
 pub mod serial;
+pub mod service;
 pub mod shutdown;
 pub mod tls;
 pub mod uplink;
 pub mod ws_device;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use crate::config::{Config, ConfigError, ConfigSource};
 use crate::data_dir::DataDirError;
+use crate::front::policy::Policy;
 use crate::front::{FrontDoor, FrontStats, Shared};
 use crate::shutdown::{ShutdownError, Stages};
-use crate::tls::ClientAuth;
 
 /// The hub's version, as logged at startup.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -68,9 +68,22 @@ pub enum HubError {
     Shutdown(#[from] ShutdownError),
 }
 
+/// Where a hub is in its life, for service managers and health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Listeners bound and the journal open; waiting for the broker publisher.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Shutdown has begun.
+    Stopping,
+}
+
 /// A hub whose stages are built and whose listeners are bound.
 pub struct Hub {
     config: Config,
+    phase: tokio::sync::watch::Sender<Phase>,
+    shared: Arc<Shared>,
     front: FrontDoor,
     stats: Arc<FrontStats>,
     broker: broker::Broker,
@@ -101,11 +114,9 @@ impl Hub {
         let setup_config = config.clone();
         let Setup {
             uplinks,
-            acl,
-            auth,
+            policy,
             broker,
             journal,
-            server_configs,
         } = tokio::task::spawn_blocking(move || Setup::build(&setup_config))
             .await
             .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
@@ -123,19 +134,16 @@ impl Hub {
         let shared = Arc::new(Shared {
             gateway: gateway.clone(),
             broker: broker.clone(),
-            acl,
-            auth,
-            limits: Arc::new(config.limits.clone()),
+            policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
             stats: stats.clone(),
             identity_source: config.tls.identity,
             password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         });
-        let front = FrontDoor::bind(&config.listeners, shared, |l| {
-            server_configs.get(&client_auth_mode(l)).cloned()
-        })
-        .await?;
+        let front = FrontDoor::bind(&config.listeners, shared.clone()).await?;
         Ok(Hub {
             config,
+            phase: tokio::sync::watch::Sender::new(Phase::Starting),
+            shared,
             front,
             stats,
             broker,
@@ -157,6 +165,20 @@ impl Hub {
             .find_map(|(name, addr)| (name == listener).then_some(addr))
     }
 
+    /// Where the hub is in its life; changes as [`Hub::run`] goes.
+    pub fn phase(&self) -> tokio::sync::watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// A handle that applies a new configuration to the running hub (what SIGHUP does).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            running: Arc::new(self.config.clone()),
+            max_connections: self.config.limits.max_connections,
+        }
+    }
+
     /// The front door's counters.
     pub fn stats(&self) -> Arc<FrontStats> {
         self.stats.clone()
@@ -175,6 +197,7 @@ impl Hub {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
         let Hub {
             config,
+            phase,
             front,
             gateway,
             publisher,
@@ -238,7 +261,9 @@ impl Hub {
         front_stages.spawn("front door", move |token| front.run(token));
 
         tracing::info!("edgehub ready");
+        phase.send_replace(Phase::Ready);
         shutdown.await;
+        phase.send_replace(Phase::Stopping);
 
         let grace = config.shutdown.grace_period;
         let deadline = std::time::Instant::now() + grace;
@@ -317,51 +342,32 @@ async fn publish_stats(
 /// What [`Hub::start`] prepares with blocking calls.
 struct Setup {
     uplinks: Vec<uplink::task::Uplink>,
-    acl: Arc<acl::Acl>,
-    auth: Arc<auth::Authenticator>,
+    policy: Policy,
     broker: broker::Broker,
     journal: journal::Journal,
-    server_configs: HashMap<ClientAuth, Arc<rustls::ServerConfig>>,
+}
+
+/// Warns about listeners whose login methods have nothing to check against.
+fn warn_unusable_logins(config: &Config, policy: &Policy) {
+    for l in &config.listeners {
+        let wants = |m| l.auth.contains(&m);
+        if wants(front::AuthMethod::Password) && !policy.auth.has_users() {
+            tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+        }
+        if wants(front::AuthMethod::Jwt) && !policy.auth.has_jwt() {
+            tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+        }
+    }
 }
 
 impl Setup {
     fn build(config: &Config) -> Result<Setup, HubError> {
         data_dir::prepare(&config.hub.data_dir)?;
-        let acl = Arc::new(acl::Acl::new(&config.acl)?);
-        let auth = Arc::new(auth::Authenticator::new(
-            &config.auth.resolve(&config.base_dir()),
-            &acl,
-        )?);
-        for l in &config.listeners {
-            let wants = |m| l.auth.contains(&m);
-            if wants(front::AuthMethod::Password) && !auth.has_users() {
-                tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
-            }
-            if wants(front::AuthMethod::Jwt) && !auth.has_jwt() {
-                tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
-            }
-        }
-
-        // One server config per client-certificate mode in use: a listener that accepts
-        // only certificates requires one; one that also takes passwords or tokens asks
-        // for one but lets browsers without a certificate through to CONNECT.
-        let mut server_configs = HashMap::new();
-        let tls_listeners: Vec<_> = config
-            .listeners
-            .iter()
-            .filter(|l| l.kind.is_tls())
-            .collect();
-        if !tls_listeners.is_empty() {
-            let resolved = config
-                .tls
-                .resolve(&config.hub.data_dir, &config.base_dir())?;
-            for l in tls_listeners {
-                let mode = client_auth_mode(l);
-                if let std::collections::hash_map::Entry::Vacant(e) = server_configs.entry(mode) {
-                    e.insert(tls::server_config(&resolved, mode)?);
-                }
-            }
-        }
+        // One TLS server config per client-certificate mode in use: a listener that
+        // accepts only certificates requires one; one that also takes passwords or tokens
+        // asks for one but lets browsers without a certificate through to CONNECT.
+        let policy = Policy::build(config, config.limits.max_connections)?;
+        warn_unusable_logins(config, &policy);
 
         let uplinks = config
             .uplinks
@@ -386,24 +392,86 @@ impl Setup {
         let broker = broker::Broker::start(&config.broker, config.limits.max_connections)?;
         Ok(Setup {
             uplinks,
-            acl,
-            auth,
+            policy,
             broker,
             journal,
-            server_configs,
         })
     }
 }
 
-fn client_auth_mode(l: &front::ListenerSettings) -> ClientAuth {
-    let certificate = l.auth.contains(&front::AuthMethod::Certificate);
-    if !certificate {
-        ClientAuth::None
-    } else if l.auth.len() == 1 {
-        ClientAuth::Required
-    } else {
-        ClientAuth::Optional
+/// Applies a new configuration to a running hub: what SIGHUP does.
+///
+/// Reloaded: certificates, client CAs and CRLs, the ACL, users and JWT settings, and
+/// `[limits]` (for new connections; `max_connections` only up to what the hub started
+/// with). Open connections are judged again and those the new rules forbid are closed.
+/// Everything else (listeners, the hub id, data directory, journal, broker, devices,
+/// serial ports, uplinks, the log format, `tls.identity`) takes a restart: a change there
+/// is named in [`Reloaded::needs_restart`] and logged, and the running value stays.
+/// `log.level` is applied by the binary, which owns the log subscriber.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    running: Arc<Config>,
+    max_connections: usize,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings that changed in the file but take a restart, by their config key.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Reloader {
+    /// Builds the new rules from `config` and puts them in force, or leaves the running
+    /// ones untouched and says why not (a file that cannot be read, an ACL that does not
+    /// hold together, ...).
+    pub async fn reload(&self, config: Config) -> Result<Reloaded, HubError> {
+        let max_connections = self.max_connections;
+        let candidate = config.clone();
+        let policy =
+            tokio::task::spawn_blocking(move || Policy::build(&candidate, max_connections))
+                .await
+                .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+        warn_unusable_logins(&config, &policy);
+        if config.limits.max_connections > max_connections {
+            tracing::warn!(
+                configured = config.limits.max_connections,
+                allowed = max_connections,
+                "limits.max_connections can only be raised above what the hub started with by a restart"
+            );
+        }
+        let needs_restart = restart_only_changes(&self.running, &config);
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                settings = needs_restart.join(", "),
+                "these settings changed but take effect only after a restart; the running values stay"
+            );
+        }
+        self.shared.policy.send_replace(Arc::new(policy));
+        Ok(Reloaded { needs_restart })
     }
+}
+
+/// The settings that differ between `running` and `new` and that only a restart applies.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |key, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("hub", running.hub != new.hub);
+    check("log.format", running.log.format != new.log.format);
+    check("shutdown", running.shutdown != new.shutdown);
+    check("tls.identity", running.tls.identity != new.tls.identity);
+    check("listeners", running.listeners != new.listeners);
+    check("broker", running.broker != new.broker);
+    check("devices", running.devices != new.devices);
+    check("serial", running.serial != new.serial);
+    check("journal", running.journal != new.journal);
+    check("uplinks", running.uplinks != new.uplinks);
+    changed
 }
 
 /// Runs the hub until `shutdown` resolves: [`Hub::start`] then [`Hub::run`].

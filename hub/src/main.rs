@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use hub::logging::LogControl;
 use hub::pki::{PkiOptions, RevokeTarget, DEFAULT_DEVICES, DEFAULT_VALIDITY_DAYS};
+use hub::service;
 use hub::shutdown::{stop_signals, supervise, Supervised};
 use hub::Config;
 
@@ -33,7 +35,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub until SIGINT or SIGTERM.
+    /// Run the hub until SIGINT or SIGTERM; SIGHUP reloads certificates, CRLs, ACLs,
+    /// users, limits and the log level from the configuration file.
     Run {
         /// Configuration file (TOML); without it the embedded default configuration is used.
         #[arg(long, short, value_name = "FILE")]
@@ -319,11 +322,14 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(error) = hub::logging::init(&config.log) {
-        eprintln!("edgehub: {error}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    match serve(config) {
+    let log = match hub::logging::init(&config.log) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("edgehub: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match serve(config, path.map(Path::to_path_buf), log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -332,7 +338,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: Option<PathBuf>, log: LogControl) -> anyhow::Result<()> {
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -341,11 +347,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let outcome = runtime.block_on(async {
         let signals = stop_signals().context("cannot install SIGINT/SIGTERM handlers")?;
+        // Installed first thing: SIGHUP's default action would end the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        if let Some(interval) = service::watchdog_interval() {
+            tokio::spawn(service::watchdog(interval));
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let hub = hub::run(config, async {
-            // A dropped sender also means stop.
-            let _ = stop_rx.await;
-        });
+        let hub = async move {
+            let hub = hub::Hub::start(config).await?;
+            tokio::spawn(service::report_phases(hub.phase()));
+            tokio::spawn(service::reload_on_hangup(
+                hangups,
+                path,
+                hub.reloader(),
+                log,
+            ));
+            hub.run(async {
+                // A dropped sender also means stop.
+                let _ = stop_rx.await;
+            })
+            .await
+        };
         anyhow::Ok(supervise(hub, stop_tx, signals).await)
     })?;
     // Stages that outlived the grace period (or a forced exit) must not hold the process

@@ -268,6 +268,16 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The check a client certificate passes at the handshake (chain to a client CA, expiry,
+/// CRLs), for judging again the certificates of connections already open when the files
+/// change (a reload).
+pub fn certificate_checker(
+    settings: &ResolvedTlsSettings,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_verifier(settings, false, provider)
+}
+
 fn client_verifier(
     settings: &ResolvedTlsSettings,
     optional: bool,

@@ -19,6 +19,7 @@ use crate::acl::{Acl, Subject};
 use crate::devices::link::{Link, Pending, Place, MAX_PENDING};
 use crate::devices::session::{Claim, Close};
 use crate::devices::{Downlink, Gateway, Transport, Violation};
+use crate::front::policy::Policy;
 use crate::tls::PeerIdentity;
 use firmware_proto::{ErrorCode, ErrorMsg, Message};
 
@@ -62,26 +63,43 @@ pub fn may_attach(acl: &Acl, cert: &PeerIdentity) -> Result<(), String> {
     }
 }
 
-/// Serves one device WebSocket until it closes, dies, is replaced, or the hub stops
-/// (the gateway's shutdown token, cancelled before MQTT clients are closed, so that they
-/// see the device go offline).
+/// A device's client certificate: its identity, and the chain for a reload to verify
+/// again.
+pub struct DeviceCert {
+    /// Who the certificate says the device is.
+    pub id: PeerIdentity,
+    /// The chain it presented, leaf first.
+    pub chain: Arc<[rustls::pki_types::CertificateDer<'static>]>,
+}
+
+/// Whether a device attached under some policy may stay under `policy` (a reload): its
+/// certificate still verifies and its role may still publish its telemetry.
+fn may_stay(policy: &Policy, cert: &DeviceCert) -> Result<(), String> {
+    policy.check_certificate(&cert.chain)?;
+    may_attach(&policy.acl, &cert.id)
+}
+
+/// Serves one device WebSocket until it closes, dies, is replaced, is no longer allowed
+/// after a reload, or the hub stops (the gateway's shutdown token, cancelled before MQTT
+/// clients are closed, so that they see the device go offline).
 pub async fn serve<S>(
     socket: WebSocketStream<S>,
-    cert: PeerIdentity,
+    cert: DeviceCert,
     peer: SocketAddr,
     gateway: Arc<Gateway>,
-    acl: &Acl,
-    limits: &crate::front::Limits,
+    policy: Arc<Policy>,
+    mut policy_changes: tokio::sync::watch::Receiver<Arc<Policy>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = policy.limits.clone();
     let _running = gateway.tasks.token();
     let write_timeout = limits.write_timeout;
     // A device gets as long to say Hello as an MQTT client gets to send CONNECT.
     let hello_deadline = Instant::now() + limits.connect_timeout;
     let shutdown = gateway.shutdown.clone();
     let (mut tx, mut rx) = socket.split();
-    if let Err(why) = may_attach(acl, &cert) {
+    if let Err(why) = may_attach(&policy.acl, &cert.id) {
         gateway.stats.violation(Violation::Identity);
         tracing::info!("device refused: {why}");
         let error = Message::Error(ErrorMsg::new(ErrorCode::IdentityMismatch, why));
@@ -94,7 +112,7 @@ pub async fn serve<S>(
     }
     let (mut link, mut downlink) = Link::new(
         gateway.clone(),
-        Claim::Must(cert.identity.clone()),
+        Claim::Must(cert.id.identity.clone()),
         Transport::WebSocket,
         Place::Peer(peer),
     );
@@ -122,6 +140,14 @@ pub async fn serve<S>(
             }
             _ = replaced.cancelled() => {
                 break 'conn ("replaced", Some(close(CloseCode::from(CLOSE_REPLACED), "replaced by a newer connection")));
+            }
+            Ok(()) = policy_changes.changed() => {
+                let latest = policy_changes.borrow_and_update().clone();
+                if let Err(why) = may_stay(&latest, &cert) {
+                    gateway.stats.violation(Violation::Identity);
+                    tracing::info!("device no longer allowed after a reload: {why}");
+                    break 'conn ("revoked", Some(close(CloseCode::Policy, "no longer allowed")));
+                }
             }
             Some(Downlink::Command(command)) = downlink.recv() => {
                 let message = WsMessage::binary(Message::Command(command).to_vec());

@@ -229,6 +229,7 @@ pub struct Authenticator {
     jwt: Option<JwtVerifier>,
 }
 
+#[derive(PartialEq, Eq)]
 struct User {
     hash: PasswordHash,
     role: Option<String>,
@@ -314,6 +315,20 @@ impl Authenticator {
             .as_ref()
             .ok_or(AuthError::JwtNotConfigured)?
             .verify(token, now)
+    }
+
+    /// Whether user `name` has the same password hash and role in `other`: a session that
+    /// logged in under one may stay under the other (a reload).
+    pub fn same_user(&self, other: &Authenticator, name: &str) -> bool {
+        match (self.users.get(name), other.users.get(name)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// The role configured for user `name`, if the user exists and names one.
+    pub fn role_of(&self, name: &str) -> Option<String> {
+        self.users.get(name).and_then(|u| u.role.clone())
     }
 
     /// Whether any password users are configured.

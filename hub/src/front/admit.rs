@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::packet::{self, kind, FrameError};
+use super::policy::{resolve_role, Login, Policy};
 use super::stats::Reject;
 use super::{AuthMethod, Shared};
 use crate::acl::Subject;
@@ -22,6 +23,10 @@ pub struct Admitted {
     pub v5: bool,
     /// Who the client is.
     pub subject: Subject,
+    /// How it proved it.
+    pub login: Login,
+    /// Its will's topic, if it has a will.
+    pub will_topic: Option<String>,
     /// The keep-alive the client asked for, in seconds.
     pub keep_alive: u16,
     /// The broker keeps nothing of the session after the connection ends (3.1.1 clean
@@ -152,13 +157,14 @@ impl Connect {
 pub async fn admit<C>(
     client: &mut C,
     shared: &Shared,
+    policy: &Policy,
     listener: &super::Listener,
     cert: Option<&PeerIdentity>,
 ) -> Result<Admitted, Refused>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let limits = &shared.limits;
+    let limits = &policy.limits;
     let mut buf = BytesMut::with_capacity(1024);
     let frame = tokio::time::timeout(
         limits.connect_timeout,
@@ -189,15 +195,17 @@ where
     };
     let v5 = matches!(connect, Connect::V5(..));
 
-    let (subject, expires_at) = match authenticate(shared, listener, cert, &connect).await {
-        Ok(ok) => ok,
-        Err((bad_credentials, why)) => {
-            let _ = refuse(client, v5, bad_credentials).await;
-            return Err(Refused::NotAuthorized(why));
-        }
-    };
-    if let Some(topic) = connect.will_topic() {
-        if !shared.acl.can_publish(&subject, &topic) {
+    let (subject, login, expires_at) =
+        match authenticate(shared, policy, listener, cert, &connect).await {
+            Ok(ok) => ok,
+            Err((bad_credentials, why)) => {
+                let _ = refuse(client, v5, bad_credentials).await;
+                return Err(Refused::NotAuthorized(why));
+            }
+        };
+    let will_topic = connect.will_topic();
+    if let Some(topic) = &will_topic {
+        if !policy.acl.can_publish(&subject, topic) {
             let _ = refuse(client, v5, false).await;
             return Err(Refused::NotAuthorized(format!(
                 "will topic {topic:?} is not allowed for role {}",
@@ -218,6 +226,8 @@ where
     Ok(Admitted {
         v5,
         subject,
+        login,
+        will_topic,
         keep_alive,
         ends_with_connection,
         receive_max,
@@ -233,17 +243,20 @@ where
 /// failure was bad credentials (vs. not authorized) and why.
 async fn authenticate(
     shared: &Shared,
+    policy: &Policy,
     listener: &super::Listener,
     cert: Option<&PeerIdentity>,
     connect: &Connect,
-) -> Result<(Subject, Option<SystemTime>), (bool, String)> {
+) -> Result<(Subject, Login, Option<SystemTime>), (bool, String)> {
     let client_id = connect.client_id().to_owned();
     for method in &listener.settings.auth {
         let found = match method {
             AuthMethod::Certificate => cert.map(|cert| {
                 (
                     cert.identity.clone(),
-                    cert.organizational_units.clone(),
+                    Login::Certificate {
+                        ous: cert.organizational_units.clone(),
+                    },
                     None,
                     None,
                 )
@@ -256,7 +269,7 @@ async fn authenticate(
                         .acquire_owned()
                         .await
                         .map_err(|_| (true, "password checks are shut down".to_string()))?;
-                    let auth = shared.auth.clone();
+                    let auth = policy.auth.clone();
                     let (user, pass) = (user.to_owned(), pass.to_owned());
                     // Argon2 takes tens of milliseconds of CPU: keep it off the reactor.
                     let verdict = tokio::task::spawn_blocking(move || {
@@ -266,7 +279,12 @@ async fn authenticate(
                     .await
                     .map_err(|_| (true, "password check failed".to_string()))?;
                     match verdict {
-                        Ok(user) => Some((user.name, Vec::new(), user.role, None)),
+                        Ok(user) => Some((
+                            user.name.clone(),
+                            Login::Password(user.name),
+                            user.role,
+                            None,
+                        )),
                         // Not a user: with tokens accepted too, this is a token whose
                         // username means nothing (3.1.1 sends a password only with one).
                         Err(crate::auth::AuthError::UnknownUser)
@@ -281,10 +299,10 @@ async fn authenticate(
             },
             AuthMethod::Jwt => match connect.login() {
                 Some((_, token)) if !token.is_empty() => {
-                    match shared.auth.verify_jwt(token, SystemTime::now()) {
+                    match policy.auth.verify_jwt(token, SystemTime::now()) {
                         Ok(claims) => Some((
                             claims.identity,
-                            Vec::new(),
+                            Login::Token(token.to_owned()),
                             claims.role,
                             Some(claims.expires_at),
                         )),
@@ -293,30 +311,22 @@ async fn authenticate(
                 }
                 _ => None,
             },
-            AuthMethod::Anonymous => Some(("anonymous".to_string(), Vec::new(), None, None)),
+            AuthMethod::Anonymous => Some(("anonymous".to_string(), Login::Anonymous, None, None)),
         };
-        if let Some((identity, ous, explicit_role, expires_at)) = found {
-            let ous: Vec<&str> = ous.iter().map(String::as_str).collect();
-            let role = match explicit_role {
-                // A role named by a user entry or token must exist in the ACL.
-                Some(role) if shared.acl.has_role(&role) => Some(role),
-                Some(role) => {
-                    return Err((
-                        false,
-                        format!("role {role:?} of identity {identity:?} has no ACL rules"),
-                    ))
-                }
-                None => shared.acl.role_for(&identity, &ous).map(str::to_owned),
+        if let Some((identity, login, explicit_role, expires_at)) = found {
+            let ous: Vec<&str> = match &login {
+                Login::Certificate { ous } => ous.iter().map(String::as_str).collect(),
+                _ => Vec::new(),
             };
-            let Some(role) = role else {
-                return Err((false, format!("no role matches identity {identity:?}")));
-            };
+            let role = resolve_role(&policy.acl, &identity, &ous, explicit_role)
+                .map_err(|why| (false, why))?;
             return Ok((
                 Subject {
                     identity,
                     role,
                     client_id,
                 },
+                login,
                 expires_at,
             ));
         }

@@ -23,11 +23,8 @@ struct PerAddress {
 }
 
 /// Open connections, in total and per address.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Conns {
-    max_total: usize,
-    max_per_address: usize,
-    rate: f64,
     state: Mutex<(usize, HashMap<IpAddr, PerAddress>)>,
 }
 
@@ -79,25 +76,16 @@ pub fn fit_to_open_file_limit(max_connections: usize) -> usize {
 }
 
 impl Conns {
-    /// An empty table with the limits in force.
-    pub fn new(limits: &Limits) -> Conns {
-        Conns {
-            max_total: limits.max_connections,
-            max_per_address: limits.max_connections_per_address,
-            rate: limits.connection_rate.max(1) as f64,
-            state: Mutex::new((0, HashMap::new())),
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<IpAddr, PerAddress>)> {
         super::lock(&self.state)
     }
 
-    /// Takes a place for a new connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Reject> {
+    /// Takes a place for a new connection from `ip` under `limits` (those in force now: a
+    /// reload may change them), or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<ConnGuard, Reject> {
         let now = Instant::now();
         let mut state = self.lock();
-        if state.0 >= self.max_total {
+        if state.0 >= limits.max_connections {
             return Err(Reject::TooManyConnections);
         }
         if state.1.len() > 4096 {
@@ -105,7 +93,7 @@ impl Conns {
                 .1
                 .retain(|_, e| e.open > 0 || now.duration_since(e.refilled) < FORGET_AFTER);
         }
-        let rate = self.rate;
+        let rate = limits.connection_rate.max(1) as f64;
         let entry = state.1.entry(ip).or_insert(PerAddress {
             open: 0,
             tokens: rate,
@@ -115,7 +103,7 @@ impl Conns {
         entry.tokens =
             (entry.tokens + now.duration_since(entry.refilled).as_secs_f64() * rate).min(rate);
         entry.refilled = now;
-        if entry.open >= self.max_per_address {
+        if entry.open >= limits.max_connections_per_address {
             return Err(Reject::TooManyConnections);
         }
         if entry.tokens < 1.0 {
@@ -171,23 +159,30 @@ mod tests {
 
     #[test]
     fn the_per_address_cap_refuses_the_next_and_frees_on_drop() {
-        let conns = Arc::new(Conns::new(&limits(10, 2, 100)));
+        let conns = Arc::new(Conns::default());
+        let limits = limits(10, 2, 100);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let a = conns.admit(ip).unwrap();
-        let _b = conns.admit(ip).unwrap();
-        assert_eq!(conns.admit(ip).unwrap_err(), Reject::TooManyConnections);
-        assert!(conns.admit("10.0.0.2".parse().unwrap()).is_ok());
+        let a = conns.admit(ip, &limits).unwrap();
+        let _b = conns.admit(ip, &limits).unwrap();
+        assert_eq!(
+            conns.admit(ip, &limits).unwrap_err(),
+            Reject::TooManyConnections
+        );
+        assert!(conns.admit("10.0.0.2".parse().unwrap(), &limits).is_ok());
         drop(a);
-        assert!(conns.admit(ip).is_ok());
+        assert!(conns.admit(ip, &limits).is_ok());
     }
 
     #[test]
     fn the_total_cap_counts_every_address() {
-        let conns = Arc::new(Conns::new(&limits(2, 10, 100)));
-        let _a = conns.admit("10.0.0.1".parse().unwrap()).unwrap();
-        let _b = conns.admit("10.0.0.2".parse().unwrap()).unwrap();
+        let conns = Arc::new(Conns::default());
+        let limits = limits(2, 10, 100);
+        let _a = conns.admit("10.0.0.1".parse().unwrap(), &limits).unwrap();
+        let _b = conns.admit("10.0.0.2".parse().unwrap(), &limits).unwrap();
         assert_eq!(
-            conns.admit("10.0.0.3".parse().unwrap()).unwrap_err(),
+            conns
+                .admit("10.0.0.3".parse().unwrap(), &limits)
+                .unwrap_err(),
             Reject::TooManyConnections
         );
         assert_eq!(conns.open(), 2);
@@ -195,10 +190,14 @@ mod tests {
 
     #[test]
     fn a_burst_over_the_rate_is_refused() {
-        let conns = Arc::new(Conns::new(&limits(1000, 1000, 5)));
+        let conns = Arc::new(Conns::default());
+        let limits = limits(1000, 1000, 5);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let guards: Vec<_> = (0..5).map(|_| conns.admit(ip).unwrap()).collect();
-        assert_eq!(conns.admit(ip).unwrap_err(), Reject::ConnectionRate);
+        let guards: Vec<_> = (0..5).map(|_| conns.admit(ip, &limits).unwrap()).collect();
+        assert_eq!(
+            conns.admit(ip, &limits).unwrap_err(),
+            Reject::ConnectionRate
+        );
         drop(guards);
     }
 }

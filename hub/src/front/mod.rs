@@ -9,6 +9,7 @@ mod admit;
 mod conns;
 mod custody;
 pub mod packet;
+pub mod policy;
 mod relay;
 mod session;
 pub mod settings;
@@ -18,34 +19,31 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use self::conns::fit_to_open_file_limit;
 use self::conns::{ConnGuard, Conns};
-use self::session::Session;
+use self::policy::{client_auth_mode, Policy};
+use self::session::{Admission, Session};
 pub use self::settings::{AuthMethod, Limits, ListenerKind, ListenerSettings};
 pub use self::stats::{FrontStats, Reject};
 use self::ws::{Route, UpgradeRules};
-use crate::acl::Acl;
-use crate::auth::Authenticator;
 use crate::broker::Broker;
-use crate::tls::{IdentitySource, PeerIdentity};
+use crate::tls::{ClientAuth, IdentitySource, PeerIdentity};
 
 /// What every connection of every listener shares.
 pub struct Shared {
     /// The embedded broker admitted clients are relayed to.
     pub broker: Broker,
-    /// Topic access rules and role assignment.
-    pub acl: Arc<Acl>,
-    /// Password and token checks.
-    pub auth: Arc<Authenticator>,
-    /// Limits for every peer.
-    pub limits: Arc<Limits>,
+    /// Access rules, logins, limits and TLS in force; a reload sends a new one, and open
+    /// connections judge themselves again against it.
+    pub policy: watch::Sender<Arc<Policy>>,
     /// Counters.
     pub stats: Arc<FrontStats>,
     /// Which certificate field is a client's identity.
@@ -57,13 +55,38 @@ pub struct Shared {
     pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
+impl Shared {
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.borrow().clone()
+    }
+
+    /// Reloads from now on, and one already made if `since` is no longer the latest: a
+    /// connection that took `since` at accept misses no reload.
+    pub fn policy_changes(&self, since: &Arc<Policy>) -> watch::Receiver<Arc<Policy>> {
+        let mut changes = self.policy.subscribe();
+        if !Arc::ptr_eq(&changes.borrow(), since) {
+            changes.mark_changed();
+        }
+        changes
+    }
+}
+
 /// One bound listener.
 pub struct Listener {
     /// Its settings.
     pub settings: ListenerSettings,
     name: Arc<str>,
-    tls: Option<TlsAcceptor>,
+    /// For a TLS listener, which client-certificate mode its acceptor has.
+    tls: Option<ClientAuth>,
     upgrade: UpgradeRules,
+}
+
+/// A client certificate that passed the handshake: who it says the client is, and the
+/// chain itself, for a reload to verify again.
+struct PeerCert {
+    id: PeerIdentity,
+    chain: Arc<[CertificateDer<'static>]>,
 }
 
 /// Why the front door could not start.
@@ -92,13 +115,12 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// Binds every listener. `tls` provides the server configuration for a listener's
-    /// client-certificate mode.
+    /// Binds every listener. TLS listeners take their acceptor from the shared policy.
     pub async fn bind(
         settings: &[ListenerSettings],
         shared: Arc<Shared>,
-        tls: impl Fn(&ListenerSettings) -> Option<Arc<rustls::ServerConfig>>,
     ) -> Result<FrontDoor, FrontError> {
+        let policy = shared.policy();
         let mut listeners = Vec::new();
         for s in settings {
             let socket = TcpListener::bind(s.bind)
@@ -109,9 +131,11 @@ impl FrontDoor {
                     source,
                 })?;
             let tls = if s.kind.is_tls() {
-                Some(TlsAcceptor::from(
-                    tls(s).ok_or_else(|| FrontError::NoTls(s.name.clone()))?,
-                ))
+                let mode = client_auth_mode(s);
+                policy
+                    .acceptor(mode)
+                    .ok_or_else(|| FrontError::NoTls(s.name.clone()))?;
+                Some(mode)
             } else {
                 None
             };
@@ -128,7 +152,7 @@ impl FrontDoor {
             };
             listeners.push((Arc::new(listener), socket));
         }
-        let conns = Arc::new(Conns::new(&shared.limits));
+        let conns = Arc::new(Conns::default());
         Ok(FrontDoor {
             listeners,
             shared,
@@ -192,7 +216,7 @@ async fn accept_loop(
             .stats
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let guard = match conns.admit(peer.ip()) {
+        let guard = match conns.admit(peer.ip(), &shared.policy.borrow().limits) {
             Ok(guard) => guard,
             Err(reason) => {
                 shared.stats.reject(reason);
@@ -247,13 +271,30 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
-    let limits = shared.limits.clone();
-    match (&listener.tls, listener.settings.kind.is_websocket()) {
-        (None, false) => mqtt_client(tcp, None, &listener, &shared, peer, shutdown).await,
-        (None, true) => websocket(tcp, None, &listener, &shared, peer, shutdown).await,
-        (Some(acceptor), ws) => {
-            let Some(handshake) =
-                step(&shutdown, limits.handshake_timeout, acceptor.accept(tcp)).await
+    // One policy from accept to admission, even if a reload comes in between.
+    let policy = shared.policy();
+    let limits = policy.limits.clone();
+    let conn = Conn {
+        listener: &listener,
+        shared: &shared,
+        policy,
+        peer,
+        shutdown,
+    };
+    match (listener.tls, listener.settings.kind.is_websocket()) {
+        (None, false) => mqtt_client(tcp, None, conn).await,
+        (None, true) => websocket(tcp, None, conn).await,
+        (Some(mode), ws) => {
+            let Some(acceptor) = conn.policy.acceptor(mode).cloned() else {
+                tracing::error!("no TLS configuration for this listener; refusing");
+                return;
+            };
+            let Some(handshake) = step(
+                &conn.shutdown,
+                limits.handshake_timeout,
+                acceptor.accept(tcp),
+            )
+            .await
             else {
                 return;
             };
@@ -273,7 +314,10 @@ async fn serve(
             let cert = match tls.get_ref().1.peer_certificates() {
                 Some(chain) if !chain.is_empty() => {
                     match crate::tls::peer_identity(chain, shared.identity_source) {
-                        Ok(id) => Some(id),
+                        Ok(id) => Some(PeerCert {
+                            id,
+                            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+                        }),
                         Err(e) => {
                             shared.stats.reject(Reject::NotAuthorized);
                             tracing::info!(error = %e, "client certificate has no usable identity");
@@ -284,26 +328,38 @@ async fn serve(
                 _ => None,
             };
             if ws {
-                websocket(tls, cert, &listener, &shared, peer, shutdown).await
+                websocket(tls, cert, conn).await
             } else {
-                mqtt_client(tls, cert, &listener, &shared, peer, shutdown).await
+                mqtt_client(tls, cert, conn).await
             }
         }
     }
 }
 
-async fn websocket<S>(
-    mut stream: S,
-    cert: Option<PeerIdentity>,
-    listener: &Listener,
-    shared: &Arc<Shared>,
+/// One accepted connection's context, handed down the steps.
+struct Conn<'a> {
+    listener: &'a Listener,
+    shared: &'a Arc<Shared>,
+    /// The policy taken at accept.
+    policy: Arc<Policy>,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) where
+}
+
+async fn websocket<S>(mut stream: S, cert: Option<PeerCert>, conn: Conn<'_>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        listener,
+        shared,
+        ref policy,
+        ref shutdown,
+        ..
+    } = conn;
+    let limits = policy.limits.clone();
     let preflight = ws::preflight(&mut stream, &listener.upgrade);
-    let Some(head) = step(&shutdown, shared.limits.handshake_timeout, preflight).await else {
+    let Some(head) = step(shutdown, limits.handshake_timeout, preflight).await else {
         return;
     };
     let (stream, device) = match head {
@@ -357,10 +413,10 @@ async fn websocket<S>(
     let config = if device {
         ws::device_ws_config(shared.gateway.config.max_message.get() as usize)
     } else {
-        ws::ws_config(shared.limits.max_packet_size)
+        ws::ws_config(limits.max_packet_size)
     };
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-    let Some(upgrade) = step(&shutdown, shared.limits.handshake_timeout, upgrade).await else {
+    let Some(upgrade) = step(shutdown, limits.handshake_timeout, upgrade).await else {
         return;
     };
     let socket = match upgrade {
@@ -380,27 +436,20 @@ async fn websocket<S>(
         }
     };
     match decision {
-        Some(Ok(Route::Mqtt)) => {
-            mqtt_client(
-                ws::WsBytes::new(socket),
-                cert,
-                listener,
-                shared,
-                peer,
-                shutdown,
-            )
-            .await
-        }
+        Some(Ok(Route::Mqtt)) => mqtt_client(ws::WsBytes::new(socket), cert, conn).await,
         Some(Ok(Route::Device)) => {
             let Some(cert) = cert else { return };
-            tracing::Span::current().record("identity", cert.identity.as_str());
+            tracing::Span::current().record("identity", cert.id.identity.as_str());
             crate::ws_device::serve(
                 socket,
-                cert,
-                peer,
+                crate::ws_device::DeviceCert {
+                    id: cert.id,
+                    chain: cert.chain,
+                },
+                conn.peer,
                 shared.gateway.clone(),
-                &shared.acl,
-                &shared.limits,
+                conn.policy.clone(),
+                shared.policy_changes(&conn.policy),
             )
             .await
         }
@@ -408,19 +457,22 @@ async fn websocket<S>(
     }
 }
 
-async fn mqtt_client<C>(
-    mut client: C,
-    cert: Option<PeerIdentity>,
-    listener: &Listener,
-    shared: &Arc<Shared>,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) where
+async fn mqtt_client<C>(mut client: C, cert: Option<PeerCert>, conn: Conn<'_>)
+where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        listener,
+        shared,
+        policy,
+        peer,
+        shutdown,
+    } = conn;
+    let policy_changes = shared.policy_changes(&policy);
+    let cert_id = cert.as_ref().map(|c| &c.id);
     let admitted = tokio::select! {
         _ = shutdown.cancelled() => return,
-        admitted = admit::admit(&mut client, shared, listener, cert.as_ref()) => admitted,
+        admitted = admit::admit(&mut client, shared, &policy, listener, cert_id) => admitted,
     };
     let admitted = match admitted {
         Ok(a) => a,
@@ -458,11 +510,16 @@ async fn mqtt_client<C>(
     }
     let session = Arc::new(Session::new(
         admitted.v5,
-        admitted.subject,
+        Admission {
+            subject: admitted.subject,
+            login: admitted.login,
+            certificate: cert.map(|c| c.chain),
+            will_topic: admitted.will_topic,
+            policy,
+            expires_at: admitted.expires_at,
+        },
         peer,
         listener.name.clone(),
-        shared.limits.clone(),
-        shared.acl.clone(),
         shared.stats.clone(),
         admitted.keep_alive,
         admitted
@@ -474,8 +531,8 @@ async fn mqtt_client<C>(
         admitted.client_leftover,
         admitted.broker,
         admitted.broker_leftover,
-        admitted.expires_at,
         session,
+        policy_changes,
         shutdown,
     )
     .await;

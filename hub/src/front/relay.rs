@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::custody::Custody;
 use super::lock;
 use super::packet::{self, kind, FrameError};
-use super::session::{Answer, Session};
+use super::policy::Policy;
+use super::session::{Answer, Goodbye, Session};
 use super::stats::Reject;
 
 /// Why a relayed connection ended.
@@ -43,6 +44,8 @@ pub enum Ended {
     Shutdown,
     /// The client's token expired.
     CredentialsExpired,
+    /// A reload withdrew what admitted the client (certificate, login, role or rights).
+    Revoked(String),
 }
 
 impl std::fmt::Display for Ended {
@@ -61,6 +64,7 @@ impl std::fmt::Display for Ended {
             Ended::CredentialsExpired => {
                 f.write_str("token expired; the client must reconnect with a new one")
             }
+            Ended::Revoked(why) => write!(f, "no longer allowed after a reload: {why}"),
         }
     }
 }
@@ -74,8 +78,8 @@ pub async fn run<C>(
     leftover: BytesMut,
     broker: TcpStream,
     broker_leftover: BytesMut,
-    expires_at: Option<SystemTime>,
     session: Arc<Session>,
+    mut policy: tokio::sync::watch::Receiver<Arc<Policy>>,
     shutdown: CancellationToken,
 ) -> Ended
 where
@@ -97,8 +101,8 @@ where
         pending.clone(),
         inject_tx,
     );
-    // `down` says goodbye to the client both when the hub shuts down and when the
-    // client's token expires; `expired` tells it which.
+    // `down` says goodbye to the client when the hub shuts down, when the client's token
+    // expires and when a reload withdraws its rights; the session's goodbye says which.
     let stop = shutdown.child_token();
     let expired_session = session.clone();
     let down = downstream(
@@ -112,9 +116,24 @@ where
     );
     // A token-authenticated session lasts as long as its token.
     let expiry = async {
-        match expires_at.map(|t| t.duration_since(SystemTime::now()).unwrap_or_default()) {
+        match expired_session
+            .expires_at
+            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+        {
             Some(left) => tokio::time::sleep(left).await,
             None => std::future::pending().await,
+        }
+    };
+    // Each reload judges the session again; it ends when the new rules forbid it.
+    let revoked = async {
+        loop {
+            if policy.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let latest = policy.borrow_and_update().clone();
+            if let Err(why) = expired_session.recheck(&latest) {
+                return why;
+            }
         }
     };
     tokio::pin!(down);
@@ -122,12 +141,16 @@ where
         ended = up => ended,
         ended = &mut down => ended,
         _ = expiry => {
-            expired_session
-                .token_expired
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            expired_session.set_goodbye(Goodbye::TokenExpired);
             stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
             Ended::CredentialsExpired
+        }
+        why = revoked => {
+            expired_session.set_goodbye(Goodbye::NotAuthorized);
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
+            Ended::Revoked(why)
         }
     };
     if let Ended::ClientDisconnected = ended {
@@ -372,8 +395,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                let expired = session.token_expired.load(std::sync::atomic::Ordering::Relaxed);
-                if let Some(bye) = session.server_disconnect(expired) {
+                if let Some(bye) = session.server_disconnect() {
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         let _ = client.write_all(&bye).await;
                         let _ = client.flush().await;

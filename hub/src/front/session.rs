@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -11,9 +12,11 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
 use super::lock;
+use super::policy::{Login, Policy, Standing};
 use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
-use crate::acl::{Acl, Subject};
+use crate::acl::Subject;
+use rustls::pki_types::CertificateDer;
 
 /// What to do with a SUBSCRIBE after the ACL looked at each filter.
 #[derive(Debug)]
@@ -72,16 +75,52 @@ pub struct Session {
     pub peer: SocketAddr,
     /// Listener name, for logs.
     pub listener: Arc<str>,
-    /// Limits in force.
+    /// Limits in force (those of the policy it was admitted under).
     pub limits: Arc<Limits>,
-    acl: Arc<Acl>,
+    /// The policy it was last judged by: the ACL of every PUBLISH and SUBSCRIBE.
+    policy: RwLock<Arc<Policy>>,
+    login: Login,
+    certificate: Option<Arc<[CertificateDer<'static>]>>,
+    will_topic: Option<String>,
+    /// When its credential (a JWT) stops being valid: the session ends then.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Filters it subscribed to, for a reload to judge again.
+    subscriptions: Mutex<Vec<String>>,
     stats: Arc<FrontStats>,
     keep_alive: u16,
     /// QoS 1 deliveries in the relay's custody (clean sessions only).
     pub custody: Option<super::custody::Custody>,
-    /// Set when the client's token expired, so the goodbye says why.
-    pub token_expired: std::sync::atomic::AtomicBool,
+    /// The MQTT 5 reason code of the hub's DISCONNECT, should it end the session.
+    goodbye: AtomicU8,
     logged: Mutex<HashSet<Reject>>,
+}
+
+/// Why the hub ends a session, as an MQTT 5 DISCONNECT reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Goodbye {
+    /// The hub is stopping.
+    ServerShuttingDown = 0x8B,
+    /// The client's token expired ("maximum connect time").
+    TokenExpired = 0xA0,
+    /// A reload withdrew its certificate, login or rights ("not authorized").
+    NotAuthorized = 0x87,
+}
+
+/// Who a session is and how it proved it, from admission.
+pub struct Admission {
+    /// Identity and role.
+    pub subject: Subject,
+    /// How it logged in.
+    pub login: Login,
+    /// The client certificate chain it presented, if any.
+    pub certificate: Option<Arc<[CertificateDer<'static>]>>,
+    /// Its will's topic.
+    pub will_topic: Option<String>,
+    /// The policy that admitted it.
+    pub policy: Arc<Policy>,
+    /// When its credential (a JWT) stops being valid.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Session {
@@ -89,28 +128,73 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         v5: bool,
-        subject: Subject,
+        admission: Admission,
         peer: SocketAddr,
         listener: Arc<str>,
-        limits: Arc<Limits>,
-        acl: Arc<Acl>,
         stats: Arc<FrontStats>,
         keep_alive: u16,
         custody: Option<super::custody::Custody>,
     ) -> Session {
+        let Admission {
+            subject,
+            login,
+            certificate,
+            will_topic,
+            policy,
+            expires_at,
+        } = admission;
         Session {
             v5,
             subject,
             peer,
             listener,
-            limits,
-            acl,
+            limits: policy.limits.clone(),
+            policy: RwLock::new(policy),
+            login,
+            certificate,
+            will_topic,
+            expires_at,
+            subscriptions: Mutex::new(Vec::new()),
             stats,
             keep_alive,
             custody,
-            token_expired: std::sync::atomic::AtomicBool::new(false),
+            goodbye: AtomicU8::new(Goodbye::ServerShuttingDown as u8),
             logged: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Judges the session again under a reloaded `policy`: Ok and from now on its ACL,
+    /// or why it must be closed.
+    pub fn recheck(&self, policy: &Arc<Policy>) -> Result<(), String> {
+        let old = self.policy();
+        let subscriptions = lock(&self.subscriptions).clone();
+        policy.recheck(
+            &old,
+            &Standing {
+                subject: &self.subject,
+                login: &self.login,
+                certificate: self.certificate.as_deref(),
+                subscriptions: &subscriptions,
+                will_topic: self.will_topic.as_deref(),
+            },
+        )?;
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = policy.clone();
+        Ok(())
+    }
+
+    /// Says why the hub ends the session, for the DISCONNECT it sends.
+    pub fn set_goodbye(&self, why: Goodbye) {
+        self.goodbye.store(why as u8, Ordering::Relaxed);
     }
 
     /// How long the client may stay silent: 1.5 keep-alive intervals (MQTT §3.1.2.10).
@@ -145,7 +229,11 @@ impl Session {
 
     /// Whether the ACL lets this client publish to `topic`.
     pub fn can_publish(&self, topic: &str) -> bool {
-        self.acl.can_publish(&self.subject, topic)
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        policy.acl.can_publish(&self.subject, topic)
     }
 
     /// A fresh rate budget for this client's reads (owned by the relay's up half, so the
@@ -187,20 +275,17 @@ impl Session {
         out.freeze()
     }
 
-    /// MQTT 5 DISCONNECT "server shutting down" (0x8B), or "maximum connect time" (0xA0)
-    /// when the client's token expired; 3.1.1 has no server DISCONNECT.
-    pub fn server_disconnect(&self, token_expired: bool) -> Option<Bytes> {
+    /// MQTT 5 DISCONNECT with the reason set by [`Session::set_goodbye`] ("server shutting
+    /// down" unless set); 3.1.1 has no server DISCONNECT.
+    pub fn server_disconnect(&self) -> Option<Bytes> {
         if !self.v5 {
             return None;
         }
         // Written by hand: rumqttc 0.25's `Disconnect::write` without properties emits
         // remaining length 1 followed by two bytes (reason and property length), which
         // clients (rumqttc among them) reject as malformed. Reason, no properties.
-        Some(if token_expired {
-            Bytes::from_static(&[0xE0, 0x02, 0xA0, 0x00])
-        } else {
-            Bytes::from_static(&[0xE0, 0x02, 0x8B, 0x00])
-        })
+        let reason = self.goodbye.load(Ordering::Relaxed);
+        Some(Bytes::from(vec![0xE0, 0x02, reason, 0x00]))
     }
 
     /// Applies the ACL to each filter of a SUBSCRIBE frame.
@@ -225,10 +310,21 @@ impl Session {
             ParsedSubscribe::V4(s) => (s.pkid, s.filters.iter().map(|f| f.path.as_str()).collect()),
             ParsedSubscribe::V5(s) => (s.pkid, s.filters.iter().map(|f| f.path.as_str()).collect()),
         };
-        let allowed: Vec<bool> = filters
-            .iter()
-            .map(|f| self.acl.can_subscribe(&self.subject, f))
-            .collect();
+        let allowed: Vec<bool> = {
+            let policy = self.policy();
+            filters
+                .iter()
+                .map(|f| policy.acl.can_subscribe(&self.subject, f))
+                .collect()
+        };
+        {
+            let mut subscriptions = lock(&self.subscriptions);
+            for (f, _) in filters.iter().zip(&allowed).filter(|(_, ok)| **ok) {
+                if !subscriptions.iter().any(|s| s == f) {
+                    subscriptions.push((*f).to_owned());
+                }
+            }
+        }
         for (f, ok) in filters.iter().zip(&allowed) {
             if !ok {
                 self.stats.reject(Reject::AclSubscribe);
@@ -299,11 +395,9 @@ impl Session {
         })
     }
 
-    /// The client unsubscribes: filters it had at QoS 1 are no longer upgraded.
+    /// The client unsubscribes: a reload no longer judges those filters, and filters it
+    /// had at QoS 1 are no longer upgraded.
     pub fn note_unsubscribe(&self, frame: &BytesMut) {
-        let Some(custody) = &self.custody else {
-            return;
-        };
         let mut frame = frame.clone();
         let max = self.limits.max_packet_size;
         // A malformed UNSUBSCRIBE goes on to the broker, which closes the connection.
@@ -318,8 +412,11 @@ impl Session {
                 _ => return,
             }
         };
-        for filter in &filters {
-            custody.unsubscribe(filter);
+        lock(&self.subscriptions).retain(|s| !filters.contains(s));
+        if let Some(custody) = &self.custody {
+            for filter in &filters {
+                custody.unsubscribe(filter);
+            }
         }
     }
 

@@ -355,24 +355,30 @@ auth = ["password"]
         task: Option<JoinHandle<Result<(), hub::HubError>>>,
         /// The hub's counters.
         pub stats: std::sync::Arc<hub::front::FrontStats>,
+        reloader: hub::Reloader,
+    }
+
+    /// The test hub's configuration for data in `dir`, with `extra` TOML.
+    fn config(dir: &std::path::Path, extra: &str) -> Result<Config, hub::ConfigError> {
+        let text = format!(
+            "[hub]\nid = \"test-hub\"\ndata_dir = {:?}\n\n{extra}\n{LISTENERS}",
+            dir.join("data")
+        );
+        Config::parse(&text, ConfigSource::File(dir.join("edgehub.toml")))
     }
 
     impl TestHub {
         /// Starts a hub with the test listeners and `extra` configuration.
         pub async fn start(extra: &str) -> TestHub {
             let dir = tempfile::tempdir().expect("tempdir");
-            let text = format!(
-                "[hub]\nid = \"test-hub\"\ndata_dir = {:?}\n\n{extra}\n{LISTENERS}",
-                dir.path().join("data")
-            );
-            let config = Config::parse(&text, ConfigSource::File(dir.path().join("edgehub.toml")))
-                .unwrap_or_else(|e| panic!("test config: {e}"));
+            let config = config(dir.path(), extra).unwrap_or_else(|e| panic!("test config: {e}"));
             let hub = hub::Hub::start(config).await.expect("hub starts");
             let addrs = [WSS, MQTTS, MQTT, WSS_LOGIN, WS]
                 .iter()
                 .map(|n| (n.to_string(), hub.local_addr(n).expect("listener bound")))
                 .collect();
             let stats = hub.stats();
+            let reloader = hub.reloader();
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(hub.run(async {
                 let _ = stopped.await;
@@ -383,7 +389,16 @@ auth = ["password"]
                 stop: Some(stop),
                 task: Some(task),
                 stats,
+                reloader,
             }
+        }
+
+        /// Reloads the hub with `extra` configuration in place of what it started with,
+        /// as SIGHUP does with an edited file.
+        pub async fn reload(&self, extra: &str) -> Result<hub::Reloaded, hub::HubError> {
+            let config =
+                config(self.dir.path(), extra).unwrap_or_else(|e| panic!("test config: {e}"));
+            self.reloader.reload(config).await
         }
 
         /// The address of the listener named `name`.
@@ -1077,8 +1092,11 @@ pub mod client {
                 let seen = self.buffer.remove(i).expect("index from position");
                 return pick(&seen).expect("picked before");
             }
+            // One deadline for the whole wait: events that keep coming (keep-alive
+            // answers, say) must not extend it.
+            let deadline = tokio::time::Instant::now() + DEADLINE;
             loop {
-                let seen = tokio::time::timeout(DEADLINE, self.rx.recv())
+                let seen = tokio::time::timeout_at(deadline, self.rx.recv())
                     .await
                     .unwrap_or_else(|_| {
                         panic!("no {what} within {DEADLINE:?}; buffered: {:?}", self.buffer)
