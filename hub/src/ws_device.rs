@@ -129,6 +129,15 @@ pub async fn serve<S>(
     // Devices that say nothing for the announced heartbeat are gone even if their
     // WebSocket stack still answers pings (PROTOCOL.md §5.5).
     let mut silence = tokio::time::interval(Duration::from_secs(1));
+    // The session does not outlive the certificate that admitted it.
+    let expiry = tokio::time::sleep(
+        cert.id
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(FAR),
+    );
+    tokio::pin!(expiry);
     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // `outcome`: the status reason, and the close frame to send (None: just drop).
@@ -140,6 +149,10 @@ pub async fn serve<S>(
             }
             _ = replaced.cancelled() => {
                 break 'conn ("replaced", Some(close(CloseCode::from(CLOSE_REPLACED), "replaced by a newer connection")));
+            }
+            () = &mut expiry => {
+                tracing::info!("device certificate expired; closing");
+                break 'conn ("expired", Some(close(CloseCode::Policy, "certificate expired")));
             }
             Ok(()) = policy_changes.changed() => {
                 let latest = policy_changes.borrow_and_update().clone();

@@ -2,7 +2,7 @@
 //! `hub::Reloader` with real clients on real sockets: a revoked certificate, a removed
 //! user, a rotated token key and a narrowed ACL close exactly the connections they
 //! forbid; everyone else keeps being served; a bad file changes nothing; new limits
-//! apply to new connections.
+//! apply to new connections; and a session ends when its certificate expires.
 
 mod support;
 
@@ -336,5 +336,49 @@ async fn settings_that_take_a_restart_are_named_and_left_running() {
         .await
         .expect("reload");
     assert_eq!(reloaded.needs_restart, ["devices", "journal"]);
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_certificate_expires() {
+    let hub = TestHub::start("").await;
+    let pki = hub.pki();
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    for id in ["brief-mqtt", "brief-device"] {
+        support::tls::issue_client_cert(&pki, &pki.join("devices"), id, id, |params| {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationalUnitName, "devices");
+            params.not_after = expires;
+        });
+    }
+    let mut client = Connect::new(MQTTS, Version::V5, "brief")
+        .cert("devices/brief-mqtt")
+        .to(&hub)
+        .await
+        .expect("connects while its certificate is valid");
+    let (mut device, _) = Device::online(&hub, "brief-device", new_session()).await;
+    let mut service = Connect::new(MQTT, Version::V311, "service")
+        .to(&hub)
+        .await
+        .expect("loopback service connects");
+
+    // MQTT 5 hears "maximum connect time"; the device a policy close.
+    let why = client.closed().await;
+    assert!(why.contains("MaximumConnectTime"), "{why}");
+    let ended = device.ended().await;
+    assert_eq!(ended.code(), Some(1008), "{ended:?}");
+    assert!(ended.reason().contains("expired"), "{ended:?}");
+    // Others are not affected.
+    let mut kept = Connect::new(MQTTS, Version::V311, "kept")
+        .cert("devices/device-0002")
+        .to(&hub)
+        .await
+        .expect("device-0002 connects");
+    assert_eq!(
+        kept.subscribe(&[("devices/device-0002/cmd", 1)]).await,
+        [Sub::Granted(1)]
+    );
+    delivered(&mut service, &mut kept, "devices/device-0002/cmd").await;
     hub.stop().await.expect("clean stop");
 }

@@ -508,6 +508,7 @@ where
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_connected(identity);
     }
+    let cert_expires = cert.as_ref().map(|c| c.id.not_after);
     let session = Arc::new(Session::new(
         admitted.v5,
         Admission {
@@ -516,7 +517,11 @@ where
             certificate: cert.map(|c| c.chain),
             will_topic: admitted.will_topic,
             policy,
-            expires_at: admitted.expires_at,
+            // Neither a token nor a certificate outlives itself on an open connection.
+            expires_at: match (admitted.expires_at, cert_expires) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         },
         peer,
         listener.name.clone(),

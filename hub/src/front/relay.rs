@@ -42,7 +42,7 @@ pub enum Ended {
     Protocol(String),
     /// The hub is shutting down.
     Shutdown,
-    /// The client's token expired.
+    /// The client's token or certificate expired.
     CredentialsExpired,
     /// A reload withdrew what admitted the client (certificate, login, role or rights).
     Revoked(String),
@@ -61,9 +61,9 @@ impl std::fmt::Display for Ended {
             Ended::ClientNotReading => f.write_str("client stopped reading; disconnected"),
             Ended::Protocol(e) => write!(f, "protocol violation: {e}"),
             Ended::Shutdown => f.write_str("hub shutting down"),
-            Ended::CredentialsExpired => {
-                f.write_str("token expired; the client must reconnect with a new one")
-            }
+            Ended::CredentialsExpired => f.write_str(
+                "its token or certificate expired; the client must reconnect with a new one",
+            ),
             Ended::Revoked(why) => write!(f, "no longer allowed after a reload: {why}"),
         }
     }
@@ -114,7 +114,7 @@ where
         inject_rx,
         stop.clone(),
     );
-    // A token-authenticated session lasts as long as its token.
+    // A session lasts as long as its token and its certificate.
     let expiry = async {
         match expired_session
             .expires_at

@@ -82,7 +82,7 @@ pub struct Session {
     login: Login,
     certificate: Option<Arc<[CertificateDer<'static>]>>,
     will_topic: Option<String>,
-    /// When its credential (a JWT) stops being valid: the session ends then.
+    /// When its token or certificate stops being valid: the session ends then.
     pub expires_at: Option<std::time::SystemTime>,
     /// Filters it subscribed to, for a reload to judge again.
     subscriptions: Mutex<Vec<String>>,
@@ -101,7 +101,7 @@ pub struct Session {
 pub enum Goodbye {
     /// The hub is stopping.
     ServerShuttingDown = 0x8B,
-    /// The client's token expired ("maximum connect time").
+    /// The client's token or certificate expired ("maximum connect time").
     TokenExpired = 0xA0,
     /// A reload withdrew its certificate, login or rights ("not authorized").
     NotAuthorized = 0x87,
@@ -119,7 +119,7 @@ pub struct Admission {
     pub will_topic: Option<String>,
     /// The policy that admitted it.
     pub policy: Arc<Policy>,
-    /// When its credential (a JWT) stops being valid.
+    /// When its token or certificate stops being valid.
     pub expires_at: Option<std::time::SystemTime>,
 }
 
