@@ -310,6 +310,17 @@ fn check_config(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
+    // What a start or a reload reads: certificates, keys, client CAs, CRLs, users and JWT
+    // keys. A development PKI that does not exist yet is made at the first start.
+    let dev_pki = config.hub.data_dir.join("pki").join("ca.crt");
+    if !config.tls.uses_dev_pki() || dev_pki.exists() {
+        if let Err(error) =
+            hub::front::policy::Policy::build(&config, config.limits.max_connections)
+        {
+            eprintln!("edgehub: {}: {error}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     print!("{}: OK\n{}", path.display(), config.summary());
     ExitCode::SUCCESS
 }

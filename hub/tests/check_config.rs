@@ -96,3 +96,28 @@ fn check_config_reads_an_uplinks_files_and_names_the_one_missing() {
         "the password is never printed: {stdout}"
     );
 }
+
+#[test]
+fn check_config_reads_the_tls_files_a_reload_would_and_names_the_one_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgehub.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[hub]\ndata_dir = {:?}\n\n[tls]\ncert = \"server.crt\"\nkey = \"server.key\"\n\
+             client_ca = [\"ca.crt\"]\n",
+            dir.path().join("data")
+        ),
+    )
+    .expect("write config");
+
+    let output = edgehub()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run edgehub");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(stderr.contains("server.crt"), "{stderr}");
+}
