@@ -3,9 +3,10 @@
 //! [`Hub::start`] builds every stage from a validated [`Config`] and binds the listeners;
 //! [`Hub::run`] serves until a shutdown future resolves, then drains the stages. The binary
 //! passes "SIGINT or SIGTERM" as that future; tests pass a channel and read the bound
-//! addresses from [`Hub::local_addr`] (listeners on port 0).
+//! addresses from [`Hub::local_addr`] (listeners on port 0) and [`Hub::admin_addr`].
 
 pub mod acl;
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod devices;
 pub mod front;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod publisher;
 pub mod serial;
@@ -63,6 +65,9 @@ pub enum HubError {
     /// A listener could not be set up.
     #[error(transparent)]
     Front(#[from] front::FrontError),
+    /// The admin endpoint could not be set up.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     /// Stages did not finish within the grace period.
     #[error(transparent)]
     Shutdown(#[from] ShutdownError),
@@ -81,12 +86,16 @@ pub struct Hub {
     mqtt_commands: tokio::sync::mpsc::Receiver<publisher::IncomingCommand>,
     mqtt_commands_tx: tokio::sync::mpsc::Sender<publisher::IncomingCommand>,
     uplinks: Vec<uplink::task::Uplink>,
+    admin: Option<admin::Admin>,
+    readiness: Arc<admin::Readiness>,
+    started: std::time::SystemTime,
 }
 
 impl Hub {
     /// Prepares the data directory, TLS, access rules and the embedded broker, and binds
     /// every listener. Nothing is served until [`Hub::run`].
     pub async fn start(mut config: Config) -> Result<Hub, HubError> {
+        let started = std::time::SystemTime::now();
         tracing::info!(
             version = VERSION,
             hub_id = %config.hub.id,
@@ -134,6 +143,11 @@ impl Hub {
             server_configs.get(&client_auth_mode(l)).cloned()
         })
         .await?;
+        let admin = if config.admin.enabled {
+            Some(admin::Admin::bind(&config.admin).await?)
+        } else {
+            None
+        };
         Ok(Hub {
             config,
             front,
@@ -146,6 +160,9 @@ impl Hub {
             mqtt_commands,
             mqtt_commands_tx,
             uplinks,
+            admin,
+            readiness: Arc::default(),
+            started,
         })
     }
 
@@ -155,6 +172,11 @@ impl Hub {
             .local_addrs()
             .into_iter()
             .find_map(|(name, addr)| (name == listener).then_some(addr))
+    }
+
+    /// The admin endpoint's address, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(admin::Admin::local_addr)
     }
 
     /// The front door's counters.
@@ -183,8 +205,27 @@ impl Hub {
             mqtt_commands,
             mqtt_commands_tx,
             uplinks,
+            stats,
+            admin,
+            readiness,
+            started,
             ..
         } = self;
+        // Serves first, so that /readyz says "starting" while the publisher connects.
+        let admin_stages = Stages::new();
+        let admin_state = admin.map(|admin| {
+            let sources = metrics::Sources {
+                front: stats,
+                gateway: gateway.clone(),
+                broker: self.broker.clone(),
+                uplinks: uplinks.iter().map(|u| u.status()).collect(),
+                started,
+            };
+            let state = Arc::new(admin::AdminState::new(readiness.clone(), sources));
+            let serving = state.clone();
+            admin_stages.spawn("admin endpoint", move |token| admin.run(serving, token));
+            state
+        });
         let sinks = Stages::new();
         let sink_publisher = publisher.clone();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
@@ -193,10 +234,11 @@ impl Hub {
         });
         // Serve nobody before commands can be routed and telemetry published: clients
         // that connect meanwhile wait in the listen backlog.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+        let mut ready = ready;
+        let publisher_up = tokio::time::timeout(std::time::Duration::from_secs(10), &mut ready)
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !publisher_up {
             tracing::error!("the broker publisher did not connect to the embedded broker within 10 s; serving anyway, device data waits for it");
         }
 
@@ -238,12 +280,25 @@ impl Hub {
         front_stages.spawn("front door", move |token| front.run(token));
 
         tracing::info!("edgehub ready");
+        if publisher_up {
+            readiness.ready();
+        } else {
+            // /readyz stays 503 until the publisher is up after all.
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                if ready.await.is_ok() {
+                    tracing::info!("broker publisher connected; ready");
+                    readiness.ready();
+                }
+            });
+        }
         shutdown.await;
 
         let grace = config.shutdown.grace_period;
         let deadline = std::time::Instant::now() + grace;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());
         let grace_period = humantime::format_duration(grace).to_string();
+        readiness.stopping();
         tracing::info!(%grace_period, "edgehub shutting down");
         gateway.shutdown.cancel();
         gateway.tasks.close();
@@ -261,6 +316,12 @@ impl Hub {
         // to subscribers before their connections close.
         tokio::time::sleep(std::time::Duration::from_millis(100).min(left())).await;
         front_stages.drain(left()).await?;
+        // The endpoint answered "shutting down" until now; its handles on the stages go
+        // before the journal's last handle is closed.
+        if let Some(state) = admin_state {
+            state.retire();
+        }
+        admin_stages.drain(left()).await?;
         // The last handle: waits for the writer's final flush of the cursors.
         if let Err(error) = tokio::task::spawn_blocking(move || journal.close()).await {
             tracing::error!(%error, "journal: closing failed");

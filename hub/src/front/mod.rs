@@ -13,6 +13,7 @@ mod relay;
 mod session;
 pub mod settings;
 pub mod stats;
+mod traffic;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ pub use self::conns::fit_to_open_file_limit;
 use self::conns::{ConnGuard, Conns};
 use self::session::Session;
 pub use self::settings::{AuthMethod, Limits, ListenerKind, ListenerSettings};
-pub use self::stats::{FrontStats, Reject};
+pub use self::stats::{FrontStats, Protocol, Reject, TlsFailure};
 use self::ws::{Route, UpgradeRules};
 use crate::acl::Acl;
 use crate::auth::Authenticator;
@@ -64,6 +65,7 @@ pub struct Listener {
     name: Arc<str>,
     tls: Option<TlsAcceptor>,
     upgrade: UpgradeRules,
+    counters: Arc<stats::ListenerCounters>,
 }
 
 /// Why the front door could not start.
@@ -125,6 +127,7 @@ impl FrontDoor {
                 settings: s.clone(),
                 tls,
                 upgrade,
+                counters: shared.stats.listener(&s.name),
             };
             listeners.push((Arc::new(listener), socket));
         }
@@ -190,6 +193,10 @@ async fn accept_loop(
         };
         shared
             .stats
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        listener
+            .counters
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guard = match conns.admit(peer.ip()) {
@@ -260,12 +267,13 @@ async fn serve(
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    shared.stats.reject(Reject::TlsHandshake);
-                    tracing::info!(error = %e, "TLS handshake failed");
+                    let reason = TlsFailure::classify(&e);
+                    shared.stats.tls_failure(reason);
+                    tracing::info!(error = %e, reason = reason.as_str(), "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    shared.stats.reject(Reject::Timeout);
+                    shared.stats.tls_failure(TlsFailure::Timeout);
                     tracing::info!(timeout = ?limits.handshake_timeout, "TLS handshake timed out");
                     return;
                 }
@@ -394,6 +402,7 @@ async fn websocket<S>(
         Some(Ok(Route::Device)) => {
             let Some(cert) = cert else { return };
             tracing::Span::current().record("identity", cert.identity.as_str());
+            let _open = listener.counters.session(Protocol::Device);
             crate::ws_device::serve(
                 socket,
                 cert,
@@ -436,6 +445,11 @@ async fn mqtt_client<C>(
         }
     };
     tracing::Span::current().record("identity", admitted.subject.identity.as_str());
+    let _open = listener.counters.session(if admitted.v5 {
+        Protocol::Mqtt5
+    } else {
+        Protocol::Mqtt311
+    });
     shared
         .stats
         .admitted

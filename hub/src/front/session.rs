@@ -81,6 +81,8 @@ pub struct Session {
     pub custody: Option<super::custody::Custody>,
     /// Set when the client's token expired, so the goodbye says why.
     pub token_expired: std::sync::atomic::AtomicBool,
+    /// Messages and bytes relayed, counted per batch by each half.
+    pub traffic: super::stats::RelayTraffic,
     logged: Mutex<HashSet<Reject>>,
 }
 
@@ -105,6 +107,7 @@ impl Session {
             listener,
             limits,
             acl,
+            traffic: stats.relay(),
             stats,
             keep_alive,
             custody,
