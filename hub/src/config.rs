@@ -8,6 +8,7 @@
 //! default)]` struct, add it as a field of [`Config`], document it in
 //! `config/edgehub.toml` and in [`Config::summary`].
 
+mod admin;
 mod devices;
 pub mod duration;
 mod hub;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use self::admin::AdminConfig;
 pub use self::devices::{DevicesConfig, SerialPortConfig, TelemetryFormat};
 pub use self::hub::{HubConfig, HubId, InvalidHubId};
 pub use self::journal::{JournalConfig, WhenFull};
@@ -67,6 +69,8 @@ pub struct Config {
     pub journal: JournalConfig,
     /// `[[uplinks]]`: upstream brokers the journal is forwarded to. None by default.
     pub uplinks: Vec<UplinkConfig>,
+    /// `[admin]`: the metrics and health endpoint, on loopback.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             serial: Vec::new(),
             journal: Default::default(),
             uplinks: Vec::new(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -251,6 +256,17 @@ impl Config {
                     snippet,
                 }
             })?;
+        // Rules that span several keys of a section are checked once it is whole.
+        if let Err((field, message)) = config.admin.validate() {
+            let (location, snippet) = locate(text, key_span(text, &["admin", field]));
+            return Err(ConfigError::Invalid {
+                origin: source,
+                key: format!("admin.{field}"),
+                location,
+                message,
+                snippet,
+            });
+        }
         config.source = source;
         Ok(config)
     }
@@ -314,6 +330,10 @@ impl Config {
             humantime::format_duration(self.devices.heartbeat),
             self.devices.telemetry_format,
         ));
+        listeners.push_str(&format!(
+            "admin                 = {}\n",
+            self.admin.describe()
+        ));
         let head = format!(
             "hub.id                = {:?}\n\
              hub.data_dir          = {:?}\n\
@@ -328,6 +348,17 @@ impl Config {
         );
         head + &listeners
     }
+}
+
+/// Where the value of the key at `path` (`["admin", "bind"]`) is written, if it is.
+fn key_span(text: &str, path: &[&str]) -> Option<std::ops::Range<usize>> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let (first, rest) = path.split_first()?;
+    let mut value = document.get_ref().get(*first)?;
+    for key in rest {
+        value = value.get_ref().as_table()?.get(*key)?;
+    }
+    Some(value.span())
 }
 
 fn first_line(message: &str) -> String {
@@ -536,6 +567,31 @@ mod tests {
             assert!(summary.contains(key), "{key} missing from:\n{summary}");
         }
         assert!(summary.contains("\"10s\""), "{summary}");
+    }
+
+    #[test]
+    fn a_non_loopback_admin_bind_is_refused_naming_the_key_and_the_fix() {
+        let (key, message) = invalid("[admin]\nbind = \"0.0.0.0:9180\"\n");
+        assert_eq!(key, "admin.bind");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("allow_remote = true"), "{message}");
+        let allowed = parse("[admin]\nbind = \"0.0.0.0:9180\"\nallow_remote = true\n")
+            .expect("allowed explicitly");
+        assert!(allowed.admin.allow_remote);
+        let summary = allowed.summary();
+        assert!(summary.contains("admin"), "{summary}");
+    }
+
+    #[test]
+    fn the_admin_endpoint_is_on_loopback_by_default_and_can_be_turned_off() {
+        let config = Config::default();
+        assert!(config.admin.enabled);
+        assert_eq!(config.admin.bind.to_string(), "127.0.0.1:9180");
+        let off = parse("[admin]\nenabled = false\n").expect("valid");
+        assert!(!off.admin.enabled);
+        assert!(off.summary().contains("admin                 = off"));
+        let (key, _) = invalid("[admin]\nport = 9180\n");
+        assert_eq!(key, "admin.port");
     }
 
     /// A TOML basic string for any text, including control characters.

@@ -3,9 +3,10 @@
 //! [`Hub::start`] builds every stage from a validated [`Config`] and binds the listeners;
 //! [`Hub::run`] serves until a shutdown future resolves, then drains the stages. The binary
 //! passes "SIGINT or SIGTERM" as that future; tests pass a channel and read the bound
-//! addresses from [`Hub::local_addr`] (listeners on port 0).
+//! addresses from [`Hub::local_addr`] (listeners on port 0) and [`Hub::admin_addr`].
 
 pub mod acl;
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod devices;
 pub mod front;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod publisher;
 pub mod serial;
@@ -63,6 +65,9 @@ pub enum HubError {
     /// A listener could not be set up.
     #[error(transparent)]
     Front(#[from] front::FrontError),
+    /// The admin endpoint could not be set up.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     /// Stages did not finish within the grace period.
     #[error(transparent)]
     Shutdown(#[from] ShutdownError),
@@ -72,18 +77,20 @@ pub enum HubError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Listeners bound and the journal open; waiting for the broker publisher.
-    Starting,
+    Starting = 0,
     /// Serving.
-    Ready,
+    Ready = 1,
     /// Shutdown has begun.
-    Stopping,
+    Stopping = 2,
 }
 
 /// A hub whose stages are built and whose listeners are bound.
 pub struct Hub {
     config: Config,
     phase: tokio::sync::watch::Sender<Phase>,
-    shared: Arc<Shared>,
+    /// Where reloads send new rules (not `Shared` itself: that holds the journal, whose
+    /// last handle must close at the end of `run` for its final flush).
+    policy: tokio::sync::watch::Sender<Arc<Policy>>,
     front: FrontDoor,
     stats: Arc<FrontStats>,
     broker: broker::Broker,
@@ -94,12 +101,16 @@ pub struct Hub {
     mqtt_commands: tokio::sync::mpsc::Receiver<publisher::IncomingCommand>,
     mqtt_commands_tx: tokio::sync::mpsc::Sender<publisher::IncomingCommand>,
     uplinks: Vec<uplink::task::Uplink>,
+    admin: Option<admin::Admin>,
+    readiness: Arc<admin::Readiness>,
+    started: std::time::SystemTime,
 }
 
 impl Hub {
     /// Prepares the data directory, TLS, access rules and the embedded broker, and binds
     /// every listener. Nothing is served until [`Hub::run`].
     pub async fn start(mut config: Config) -> Result<Hub, HubError> {
+        let started = std::time::SystemTime::now();
         tracing::info!(
             version = VERSION,
             hub_id = %config.hub.id,
@@ -139,11 +150,17 @@ impl Hub {
             identity_source: config.tls.identity,
             password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
         });
-        let front = FrontDoor::bind(&config.listeners, shared.clone()).await?;
+        let policy = shared.policy.clone();
+        let front = FrontDoor::bind(&config.listeners, shared).await?;
+        let admin = if config.admin.enabled {
+            Some(admin::Admin::bind(&config.admin).await?)
+        } else {
+            None
+        };
         Ok(Hub {
             config,
             phase: tokio::sync::watch::Sender::new(Phase::Starting),
-            shared,
+            policy,
             front,
             stats,
             broker,
@@ -154,6 +171,9 @@ impl Hub {
             mqtt_commands,
             mqtt_commands_tx,
             uplinks,
+            admin,
+            readiness: Arc::default(),
+            started,
         })
     }
 
@@ -173,10 +193,15 @@ impl Hub {
     /// A handle that applies a new configuration to the running hub (what SIGHUP does).
     pub fn reloader(&self) -> Reloader {
         Reloader {
-            shared: self.shared.clone(),
+            policy: self.policy.clone(),
             running: Arc::new(self.config.clone()),
             max_connections: self.config.limits.max_connections,
         }
+    }
+
+    /// The admin endpoint's address, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(admin::Admin::local_addr)
     }
 
     /// The front door's counters.
@@ -206,8 +231,27 @@ impl Hub {
             mqtt_commands,
             mqtt_commands_tx,
             uplinks,
+            stats,
+            admin,
+            readiness,
+            started,
             ..
         } = self;
+        // Serves first, so that /readyz says "starting" while the publisher connects.
+        let admin_stages = Stages::new();
+        let admin_state = admin.map(|admin| {
+            let sources = metrics::Sources {
+                front: stats,
+                gateway: gateway.clone(),
+                broker: self.broker.clone(),
+                uplinks: uplinks.iter().map(|u| u.status()).collect(),
+                started,
+            };
+            let state = Arc::new(admin::AdminState::new(readiness.clone(), sources));
+            let serving = state.clone();
+            admin_stages.spawn("admin endpoint", move |token| admin.run(serving, token));
+            state
+        });
         let sinks = Stages::new();
         let sink_publisher = publisher.clone();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
@@ -216,10 +260,11 @@ impl Hub {
         });
         // Serve nobody before commands can be routed and telemetry published: clients
         // that connect meanwhile wait in the listen backlog.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+        let mut ready = ready;
+        let publisher_up = tokio::time::timeout(std::time::Duration::from_secs(10), &mut ready)
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !publisher_up {
             tracing::error!("the broker publisher did not connect to the embedded broker within 10 s; serving anyway, device data waits for it");
         }
 
@@ -262,6 +307,18 @@ impl Hub {
 
         tracing::info!("edgehub ready");
         phase.send_replace(Phase::Ready);
+        if publisher_up {
+            readiness.ready();
+        } else {
+            // /readyz stays 503 until the publisher is up after all.
+            let readiness = readiness.clone();
+            tokio::spawn(async move {
+                if ready.await.is_ok() {
+                    tracing::info!("broker publisher connected; ready");
+                    readiness.ready();
+                }
+            });
+        }
         shutdown.await;
         phase.send_replace(Phase::Stopping);
 
@@ -269,6 +326,7 @@ impl Hub {
         let deadline = std::time::Instant::now() + grace;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());
         let grace_period = humantime::format_duration(grace).to_string();
+        readiness.stopping();
         tracing::info!(%grace_period, "edgehub shutting down");
         gateway.shutdown.cancel();
         gateway.tasks.close();
@@ -286,6 +344,12 @@ impl Hub {
         // to subscribers before their connections close.
         tokio::time::sleep(std::time::Duration::from_millis(100).min(left())).await;
         front_stages.drain(left()).await?;
+        // The endpoint answered "shutting down" until now; its handles on the stages go
+        // before the journal's last handle is closed.
+        if let Some(state) = admin_state {
+            state.retire();
+        }
+        admin_stages.drain(left()).await?;
         // The last handle: waits for the writer's final flush of the cursors.
         if let Err(error) = tokio::task::spawn_blocking(move || journal.close()).await {
             tracing::error!(%error, "journal: closing failed");
@@ -405,12 +469,12 @@ impl Setup {
 /// `[limits]` (for new connections; `max_connections` only up to what the hub started
 /// with). Open connections are judged again and those the new rules forbid are closed.
 /// Everything else (listeners, the hub id, data directory, journal, broker, devices,
-/// serial ports, uplinks, the log format, `tls.identity`) takes a restart: a change there
+/// serial ports, uplinks, the admin endpoint, the log format, `tls.identity`) takes a restart: a change there
 /// is named in [`Reloaded::needs_restart`] and logged, and the running value stays.
 /// `log.level` is applied by the binary, which owns the log subscriber.
 #[derive(Clone)]
 pub struct Reloader {
-    shared: Arc<Shared>,
+    policy: tokio::sync::watch::Sender<Arc<Policy>>,
     running: Arc<Config>,
     max_connections: usize,
 }
@@ -448,7 +512,7 @@ impl Reloader {
                 "these settings changed but take effect only after a restart; the running values stay"
             );
         }
-        self.shared.policy.send_replace(Arc::new(policy));
+        self.policy.send_replace(Arc::new(policy));
         Ok(Reloaded { needs_restart })
     }
 }
@@ -471,6 +535,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     check("serial", running.serial != new.serial);
     check("journal", running.journal != new.journal);
     check("uplinks", running.uplinks != new.uplinks);
+    check("admin", running.admin != new.admin);
     changed
 }
 

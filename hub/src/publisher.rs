@@ -10,6 +10,7 @@
 //! task publishing faster than the broker takes messages waits, and stops reading its
 //! device (TCP or the serial line pushes back).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,18 @@ pub struct IncomingCommand {
 pub struct Publisher {
     client: AsyncClient,
     hub_id: Arc<str>,
+    counters: Arc<PublisherCounters>,
+}
+
+/// What the broker publisher counts, for the admin endpoint's metrics.
+#[derive(Debug, Default)]
+pub struct PublisherCounters {
+    /// Journal records published on `devices/{id}/telemetry`.
+    pub fed: AtomicU64,
+    /// Payload bytes of those records.
+    pub fed_bytes: AtomicU64,
+    /// Commands dropped because the command router was busy or had stopped.
+    pub commands_dropped: AtomicU64,
 }
 
 /// The hub's own status payload.
@@ -90,6 +103,7 @@ impl Publisher {
             Publisher {
                 client,
                 hub_id: hub_id.into(),
+                counters: Arc::default(),
             },
             eventloop,
         )
@@ -98,6 +112,11 @@ impl Publisher {
     /// The hub's id.
     pub fn hub_id(&self) -> &str {
         &self.hub_id
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> &PublisherCounters {
+        &self.counters
     }
 
     /// Publishes telemetry (QoS 0: the loopback hop does not lose messages while the hub
@@ -237,6 +256,10 @@ pub async fn run(
                     payload: p.payload,
                 };
                 if let Err(e) = commands.try_send(command) {
+                    publisher
+                        .counters
+                        .commands_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(device = %e.into_inner().device, "command dropped: the command router is busy or stopped");
                 }
             }
@@ -313,6 +336,7 @@ pub async fn feed(
             }
             continue;
         }
+        let (mut fed, mut bytes) = (0u64, 0u64);
         for (seq, record) in &batch {
             let payload = crate::devices::payload::TelemetryPayload::new(
                 &record.device,
@@ -322,10 +346,22 @@ pub async fn feed(
                 record.hub_time,
             )
             .encode(format);
+            let len = payload.len() as u64;
             if publisher.telemetry(&record.device, payload).await.is_err() {
-                return;
+                break;
             }
+            fed += 1;
+            bytes += len;
             cursor = *seq;
+        }
+        publisher.counters.fed.fetch_add(fed, Ordering::Relaxed);
+        publisher
+            .counters
+            .fed_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        if fed < batch.len() as u64 {
+            // The publisher stopped: the rest waits in the journal for the next start.
+            return;
         }
         if let Err(error) = journal.commit(JOURNAL_CONSUMER, cursor) {
             tracing::error!(%error, "journal: cannot move the broker's cursor");

@@ -5,6 +5,7 @@
 //! and closes with a code that says why.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,7 @@ pub async fn serve<S>(
     let (mut tx, mut rx) = socket.split();
     if let Err(why) = may_attach(&policy.acl, &cert.id) {
         gateway.stats.violation(Violation::Identity);
+        gateway.stats.acl_denied.fetch_add(1, Ordering::Relaxed);
         tracing::info!("device refused: {why}");
         let error = Message::Error(ErrorMsg::new(ErrorCode::IdentityMismatch, why));
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -139,6 +141,8 @@ pub async fn serve<S>(
     );
     tokio::pin!(expiry);
     silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Binary messages and their bytes received, added to the shared counters per batch.
+    let mut received = (0u64, 0u64);
 
     // `outcome`: the status reason, and the close frame to send (None: just drop).
     let (reason, frame): (&'static str, Option<WsMessage>) = 'conn: loop {
@@ -163,10 +167,12 @@ pub async fn serve<S>(
                 }
             }
             Some(Downlink::Command(command)) = downlink.recv() => {
-                let message = WsMessage::binary(Message::Command(command).to_vec());
-                if send(&mut tx, message, write_timeout).await.is_err() {
+                let encoded = Message::Command(command).to_vec();
+                let len = encoded.len() as u64;
+                if send(&mut tx, WsMessage::binary(encoded), write_timeout).await.is_err() {
                     break 'conn ("timeout", None);
                 }
+                gateway.stats.command_bytes.fetch_add(len, Ordering::Relaxed);
             }
             _ = ping.tick() => {
                 if send(&mut tx, WsMessage::Ping(Default::default()), write_timeout).await.is_err() {
@@ -223,6 +229,8 @@ pub async fn serve<S>(
                     ping_sent = None;
                     match message {
                         WsMessage::Binary(bytes) => {
+                            received.0 += 1;
+                            received.1 += bytes.len() as u64;
                             let outcome = link.receive(&bytes).await;
                             if let Some(pending) = outcome.durable {
                                 durable.push_back(pending);
@@ -262,6 +270,7 @@ pub async fn serve<S>(
                         None => break,
                     }
                 }
+                gateway.stats.ws_received(std::mem::take(&mut received));
                 if let Some(ack) = link.take_ack() {
                     if send(&mut tx, WsMessage::binary(ack.to_vec()), write_timeout).await.is_err() {
                         break 'conn ("timeout", None);
@@ -271,6 +280,7 @@ pub async fn serve<S>(
         }
     };
 
+    gateway.stats.ws_received(received);
     link.settle(&mut durable).await;
     // A replaced connection's end publishes nothing: the newer one owns the status.
     link.end(reason).await;

@@ -23,6 +23,10 @@ fn check_config_accepts_the_sample_file() {
         stdout.contains("shutdown.grace_period = \"10s\""),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("admin                 = http://127.0.0.1:9180/metrics"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ fn config_in(dir: &std::path::Path) -> Config {
     for listener in &mut config.listeners {
         listener.bind.set_port(0);
     }
+    config.admin.bind.set_port(0);
     config
 }
 

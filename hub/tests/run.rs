@@ -126,8 +126,9 @@ fn under_a_low_open_file_limit_max_connections_fits_it_and_extra_clients_are_ref
     std::fs::write(
         &config,
         format!(
-            "[hub]\nid = \"fds\"\ndata_dir = {:?}\n\n[[listeners]]\nname = \"mqtt\"\n\
-             kind = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n",
+            "[hub]\nid = \"fds\"\ndata_dir = {:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+             [[listeners]]\nname = \"mqtt\"\nkind = \"mqtt\"\n\
+             bind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n",
             dir.path().join("data").display().to_string()
         ),
     )

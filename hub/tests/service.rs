@@ -67,7 +67,7 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[hub]\nid = \"svc\"\ndata_dir = {:?}\n{extra}\n\n[[listeners]]\nname = \"mqtt\"\n\
+            "[hub]\nid = \"svc\"\ndata_dir = {:?}\n[admin]\nbind = \"127.0.0.1:0\"\n{extra}\n\n[[listeners]]\nname = \"mqtt\"\n\
              kind = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n",
             dir.join("data")
         ),

@@ -63,6 +63,9 @@ data_dir = {:?}
 [limits]
 message_rate = 1000000
 
+[admin]
+bind = "127.0.0.1:0"
+
 {extra}
 
 [[listeners]]

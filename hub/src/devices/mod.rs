@@ -84,7 +84,7 @@ impl Gateway {
     }
 }
 
-/// Device counters, exported in `edgehub/{hub_id}/stats` (and metrics later).
+/// Device counters, exported in `edgehub/{hub_id}/stats` and on the admin endpoint.
 #[derive(Debug, Default)]
 pub struct DeviceStats {
     /// Sessions started (accepted Hellos).
@@ -105,6 +105,15 @@ pub struct DeviceStats {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Commands delivered to a device.
     pub commands_sent: AtomicU64,
+    /// Bytes of commands written to devices (encoded messages; serial: frames).
+    pub command_bytes: AtomicU64,
+    /// Binary WebSocket messages received from devices.
+    pub ws_messages_in: AtomicU64,
+    /// Bytes of those messages.
+    pub ws_bytes_in: AtomicU64,
+    /// Device connections refused because the ACL gives their identity no right to
+    /// publish its own telemetry.
+    pub acl_denied: AtomicU64,
 }
 
 impl DeviceStats {
@@ -118,6 +127,14 @@ impl DeviceStats {
     /// Refused messages of one kind.
     pub fn violations(&self, v: Violation) -> u64 {
         self.violations[v as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a batch of WebSocket messages received: (messages, bytes).
+    pub fn ws_received(&self, (messages, bytes): (u64, u64)) {
+        if messages > 0 {
+            self.ws_messages_in.fetch_add(messages, Ordering::Relaxed);
+            self.ws_bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Counts a command's end.

@@ -14,6 +14,7 @@ mod relay;
 mod session;
 pub mod settings;
 pub mod stats;
+mod traffic;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use self::conns::{ConnGuard, Conns};
 use self::policy::{client_auth_mode, Policy};
 use self::session::{Admission, Session};
 pub use self::settings::{AuthMethod, Limits, ListenerKind, ListenerSettings};
-pub use self::stats::{FrontStats, Reject};
+pub use self::stats::{FrontStats, Protocol, Reject, TlsFailure};
 use self::ws::{Route, UpgradeRules};
 use crate::broker::Broker;
 use crate::tls::{ClientAuth, IdentitySource, PeerIdentity};
@@ -80,6 +81,7 @@ pub struct Listener {
     /// For a TLS listener, which client-certificate mode its acceptor has.
     tls: Option<ClientAuth>,
     upgrade: UpgradeRules,
+    counters: Arc<stats::ListenerCounters>,
 }
 
 /// A client certificate that passed the handshake: who it says the client is, and the
@@ -149,6 +151,7 @@ impl FrontDoor {
                 settings: s.clone(),
                 tls,
                 upgrade,
+                counters: shared.stats.listener(&s.name),
             };
             listeners.push((Arc::new(listener), socket));
         }
@@ -214,6 +217,10 @@ async fn accept_loop(
         };
         shared
             .stats
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        listener
+            .counters
             .accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guard = match conns.admit(peer.ip(), &shared.policy.borrow().limits) {
@@ -301,12 +308,13 @@ async fn serve(
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    shared.stats.reject(Reject::TlsHandshake);
-                    tracing::info!(error = %e, "TLS handshake failed");
+                    let reason = TlsFailure::classify(&e);
+                    shared.stats.tls_failure(reason);
+                    tracing::info!(error = %e, reason = reason.as_str(), "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    shared.stats.reject(Reject::Timeout);
+                    shared.stats.tls_failure(TlsFailure::Timeout);
                     tracing::info!(timeout = ?limits.handshake_timeout, "TLS handshake timed out");
                     return;
                 }
@@ -440,6 +448,7 @@ where
         Some(Ok(Route::Device)) => {
             let Some(cert) = cert else { return };
             tracing::Span::current().record("identity", cert.id.identity.as_str());
+            let _open = listener.counters.session(Protocol::Device);
             crate::ws_device::serve(
                 socket,
                 crate::ws_device::DeviceCert {
@@ -488,6 +497,11 @@ where
         }
     };
     tracing::Span::current().record("identity", admitted.subject.identity.as_str());
+    let _open = listener.counters.session(if admitted.v5 {
+        Protocol::Mqtt5
+    } else {
+        Protocol::Mqtt311
+    });
     shared
         .stats
         .admitted

@@ -180,6 +180,9 @@ async fn upstream<R: AsyncRead + Unpin>(
     let mut grow = ReadSize::new(16 * 1024);
     grow.reserve(&mut buf);
     let mut budget = session.rate_budget();
+    // PUBLISH packets in `out`: counted with its bytes once it is written, one update
+    // per batch (see `stats::RelayTraffic`).
+    let mut published = 0u64;
     loop {
         // Handle every complete packet already buffered, then forward them in one write.
         loop {
@@ -201,14 +204,22 @@ async fn upstream<R: AsyncRead + Unpin>(
                     if broker.write_all(&out).await.is_err() {
                         return Ended::BrokerClosed;
                     }
+                    session.traffic.up(published, out.len());
+                    published = 0;
                     out = BytesMut::new();
                 }
                 tokio::time::sleep(pause).await;
             }
             match packet::packet_type(&frame) {
                 kind::PUBLISH => match publish_allowed(&frame, &session, &mut aliases) {
-                    Ok(None) => out.unsplit(frame),
-                    Ok(Some(Verdict::Rewrite(rebuilt))) => out.extend_from_slice(&rebuilt),
+                    Ok(None) => {
+                        published += 1;
+                        out.unsplit(frame);
+                    }
+                    Ok(Some(Verdict::Rewrite(rebuilt))) => {
+                        published += 1;
+                        out.extend_from_slice(&rebuilt);
+                    }
                     Ok(Some(Verdict::Deny(qos, pkid, topic))) => {
                         session.deny_publish(&topic);
                         if qos == 2 && !session.v5 {
@@ -280,7 +291,9 @@ async fn upstream<R: AsyncRead + Unpin>(
                 }
                 kind::DISCONNECT => {
                     out.extend_from_slice(&frame);
-                    let _ = broker.write_all(&out).await;
+                    if broker.write_all(&out).await.is_ok() {
+                        session.traffic.up(published, out.len());
+                    }
                     return Ended::ClientDisconnected;
                 }
                 _ => out.unsplit(frame),
@@ -290,6 +303,8 @@ async fn upstream<R: AsyncRead + Unpin>(
             if broker.write_all(&out).await.is_err() {
                 return Ended::BrokerClosed;
             }
+            session.traffic.up(published, out.len());
+            published = 0;
             // Unchanged frames are forwarded as views of the read buffer (`unsplit`, no
             // copy); dropping the view lets that buffer be reused for the next read.
             out = BytesMut::new();
@@ -379,6 +394,8 @@ async fn downstream<W: AsyncWrite + Unpin>(
     let mut stalled_since: Option<tokio::time::Instant> = None;
     // Bytes that arrived with the CONNACK are handled before waiting for more.
     let mut ready = !buf.is_empty();
+    // PUBLISH packets in `out`, counted with its bytes once it is written.
+    let mut published = 0u64;
     loop {
         let freed = async {
             match (&session.custody, stalled_since) {
@@ -462,13 +479,14 @@ async fn downstream<W: AsyncWrite + Unpin>(
                             continue;
                         }
                     }
+                    published += u64::from(frame_kind == kind::PUBLISH);
                     out.unsplit(frame);
                 }
                 grow.reserve(&mut buf);
             }
         }
         if let Some(custody) = &session.custody {
-            match deliver(custody, &mut parked, &mut out) {
+            match deliver(custody, &mut parked, &mut out, &mut published) {
                 Ok(true) => stalled_since = None,
                 Ok(false) => {
                     stalled_since.get_or_insert_with(tokio::time::Instant::now);
@@ -486,7 +504,11 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 client.flush().await
             };
             match tokio::time::timeout(write_timeout, write).await {
-                Ok(Ok(())) => out = BytesMut::new(),
+                Ok(Ok(())) => {
+                    session.traffic.down(published, out.len());
+                    published = 0;
+                    out = BytesMut::new();
+                }
                 Ok(Err(e)) => return Ended::ClientGone(Some(e)),
                 Err(_) => {
                     session.reject(Reject::SlowConsumer);
@@ -501,11 +523,13 @@ async fn downstream<W: AsyncWrite + Unpin>(
 const PARKED_MAX: usize = 1024;
 
 /// Moves parked deliveries to `out`, in the broker's order, while the QoS 1 window has
-/// room. Returns false when some must wait for the client's PUBACKs.
+/// room, counting them in `published`. Returns false when some must wait for the
+/// client's PUBACKs.
 fn deliver(
     custody: &Custody,
     parked: &mut VecDeque<BytesMut>,
     out: &mut BytesMut,
+    published: &mut u64,
 ) -> Result<bool, FrameError> {
     while let Some(frame) = parked.front() {
         if let Some(topic) = packet::qos0_publish_topic(frame)? {
@@ -515,11 +539,13 @@ fn deliver(
                 };
                 packet::write_as_qos1(frame, id, out)?;
                 parked.pop_front();
+                *published += 1;
                 continue;
             }
         }
         if let Some(frame) = parked.pop_front() {
             out.unsplit(frame);
+            *published += 1;
         }
     }
     Ok(true)

@@ -92,6 +92,8 @@ pub struct Session {
     pub custody: Option<super::custody::Custody>,
     /// The MQTT 5 reason code of the hub's DISCONNECT, should it end the session.
     goodbye: AtomicU8,
+    /// Messages and bytes relayed, counted per batch by each half.
+    pub traffic: super::stats::RelayTraffic,
     logged: Mutex<HashSet<Reject>>,
 }
 
@@ -155,6 +157,7 @@ impl Session {
             will_topic,
             expires_at,
             subscriptions: Mutex::new(Vec::new()),
+            traffic: stats.relay(),
             stats,
             keep_alive,
             custody,

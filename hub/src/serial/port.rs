@@ -101,8 +101,11 @@ pub(super) async fn serve(
                 replaced = link.replaced();
             }
             Some(Downlink::Command(command)) = downlink.recv() => {
-                if write(&mut stream, &Message::Command(command)).await.is_err() {
-                    break "port gone";
+                match write(&mut stream, &Message::Command(command)).await {
+                    Ok(n) => {
+                        gateway.stats.command_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => break "port gone",
                 }
             }
             _ = silence.tick() => {
@@ -179,10 +182,11 @@ fn count(counters: &PortCounters, error: FrameError) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn write(stream: &mut SerialStream, message: &Message) -> std::io::Result<()> {
+/// Writes one message as a frame; returns the frame's length.
+async fn write(stream: &mut SerialStream, message: &Message) -> std::io::Result<usize> {
     let frame = message.to_frame();
     match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await {
-        Ok(result) => result,
+        Ok(result) => result.map(|()| frame.len()),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the line took no data for 5 s",

@@ -1,7 +1,8 @@
-//! What an uplink shows operators: written by its task, read by the stats publisher (and
-//! by the metrics endpoint of issue 7). Lag comes from the journal at snapshot time, so
+//! What an uplink shows operators: written by its task, read by the stats publisher and
+//! by the admin endpoint's metrics. Lag comes from the journal at snapshot time, so
 //! it is right even while the uplink is down and its task is asleep.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -16,6 +17,10 @@ pub struct UplinkStatus {
     broker: String,
     consumer: String,
     state: Mutex<State>,
+    /// PUBLISH packets written upstream (resends too), and their payload bytes: counted
+    /// per record, so kept out of the mutex.
+    published: AtomicU64,
+    published_bytes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +85,8 @@ impl UplinkStatus {
             broker: broker.to_owned(),
             consumer: consumer.to_owned(),
             state: Mutex::new(State::default()),
+            published: AtomicU64::new(0),
+            published_bytes: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +116,21 @@ impl UplinkStatus {
         }
     }
 
+    pub(crate) fn published(&self, payload_bytes: usize) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.published_bytes
+            .fetch_add(payload_bytes as u64, Ordering::Relaxed);
+    }
+
+    /// PUBLISH packets written upstream since start (resends too) and their payload
+    /// bytes.
+    pub fn published_totals(&self) -> (u64, u64) {
+        (
+            self.published.load(Ordering::Relaxed),
+            self.published_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     pub(crate) fn resent(&self) {
         self.lock().resent += 1;
     }
@@ -125,7 +147,8 @@ impl UplinkStatus {
         self.lock().skipped += 1;
     }
 
-    /// The uplink now. Reads the journal for the lag; `now_ms` is wall-clock Unix ms.
+    /// The uplink now, with the forwarding rate since the previous snapshot (which this
+    /// one becomes). Reads the journal for the lag; `now_ms` is wall-clock Unix ms.
     pub fn snapshot(&self, journal: &Journal, now: Instant, now_ms: u64) -> UplinkSnapshot {
         let (lag_records, oldest_ms) = journal.lag(&self.consumer);
         let mut s = self.lock();
@@ -136,6 +159,25 @@ impl UplinkStatus {
             _ => 0.0,
         };
         s.previous = Some((now, s.forwarded));
+        self.build(&s, lag_records, oldest_ms, now_ms, rate)
+    }
+
+    /// The uplink now, for a reader other than the stats topic: the rate is left at 0
+    /// and the stats topic's own rate is not disturbed (Prometheus computes rates itself).
+    pub fn current(&self, journal: &Journal, now_ms: u64) -> UplinkSnapshot {
+        let (lag_records, oldest_ms) = journal.lag(&self.consumer);
+        let s = self.lock();
+        self.build(&s, lag_records, oldest_ms, now_ms, 0.0)
+    }
+
+    fn build(
+        &self,
+        s: &State,
+        lag_records: u64,
+        oldest_ms: Option<u64>,
+        now_ms: u64,
+        rate: f64,
+    ) -> UplinkSnapshot {
         UplinkSnapshot {
             broker: self.broker.clone(),
             connected: s.connected_since.is_some(),

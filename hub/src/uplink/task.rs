@@ -584,7 +584,9 @@ fn write_record(
             true,
             &[("message-id".to_owned(), id)],
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    uplink.status.published(payload.len());
+    Ok(())
 }
 
 /// A backlog being forwarded after a (re)connect, for the operator's log: progress every

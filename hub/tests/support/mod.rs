@@ -88,6 +88,7 @@ impl RunningHub {
             &config,
             format!(
                 "[hub]\nid = {id:?}\ndata_dir = {:?}\n\n[devices]\nmessage_rate = 100000\n\n\
+                 [admin]\nbind = \"127.0.0.1:0\"\n\n\
                  [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n\
                  auth = [\"certificate\"]\n\n{extra}",
                 dir.join("data").display().to_string()
@@ -307,8 +308,12 @@ pub mod hub {
     /// Plain ws on loopback, certificates impossible: password only.
     pub const WS: &str = "ws";
 
-    /// The listeners every test hub has; `extra` TOML is appended after them.
+    /// The listeners every test hub has, and its admin endpoint, all on ports the OS
+    /// picks so that tests in parallel never collide; `extra` TOML comes before them.
     pub const LISTENERS: &str = r#"
+[admin]
+bind = "127.0.0.1:0"
+
 [[listeners]]
 name = "wss"
 kind = "wss"
@@ -351,6 +356,8 @@ auth = ["password"]
         /// Holds the data directory (and the PKI under `pki/`).
         pub dir: tempfile::TempDir,
         addrs: Vec<(String, SocketAddr)>,
+        /// The admin endpoint's address.
+        pub admin: SocketAddr,
         stop: Option<oneshot::Sender<()>>,
         task: Option<JoinHandle<Result<(), hub::HubError>>>,
         /// The hub's counters.
@@ -379,6 +386,7 @@ auth = ["password"]
                 .collect();
             let stats = hub.stats();
             let reloader = hub.reloader();
+            let admin = hub.admin_addr().expect("admin endpoint bound");
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(hub.run(async {
                 let _ = stopped.await;
@@ -386,6 +394,7 @@ auth = ["password"]
             TestHub {
                 dir,
                 addrs,
+                admin,
                 stop: Some(stop),
                 task: Some(task),
                 stats,
@@ -1340,5 +1349,296 @@ pub mod client {
             toml.push('\n');
         }
         toml
+    }
+}
+
+/// The admin endpoint, over real HTTP: a small HTTP/1.1 client and a checker of the
+/// Prometheus text format that also reads the values back.
+pub mod admin {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::DEADLINE;
+
+    /// An HTTP answer.
+    #[derive(Debug, Clone)]
+    pub struct Answer {
+        /// Status code.
+        pub status: u16,
+        /// Headers, names in lower case.
+        pub headers: HashMap<String, String>,
+        /// Body as text.
+        pub body: String,
+    }
+
+    /// Sends `method path` over a new connection (HTTP/1.1, `Connection: close`) and
+    /// reads the answer; `Err` when the connection cannot be made or breaks.
+    pub async fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<Answer> {
+        let exchange = async {
+            let mut tcp = TcpStream::connect(addr).await?;
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: edgehub-test\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            tcp.write_all(head.as_bytes()).await?;
+            let mut raw = Vec::new();
+            tcp.read_to_end(&mut raw).await?;
+            Ok::<_, std::io::Error>(raw)
+        };
+        let raw = tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .expect("the admin endpoint answers within the deadline")?;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let body_at = match response.parse(&raw) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "not an HTTP response ({other:?}): {:?}",
+                    String::from_utf8_lossy(&raw)
+                )))
+            }
+        };
+        Ok(Answer {
+            status: response.code.unwrap_or_default(),
+            headers: response
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&raw[body_at..]).into_owned(),
+        })
+    }
+
+    /// `GET path`, which must be answered.
+    pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+        request(addr, "GET", path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+    }
+
+    /// Polls `/readyz` until it answers 200; returns the answers before that (503s while
+    /// the hub starts). Panics after [`DEADLINE`].
+    pub async fn wait_ready(addr: SocketAddr) -> Vec<Answer> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut before = Vec::new();
+        loop {
+            let answer = get(addr, "/readyz").await;
+            if answer.status == 200 {
+                return before;
+            }
+            assert!(Instant::now() < deadline, "not ready: {answer:?}");
+            before.push(answer);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// One sample line.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Sample {
+        /// Metric name.
+        pub name: String,
+        /// Labels, unescaped, in the order written.
+        pub labels: Vec<(String, String)>,
+        /// The value.
+        pub value: f64,
+    }
+
+    /// A parsed scrape.
+    #[derive(Debug, Clone, Default)]
+    pub struct Scrape {
+        /// Family name to its type.
+        pub families: HashMap<String, String>,
+        /// Every sample, in order.
+        pub samples: Vec<Sample>,
+    }
+
+    impl Scrape {
+        /// The value of the sample `name` carrying every label of `labels` (others may
+        /// be present too); panics if there is none or more than one.
+        pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+            let found: Vec<&Sample> = self
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.name == name
+                        && labels
+                            .iter()
+                            .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+                })
+                .collect();
+            match found.as_slice() {
+                [one] => one.value,
+                [] => panic!("no sample {name}{labels:?}"),
+                many => panic!("{} samples match {name}{labels:?}: {many:?}", many.len()),
+            }
+        }
+    }
+
+    /// Parses the Prometheus text format (0.0.4) strictly: every sample belongs to the
+    /// family whose `# TYPE` line precedes it (samples of a family together), each
+    /// family has `# HELP` and `# TYPE` once, names and label names are valid, label
+    /// values use only the format's escapes, values are numbers. Panics on a violation.
+    pub fn parse(text: &str) -> Scrape {
+        let mut scrape = Scrape::default();
+        let mut helped = std::collections::HashSet::new();
+        let mut current: Option<String> = None;
+        assert!(text.ends_with('\n'), "the exposition ends with a line feed");
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(metric_name(name), "HELP of an invalid name: {line}");
+                assert!(helped.insert(name.to_owned()), "second HELP: {line}");
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(metric_name(name), "TYPE of an invalid name: {line}");
+                assert!(
+                    matches!(
+                        kind,
+                        "counter" | "gauge" | "untyped" | "histogram" | "summary"
+                    ),
+                    "{line}"
+                );
+                assert!(helped.contains(name), "TYPE before HELP: {line}");
+                assert!(
+                    scrape
+                        .families
+                        .insert(name.to_owned(), kind.to_owned())
+                        .is_none(),
+                    "second TYPE: {line}"
+                );
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "counter without _total: {line}");
+                }
+                current = Some(name.to_owned());
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unknown comment line: {line}");
+            assert!(!line.is_empty(), "empty line in the exposition");
+            let sample = sample(line);
+            assert_eq!(
+                current.as_deref(),
+                Some(sample.name.as_str()),
+                "sample outside its family's block: {line}"
+            );
+            scrape.samples.push(sample);
+        }
+        scrape
+    }
+
+    fn sample(line: &str) -> Sample {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        assert!(metric_name(name), "invalid metric name: {line}");
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(mut l) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = l.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let (key, after) = l.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                assert!(label_name(key), "invalid label name {key:?}: {line}");
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, '\\')) => value.push('\\'),
+                            Some((_, '"')) => value.push('"'),
+                            Some((_, 'n')) => value.push('\n'),
+                            other => panic!("bad escape {other:?}: {line}"),
+                        },
+                        Some((i, '"')) => break i,
+                        Some((_, '\n')) => panic!("raw line feed in a label: {line}"),
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated label value: {line}"),
+                    }
+                };
+                labels.push((key.to_owned(), value));
+                l = &after[end + 1..];
+                l = l.strip_prefix(',').unwrap_or(l);
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no space before the value: {line}"));
+        let value = value.split(' ').next().unwrap_or_default();
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse()
+                .unwrap_or_else(|e| panic!("value {v:?} of {line}: {e}")),
+        };
+        Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        }
+    }
+
+    fn metric_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    fn label_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        !name.starts_with("__")
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
+    /// `GET /metrics`, checked for its status, content type and format, and parsed.
+    pub async fn scrape(addr: SocketAddr) -> Scrape {
+        let answer = get(addr, "/metrics").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(
+            answer.headers.get("content-type").map(String::as_str),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        parse(&answer.body)
+    }
+
+    /// Scrapes until the sample `name{labels}` reaches `at_least`, and returns that
+    /// scrape. Panics after [`DEADLINE`].
+    pub async fn scrape_until(
+        addr: SocketAddr,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+    ) -> Scrape {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let scrape = scrape(addr).await;
+            let value = scrape.value(name, labels);
+            if value >= at_least {
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {value}, not {at_least}, after {DEADLINE:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
