@@ -340,7 +340,9 @@ fn wait_listening(addr: SocketAddr, limit: Duration) -> Result<(), BrokerError> 
     }
 }
 
-/// True when `/proc/net/tcp` lists a socket in LISTEN state (0A) on the IPv4 `addr`.
+/// True when the kernel's TCP table lists a socket in LISTEN state (0A) on the IPv4 `addr`.
+/// Read through `/proc/self/net`: the service's `ProcSubset=pid` hides the `/proc/net`
+/// link to it.
 fn is_listening(addr: SocketAddr) -> bool {
     let SocketAddr::V4(v4) = addr else {
         return false;
@@ -351,7 +353,7 @@ fn is_listening(addr: SocketAddr) -> bool {
         u32::from_le_bytes(v4.ip().octets()),
         v4.port()
     );
-    std::fs::read_to_string("/proc/net/tcp")
+    std::fs::read_to_string("/proc/self/net/tcp")
         .map(|table| {
             table.lines().skip(1).any(|line| {
                 let mut cols = line.split_whitespace();
