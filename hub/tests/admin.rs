@@ -12,7 +12,7 @@ use support::device::{new_session, sample_readings, Device};
 use support::hub::{TestHub, MQTT, MQTTS, WS};
 use support::peer::tls_refusal;
 use support::tls::{client_config, issue_client_cert};
-use support::{edgehub, RunningHub, Signal, DEADLINE};
+use support::{check_config, RunningHub, Signal, DEADLINE};
 
 /// `after - before` for one sample.
 fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -305,11 +305,7 @@ fn a_non_loopback_admin_bind_is_refused_at_load_unless_allow_remote_is_set() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edgehub.toml");
     std::fs::write(&path, "[admin]\nbind = \"0.0.0.0:9180\"\n").expect("write config");
-    let output = edgehub()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run edgehub");
+    let output = check_config(&path);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`admin.bind`"), "{stderr}");
@@ -321,11 +317,7 @@ fn a_non_loopback_admin_bind_is_refused_at_load_unless_allow_remote_is_set() {
         "[admin]\nbind = \"0.0.0.0:9180\"\nallow_remote = true\n",
     )
     .expect("write config");
-    let output = edgehub()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run edgehub");
+    let output = check_config(&path);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(

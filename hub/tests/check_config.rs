@@ -2,15 +2,11 @@
 
 mod support;
 
-use support::{edgehub, sample_config};
+use support::{check_config, sample_config};
 
 #[test]
 fn check_config_accepts_the_sample_file() {
-    let output = edgehub()
-        .args(["check-config", "--config"])
-        .arg(sample_config())
-        .output()
-        .expect("run edgehub");
+    let output = check_config(&sample_config());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -35,11 +31,7 @@ fn check_config_rejects_a_typo_and_names_the_key() {
     let path = dir.path().join("edgehub.toml");
     std::fs::write(&path, "[log]\nlevel = \"info\"\nfromat = \"json\"\n").expect("write config");
 
-    let output = edgehub()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run edgehub");
+    let output = check_config(&path);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
@@ -51,10 +43,7 @@ fn check_config_rejects_a_typo_and_names_the_key() {
 
 #[test]
 fn check_config_rejects_a_missing_file_and_names_it() {
-    let output = edgehub()
-        .args(["check-config", "--config", "/nonexistent/edgehub.toml"])
-        .output()
-        .expect("run edgehub");
+    let output = check_config(std::path::Path::new("/nonexistent/edgehub.toml"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
     assert!(stderr.contains("/nonexistent/edgehub.toml"), "{stderr}");
@@ -67,11 +56,7 @@ fn check_config_reads_an_uplinks_files_and_names_the_one_missing() {
     let uplink = "[[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:1884\"\n";
     let check = |extra: &str| {
         std::fs::write(&path, format!("{uplink}{extra}")).expect("write config");
-        edgehub()
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run edgehub")
+        check_config(&path)
     };
 
     let output = check("password_file = \"cloud.password\"\n");
@@ -115,11 +100,7 @@ fn check_config_reads_the_tls_files_a_reload_would_and_names_the_one_missing() {
     )
     .expect("write config");
 
-    let output = edgehub()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run edgehub");
+    let output = check_config(&path);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");

@@ -76,6 +76,27 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     config
 }
 
+/// `edgehub run` on a config with the MQTT listener on a free port, told to notify a
+/// socket the test binds (and to feed a watchdog every half `watchdog_usec`, if given).
+fn start_notified(
+    dir: &Path,
+    watchdog_usec: Option<&str>,
+) -> (RunningHub, Notifications, u16, PathBuf) {
+    let port = free_port();
+    let config = write_config(dir, port, "");
+    let notify = Notifications::bind(dir);
+    let mut command = edgehub();
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path);
+    if let Some(usec) = watchdog_usec {
+        command.env("WATCHDOG_USEC", usec);
+    }
+    (RunningHub::start(command), notify, port, config)
+}
+
 /// An MQTT client connects and gets its CONNACK: the hub serves.
 async fn serves(port: u16) {
     let addr = ([127, 0, 0, 1], port).into();
@@ -87,17 +108,7 @@ async fn serves(port: u16) {
 #[tokio::test]
 async fn systemd_hears_ready_once_the_hub_serves_then_watchdog_reload_and_stopping() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = write_config(dir.path(), port, "");
-    let mut notify = Notifications::bind(dir.path());
-    let mut command = edgehub();
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "200000");
-    let mut hub = RunningHub::start(command);
+    let (mut hub, mut notify, port, _) = start_notified(dir.path(), Some("200000"));
 
     let before_ready = notify.until("READY=1");
     assert!(
@@ -137,16 +148,7 @@ async fn systemd_hears_ready_once_the_hub_serves_then_watchdog_reload_and_stoppi
 #[tokio::test]
 async fn a_sighup_with_a_broken_file_keeps_serving_and_names_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = write_config(dir.path(), port, "");
-    let mut notify = Notifications::bind(dir.path());
-    let mut command = edgehub();
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify.path);
-    let mut hub = RunningHub::start(command);
+    let (mut hub, mut notify, port, config) = start_notified(dir.path(), None);
     notify.until("READY=1");
 
     write_config(dir.path(), port, "[limits]\nmax_connections = \"lots\"\n");

@@ -41,6 +41,15 @@ pub fn edgehub() -> Command {
     command
 }
 
+/// Runs `edgehub check-config --config path` to completion.
+pub fn check_config(path: &Path) -> std::process::Output {
+    edgehub()
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .expect("run edgehub check-config")
+}
+
 /// The commented sample configuration in the repository.
 pub fn sample_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/edgehub.toml")
