@@ -373,6 +373,7 @@ fn serve(config: Config, path: Option<PathBuf>, log: LogControl) -> anyhow::Resu
                 path,
                 hub.reloader(),
                 log,
+                hub.phase(),
             ));
             hub.run(async {
                 // A dropped sender also means stop.

@@ -61,16 +61,27 @@ pub async fn watchdog(interval: Duration) {
     }
 }
 
-/// Reloads the configuration on every SIGHUP: reads `path` again (the embedded default
-/// without one), applies `log.level` and hands the rest to `reloader`. A file that does
-/// not load or does not hold together changes nothing; the log says why.
+/// Reloads the configuration on every SIGHUP until shutdown begins: reads `path` again
+/// (the embedded default without one), applies `log.level` and hands the rest to
+/// `reloader`. A file that does not load or does not hold together changes nothing; the
+/// log says why. (A SIGHUP during shutdown is ignored: READY=1 then would tell systemd
+/// the service is up again.)
 pub async fn reload_on_hangup(
     mut hangups: Signal,
     path: Option<PathBuf>,
     reloader: Reloader,
     log: LogControl,
+    mut phase: watch::Receiver<Phase>,
 ) {
-    while hangups.recv().await.is_some() {
+    loop {
+        let stopping = phase.wait_for(|p| *p == Phase::Stopping);
+        tokio::select! {
+            _ = stopping => return,
+            hangup = hangups.recv() => if hangup.is_none() { return },
+        }
+        if *phase.borrow() == Phase::Stopping {
+            return;
+        }
         let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
             states.push(now);
