@@ -188,3 +188,35 @@ fn under_a_low_open_file_limit_max_connections_fits_it_and_extra_clients_are_ref
     assert_clean_stop(status, &stderr);
     assert!(!stderr.contains("accept failed"), "{stderr}");
 }
+
+#[test]
+fn a_listener_port_in_use_stops_the_start_naming_the_listener_and_the_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let config = dir.path().join("edgehub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hub]\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\n\
+             name = \"local\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n"
+        ),
+    )
+    .expect("write config");
+    let output = edgehub()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run edgehub");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(stderr.contains("listener \"local\""), "{stderr}");
+    assert_eq!(
+        stderr.matches("in use").count(),
+        1,
+        "the OS error once:\n{stderr}"
+    );
+    drop(taken);
+}

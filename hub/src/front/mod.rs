@@ -95,14 +95,14 @@ struct PeerCert {
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
     /// A listener's address could not be bound.
-    #[error("listener {name:?}: cannot listen on {addr}: {source}; is another program (or another edgehub) using the port? Change `bind` in the [[listeners]] entry named {name:?}")]
+    #[error("listener {name:?}: cannot listen on {addr}: {error}; is another program (or another edgehub) using the port? Change `bind` in the [[listeners]] entry named {name:?}")]
     Bind {
         /// Listener name.
         name: String,
         /// Address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, so not also a `source` that would print twice).
+        error: std::io::Error,
     },
     /// A TLS listener has no TLS configuration.
     #[error("listener {0:?} needs TLS but no server certificate is configured")]
@@ -127,10 +127,10 @@ impl FrontDoor {
         for s in settings {
             let socket = TcpListener::bind(s.bind)
                 .await
-                .map_err(|source| FrontError::Bind {
+                .map_err(|error| FrontError::Bind {
                     name: s.name.clone(),
                     addr: s.bind,
-                    source,
+                    error,
                 })?;
             let tls = if s.kind.is_tls() {
                 let mode = client_auth_mode(s);
