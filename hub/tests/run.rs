@@ -18,6 +18,17 @@ fn run_until(signal: Signal, cwd: &Path, args: &[&str]) -> (std::process::ExitSt
     hub.wait_for_exit()
 }
 
+/// Runs `edgehub run --config config` in `cwd` until it exits by itself (a start that fails).
+fn run_to_exit(cwd: &Path, config: &Path) -> std::process::Output {
+    edgehub()
+        .current_dir(cwd)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run edgehub")
+}
+
 fn assert_clean_stop(status: std::process::ExitStatus, stderr: &str) {
     assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
     assert!(stderr.contains("edgehub shutting down"), "{stderr}");
@@ -85,13 +96,7 @@ fn run_fails_with_status_1_and_names_an_unusable_data_dir() {
     std::fs::write(dir.path().join("blocker"), b"").expect("write file");
     let config = dir.path().join("edgehub.toml");
     std::fs::write(&config, "[hub]\ndata_dir = \"blocker/data\"\n").expect("write config");
-    let output = edgehub()
-        .current_dir(dir.path())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run edgehub");
+    let output = run_to_exit(dir.path(), &config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
     assert!(stderr.contains("blocker/data"), "{stderr}");
@@ -103,13 +108,7 @@ fn run_refuses_an_invalid_config_with_status_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("edgehub.toml");
     std::fs::write(&config, "[hub]\nid = \"a/b\"\n").expect("write config");
-    let output = edgehub()
-        .current_dir(dir.path())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run edgehub");
+    let output = run_to_exit(dir.path(), &config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr:\n{stderr}");
     assert!(stderr.contains("`hub.id`"), "{stderr}");
@@ -203,13 +202,7 @@ fn a_listener_port_in_use_stops_the_start_naming_the_listener_and_the_error_once
         ),
     )
     .expect("write config");
-    let output = edgehub()
-        .current_dir(dir.path())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run edgehub");
+    let output = run_to_exit(dir.path(), &config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
     assert!(stderr.contains("listener \"local\""), "{stderr}");
