@@ -11,7 +11,6 @@
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,57 +46,19 @@ pub enum AdminError {
     },
 }
 
-/// The hub's phase as `/readyz` reports it, shared between `Hub::run` and the endpoint:
-/// Ready only once the broker publisher is connected (systemd is told READY=1 when the
-/// hub starts serving, which may be earlier if the publisher is late).
-#[derive(Debug)]
-pub struct Readiness(AtomicU8);
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Readiness(AtomicU8::new(Phase::Starting as u8))
-    }
-}
-
-impl Readiness {
-    /// The phase now.
-    pub fn phase(&self) -> Phase {
-        match self.0.load(Ordering::Acquire) {
-            0 => Phase::Starting,
-            1 => Phase::Ready,
-            _ => Phase::Stopping,
-        }
-    }
-
-    /// Starting becomes Ready; a hub already stopping stays stopping.
-    pub fn ready(&self) {
-        let _ = self.0.compare_exchange(
-            Phase::Starting as u8,
-            Phase::Ready as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
-    /// Shutdown has begun: not ready any more, for good.
-    pub fn stopping(&self) {
-        self.0.store(Phase::Stopping as u8, Ordering::Release);
-    }
-}
-
 /// What the endpoint serves from.
 pub struct AdminState {
-    readiness: Arc<Readiness>,
+    phase: tokio::sync::watch::Receiver<Phase>,
     /// Taken away by [`AdminState::retire`] at the end of shutdown: the sources hold the
     /// journal, whose last handle must be closed for its final flush.
     sources: RwLock<Option<Sources>>,
 }
 
 impl AdminState {
-    /// Serves `sources` and reports `readiness`.
-    pub fn new(readiness: Arc<Readiness>, sources: Sources) -> AdminState {
+    /// Serves `sources` and reports the hub's `phase`.
+    pub fn new(phase: tokio::sync::watch::Receiver<Phase>, sources: Sources) -> AdminState {
         AdminState {
-            readiness,
+            phase,
             sources: RwLock::new(Some(sources)),
         }
     }
@@ -167,7 +128,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    let ready = state.readiness.phase() == Phase::Ready;
+    let ready = *state.phase.borrow() == Phase::Ready;
     // Rendering reads counters, a few journal keys and /proc: well under a millisecond
     // in the common case, so it runs here rather than on the blocking pool (which would
     // also let a render outlive `retire`).
@@ -188,7 +149,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, &'static str) {
-    readiness_answer(state.readiness.phase())
+    readiness_answer(*state.phase.borrow())
 }
 
 /// `/readyz`'s answer in `phase`.
@@ -215,20 +176,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readiness_goes_starting_ready_stopping_and_never_back() {
-        let r = Readiness::default();
-        assert_eq!(
-            readiness_answer(r.phase()).0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        r.ready();
-        assert_eq!(readiness_answer(r.phase()), (StatusCode::OK, "ready\n"));
-        r.stopping();
-        r.ready();
-        assert_eq!(r.phase(), Phase::Stopping);
-        assert_eq!(
-            readiness_answer(r.phase()),
-            (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-        );
+    fn only_a_ready_hub_answers_200() {
+        assert_eq!(readiness_answer(Phase::Ready), (StatusCode::OK, "ready\n"));
+        for phase in [Phase::Starting, Phase::Stopping] {
+            assert_eq!(readiness_answer(phase).0, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(readiness_answer(Phase::Stopping).1, "shutting down\n");
     }
 }

@@ -76,12 +76,13 @@ pub enum HubError {
 /// Where a hub is in its life, for service managers and health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Listeners bound and the journal open; waiting for the broker publisher.
-    Starting = 0,
-    /// Serving.
-    Ready = 1,
+    /// Listeners bound and the journal open; waiting for the broker publisher (clients
+    /// are served after 10 s without it, but the hub is not called ready).
+    Starting,
+    /// Serving, with the broker publisher connected.
+    Ready,
     /// Shutdown has begun.
-    Stopping = 2,
+    Stopping,
 }
 
 /// A hub whose stages are built and whose listeners are bound.
@@ -102,7 +103,6 @@ pub struct Hub {
     mqtt_commands_tx: tokio::sync::mpsc::Sender<publisher::IncomingCommand>,
     uplinks: Vec<uplink::task::Uplink>,
     admin: Option<admin::Admin>,
-    readiness: Arc<admin::Readiness>,
     started: std::time::SystemTime,
 }
 
@@ -172,7 +172,6 @@ impl Hub {
             mqtt_commands_tx,
             uplinks,
             admin,
-            readiness: Arc::default(),
             started,
         })
     }
@@ -195,7 +194,6 @@ impl Hub {
         Reloader {
             policy: self.policy.clone(),
             running: Arc::new(self.config.clone()),
-            max_connections: self.config.limits.max_connections,
         }
     }
 
@@ -233,7 +231,6 @@ impl Hub {
             uplinks,
             stats,
             admin,
-            readiness,
             started,
             ..
         } = self;
@@ -247,7 +244,7 @@ impl Hub {
                 uplinks: uplinks.iter().map(|u| u.status()).collect(),
                 started,
             };
-            let state = Arc::new(admin::AdminState::new(readiness.clone(), sources));
+            let state = Arc::new(admin::AdminState::new(phase.subscribe(), sources));
             let serving = state.clone();
             admin_stages.spawn("admin endpoint", move |token| admin.run(serving, token));
             state
@@ -306,16 +303,22 @@ impl Hub {
         front_stages.spawn("front door", move |token| front.run(token));
 
         tracing::info!("edgehub ready");
-        phase.send_replace(Phase::Ready);
         if publisher_up {
-            readiness.ready();
+            phase.send_replace(Phase::Ready);
         } else {
-            // /readyz stays 503 until the publisher is up after all.
-            let readiness = readiness.clone();
+            // Not ready (systemd, /readyz) until the publisher is up after all; a hub
+            // already stopping stays stopping.
+            let phase = phase.clone();
             tokio::spawn(async move {
                 if ready.await.is_ok() {
                     tracing::info!("broker publisher connected; ready");
-                    readiness.ready();
+                    phase.send_if_modified(|p| {
+                        let starting = *p == Phase::Starting;
+                        if starting {
+                            *p = Phase::Ready;
+                        }
+                        starting
+                    });
                 }
             });
         }
@@ -326,7 +329,6 @@ impl Hub {
         let deadline = std::time::Instant::now() + grace;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());
         let grace_period = humantime::format_duration(grace).to_string();
-        readiness.stopping();
         tracing::info!(%grace_period, "edgehub shutting down");
         gateway.shutdown.cancel();
         gateway.tasks.close();
@@ -469,14 +471,16 @@ impl Setup {
 /// `[limits]` (for new connections; `max_connections` only up to what the hub started
 /// with). Open connections are judged again and those the new rules forbid are closed.
 /// Everything else (listeners, the hub id, data directory, journal, broker, devices,
-/// serial ports, uplinks, the admin endpoint, the log format, `tls.identity`) takes a restart: a change there
-/// is named in [`Reloaded::needs_restart`] and logged, and the running value stays.
+/// serial ports, uplinks, the admin endpoint, the log format, `tls.identity`) takes a
+/// restart: a change there is named in [`Reloaded::needs_restart`] and logged, and the
+/// running value stays.
 /// `log.level` is applied by the binary, which owns the log subscriber.
 #[derive(Clone)]
 pub struct Reloader {
     policy: tokio::sync::watch::Sender<Arc<Policy>>,
+    /// The configuration the hub started with (`limits.max_connections` as fitted to
+    /// the open-file limit).
     running: Arc<Config>,
-    max_connections: usize,
 }
 
 /// What a reload did.
@@ -491,7 +495,7 @@ impl Reloader {
     /// ones untouched and says why not (a file that cannot be read, an ACL that does not
     /// hold together, ...).
     pub async fn reload(&self, config: Config) -> Result<Reloaded, HubError> {
-        let max_connections = self.max_connections;
+        let max_connections = self.running.limits.max_connections;
         let candidate = config.clone();
         let policy =
             tokio::task::spawn_blocking(move || Policy::build(&candidate, max_connections))

@@ -112,7 +112,8 @@ async fn reload(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    // The level is checked before anything changes, and applied only with the rest.
+    // log.level was validated when the file loaded; it is applied only once the rest
+    // is in force, so a refused reload changes nothing.
     let level = config.log.clone();
     let reloaded = reloader.reload(config).await.map_err(|e| e.to_string())?;
     let filter = log.set_level(&level).map_err(|e| e.to_string())?;

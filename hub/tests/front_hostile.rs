@@ -573,11 +573,7 @@ async fn open_stalled_tls_peers(hub: &TestHub) -> Vec<TcpStream> {
         .unwrap_or_else(|_| {
             panic!("the hub stopped taking connections (one stalled peer blocking the rest?)")
         });
-    let accepted = || {
-        hub.stats
-            .accepted
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let accepted = || hub.stats.accepted();
     support::peer::eventually("the hub accepted every stalled peer", || {
         accepted() >= STALLED as u64
     })

@@ -79,6 +79,14 @@ async fn delivered(publisher: &mut Peer, subscriber: &mut Peer, topic: &str) {
     }
 }
 
+/// A local service on the anonymous loopback listener (role dashboard).
+async fn service(hub: &TestHub) -> Peer {
+    Connect::new(MQTT, Version::V311, "service")
+        .to(hub)
+        .await
+        .expect("loopback service connects")
+}
+
 fn revoke(hub: &TestHub, device: &str) {
     hub::pki::revoke(&hub.pki(), &RevokeTarget::Device(device.to_owned()))
         .unwrap_or_else(|e| panic!("revoke {device}: {e}"));
@@ -102,10 +110,7 @@ async fn a_revoked_certificate_is_closed_at_reload_and_other_clients_stay() {
         [Sub::Granted(1)]
     );
     let (mut device, _) = Device::online(&hub, "device-0003", new_session()).await;
-    let mut service = Connect::new(MQTT, Version::V311, "service")
-        .to(&hub)
-        .await
-        .expect("loopback service connects");
+    let mut service = service(&hub).await;
 
     revoke(&hub, "device-0001");
     revoke(&hub, "device-0003");
@@ -196,10 +201,7 @@ async fn removed_users_and_changed_roles_are_disconnected_at_reload() {
         let why = peer.closed().await;
         assert!(why.contains("NotAuthorized"), "{name}: {why}");
     }
-    let mut service = Connect::new(MQTT, Version::V311, "service")
-        .to(&hub)
-        .await
-        .expect("loopback service connects");
+    let mut service = service(&hub).await;
     delivered(&mut service, &mut bob, "plant/x").await;
     // The removed user cannot log in again; the changed one logs in with its new role.
     assert!(Connect::new(WS, Version::V311, "alice-again")
@@ -312,7 +314,7 @@ async fn new_limits_apply_to_new_connections_and_spare_open_ones() {
             .is_err(),
         "a third connection from the same address is over the new cap"
     );
-    // Both open connections were over nothing and stay.
+    // The two connections already open are not closed for reaching the new cap.
     assert_eq!(
         second.subscribe(&[("devices/#", 0)]).await,
         [Sub::Granted(0)]
@@ -329,7 +331,7 @@ async fn new_limits_apply_to_new_connections_and_spare_open_ones() {
 }
 
 #[tokio::test]
-async fn settings_that_take_a_restart_are_named_and_left_running() {
+async fn settings_that_take_a_restart_are_named_in_the_reload_outcome() {
     let hub = TestHub::start("").await;
     let reloaded = hub
         .reload("[journal]\nmax_bytes = 1048576\n[devices]\nping_interval = \"7s\"\n")
@@ -358,10 +360,7 @@ async fn a_session_ends_when_its_certificate_expires() {
         .await
         .expect("connects while its certificate is valid");
     let (mut device, _) = Device::online(&hub, "brief-device", new_session()).await;
-    let mut service = Connect::new(MQTT, Version::V311, "service")
-        .to(&hub)
-        .await
-        .expect("loopback service connects");
+    let mut service = service(&hub).await;
 
     // MQTT 5 hears "maximum connect time"; the device a policy close.
     let why = client.closed().await;

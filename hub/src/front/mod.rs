@@ -215,10 +215,6 @@ async fn accept_loop(
                 }
             },
         };
-        shared
-            .stats
-            .accepted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         listener
             .counters
             .accepted
@@ -502,14 +498,6 @@ where
     } else {
         Protocol::Mqtt311
     });
-    shared
-        .stats
-        .admitted
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    shared
-        .stats
-        .open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         role = %admitted.subject.role,
         client_id = %admitted.subject.client_id,
@@ -555,10 +543,6 @@ where
         shutdown,
     )
     .await;
-    shared
-        .stats
-        .open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);
     }

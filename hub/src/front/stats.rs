@@ -256,12 +256,6 @@ impl Drop for OpenSession {
 pub struct FrontStats {
     rejects: [AtomicU64; Reject::ALL.len()],
     tls_failures: [AtomicU64; TlsFailure::ALL.len()],
-    /// Connections accepted at the TCP level.
-    pub accepted: AtomicU64,
-    /// MQTT sessions admitted (CONNECT accepted).
-    pub admitted: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
     listeners: Mutex<Vec<(String, Arc<ListenerCounters>)>>,
     relays: RelayRegistry,
 }
@@ -301,6 +295,14 @@ impl FrontStats {
         let counters = Arc::new(ListenerCounters::default());
         listeners.push((name.to_owned(), counters.clone()));
         counters
+    }
+
+    /// Connections accepted at the TCP level, every listener together.
+    pub fn accepted(&self) -> u64 {
+        lock(&self.listeners)
+            .iter()
+            .map(|(_, c)| c.accepted.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Every listener's counters, in the order they were first bound.

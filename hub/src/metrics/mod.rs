@@ -33,6 +33,9 @@ pub struct Sources {
     pub started: SystemTime,
 }
 
+/// Each serial port's counters at scrape time, by port.
+type SerialPorts = std::collections::BTreeMap<String, crate::serial::PortStats>;
+
 /// An uplink at scrape time: name, state, and (PUBLISH packets, bytes) sent.
 type UplinkNow<'a> = (&'a str, UplinkSnapshot, (u64, u64));
 
@@ -50,12 +53,13 @@ pub fn render(sources: &Sources, ready: bool) -> String {
             )
         })
         .collect();
+    let ports = crate::serial::snapshot(&sources.gateway);
     let mut e = Exposition::new();
     process_families(&mut e, sources, ready);
     front_families(&mut e, &sources.front);
-    traffic_families(&mut e, sources, &uplinks);
+    traffic_families(&mut e, sources, &ports, &uplinks);
     device_families(&mut e, &sources.gateway);
-    serial_families(&mut e, &sources.gateway);
+    serial_families(&mut e, &ports);
     journal_families(&mut e, &sources.gateway, now_ms);
     uplink_families(&mut e, &uplinks);
     e.finish()
@@ -186,13 +190,17 @@ fn front_families(e: &mut Exposition, front: &FrontStats) {
     }
 }
 
-fn traffic_families(e: &mut Exposition, sources: &Sources, uplinks: &[UplinkNow<'_>]) {
+fn traffic_families(
+    e: &mut Exposition,
+    sources: &Sources,
+    ports: &SerialPorts,
+    uplinks: &[UplinkNow<'_>],
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let g = &sources.gateway;
     let relay = sources.front.relay_totals();
     let publisher = g.publisher.counters();
-    let serial = crate::serial::snapshot(g);
-    let (serial_frames, serial_bytes) = serial
+    let (serial_frames, serial_bytes) = ports
         .values()
         .fold((0, 0), |(f, b), p| (f + p.frames, b + p.bytes_in));
     let (uplink_messages, uplink_bytes) = uplinks
@@ -348,14 +356,13 @@ fn device_families(e: &mut Exposition, g: &Gateway) {
     }
 }
 
-fn serial_families(e: &mut Exposition, g: &Gateway) {
-    let ports = crate::serial::snapshot(g);
+fn serial_families(e: &mut Exposition, ports: &SerialPorts) {
     let mut f = e.family(
         "edgehub_serial_frames_total",
         Kind::Counter,
         "Frames decoded, by serial port.",
     );
-    for (port, p) in &ports {
+    for (port, p) in ports {
         f.sample(&[("port", port)], p.frames);
     }
     let mut f = e.family(
@@ -363,7 +370,7 @@ fn serial_families(e: &mut Exposition, g: &Gateway) {
         Kind::Counter,
         "Frames dropped, by serial port and error (crc, cobs, too_short, oversized).",
     );
-    for (port, p) in &ports {
+    for (port, p) in ports {
         for (error, n) in [
             ("crc", p.crc_errors),
             ("cobs", p.cobs_errors),
@@ -378,7 +385,7 @@ fn serial_families(e: &mut Exposition, g: &Gateway) {
         Kind::Counter,
         "Bytes read, by serial port.",
     );
-    for (port, p) in &ports {
+    for (port, p) in ports {
         f.sample(&[("port", port)], p.bytes_in);
     }
     let mut f = e.family(
@@ -386,7 +393,7 @@ fn serial_families(e: &mut Exposition, g: &Gateway) {
         Kind::Counter,
         "Times each serial port was opened.",
     );
-    for (port, p) in &ports {
+    for (port, p) in ports {
         f.sample(&[("port", port)], p.opens);
     }
 }

@@ -155,21 +155,19 @@ fn write_value(out: &mut String, value: Value) {
 
 /// Label values escape backslash, double quote and line feed.
 pub fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+    escape(out, value, true);
 }
 
 /// Help text escapes backslash and line feed (not quotes).
 fn escape_help(out: &mut String, help: &str) {
-    for c in help.chars() {
+    escape(out, help, false);
+}
+
+fn escape(out: &mut String, text: &str, quotes: bool) {
+    for c in text.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
+            '"' if quotes => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
             c => out.push(c),
         }

@@ -1368,6 +1368,7 @@ pub mod admin {
     use std::net::SocketAddr;
     use std::time::Instant;
 
+    use hub::metrics::text::{valid_label_name, valid_metric_name};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -1505,13 +1506,13 @@ pub mod admin {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let name = rest.split(' ').next().unwrap_or_default();
-                assert!(metric_name(name), "HELP of an invalid name: {line}");
+                assert!(valid_metric_name(name), "HELP of an invalid name: {line}");
                 assert!(helped.insert(name.to_owned()), "second HELP: {line}");
                 continue;
             }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-                assert!(metric_name(name), "TYPE of an invalid name: {line}");
+                assert!(valid_metric_name(name), "TYPE of an invalid name: {line}");
                 assert!(
                     matches!(
                         kind,
@@ -1549,7 +1550,7 @@ pub mod admin {
     fn sample(line: &str) -> Sample {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let name = &line[..name_end];
-        assert!(metric_name(name), "invalid metric name: {line}");
+        assert!(valid_metric_name(name), "invalid metric name: {line}");
         let mut rest = &line[name_end..];
         let mut labels = Vec::new();
         if let Some(mut l) = rest.strip_prefix('{') {
@@ -1559,7 +1560,7 @@ pub mod admin {
                     break;
                 }
                 let (key, after) = l.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
-                assert!(label_name(key), "invalid label name {key:?}: {line}");
+                assert!(valid_label_name(key), "invalid label name {key:?}: {line}");
                 let mut value = String::new();
                 let mut chars = after.char_indices();
                 let end = loop {
@@ -1598,23 +1599,6 @@ pub mod admin {
             labels,
             value,
         }
-    }
-
-    fn metric_name(name: &str) -> bool {
-        let mut chars = name.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }
-
-    fn label_name(name: &str) -> bool {
-        let mut chars = name.chars();
-        !name.starts_with("__")
-            && chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
     }
 
     /// `GET /metrics`, checked for its status, content type and format, and parsed.
