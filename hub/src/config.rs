@@ -267,6 +267,17 @@ impl Config {
                 snippet,
             });
         }
+        if let Err((field, message)) = config.auth.failed_logins.validate() {
+            let path = ["auth", "failed_logins", field];
+            let (location, snippet) = locate(text, key_span(text, &path));
+            return Err(ConfigError::Invalid {
+                origin: source,
+                key: path.join("."),
+                location,
+                message,
+                snippet,
+            });
+        }
         config.source = source;
         Ok(config)
     }
@@ -592,6 +603,20 @@ mod tests {
         assert!(off.summary().contains("admin                 = off"));
         let (key, _) = invalid("[admin]\nport = 9180\n");
         assert_eq!(key, "admin.port");
+    }
+
+    #[test]
+    fn failed_login_locks_that_would_not_limit_are_refused_naming_the_key() {
+        let (key, message) =
+            invalid("[auth.failed_logins]\nlockout = \"10s\"\nmax_lockout = \"5s\"\n");
+        assert_eq!(key, "auth.failed_logins.max_lockout");
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("at least `lockout` (10s)"), "{message}");
+        let (key, _) = invalid("[auth.failed_logins]\nmax_failures = 0\n");
+        assert_eq!(key, "auth.failed_logins.max_failures");
+        let config = parse("[auth.failed_logins]\nmax_failures = 10\n").expect("valid");
+        assert_eq!(config.auth.failed_logins.max_failures.get(), 10);
+        assert_eq!(config.auth.failed_logins.lockout, Duration::from_secs(1));
     }
 
     /// A TOML basic string for any text, including control characters.

@@ -148,7 +148,12 @@ impl Hub {
             policy: tokio::sync::watch::Sender::new(Arc::new(policy)),
             stats: stats.clone(),
             identity_source: config.tls.identity,
-            password_checks: Arc::new(tokio::sync::Semaphore::new(2)),
+            password_checks: auth::PasswordChecks::new(
+                config
+                    .auth
+                    .parallel_checks
+                    .unwrap_or_else(auth::default_parallel_checks),
+            ),
         });
         let policy = shared.policy.clone();
         let front = FrontDoor::bind(&config.listeners, shared).await?;
@@ -467,13 +472,13 @@ impl Setup {
 
 /// Applies a new configuration to a running hub: what SIGHUP does.
 ///
-/// Reloaded: certificates, client CAs and CRLs, the ACL, users and JWT settings, and
-/// `[limits]` (for new connections; `max_connections` only up to what the hub started
-/// with). Open connections are judged again and those the new rules forbid are closed.
-/// Everything else (listeners, the hub id, data directory, journal, broker, devices,
-/// serial ports, uplinks, the admin endpoint, the log format, `tls.identity`) takes a
-/// restart: a change there is named in [`Reloaded::needs_restart`] and logged, and the
-/// running value stays.
+/// Reloaded: certificates, client CAs and CRLs, the ACL, users, JWT settings and
+/// `auth.failed_logins`, and `[limits]` (for new connections; `max_connections` only up
+/// to what the hub started with). Open connections are judged again and those the new
+/// rules forbid are closed. Everything else (listeners, the hub id, data directory,
+/// journal, broker, devices, serial ports, uplinks, the admin endpoint, the log format,
+/// `tls.identity`, `auth.parallel_checks`) takes a restart: a change there is named in
+/// [`Reloaded::needs_restart`] and logged, and the running value stays.
 /// `log.level` is applied by the binary, which owns the log subscriber.
 #[derive(Clone)]
 pub struct Reloader {
@@ -540,6 +545,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     check("journal", running.journal != new.journal);
     check("uplinks", running.uplinks != new.uplinks);
     check("admin", running.admin != new.admin);
+    check(
+        "auth.parallel_checks",
+        running.auth.parallel_checks != new.auth.parallel_checks,
+    );
     changed
 }
 

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hub::front::Reject;
@@ -11,6 +13,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::client::{Ack, Connect, Peer, Refused, Sub, Version, VERSIONS};
 use support::hub::{TestHub, MQTT, WS, WSS_LOGIN};
+use support::peer::login_from;
+use support::RunningHub;
 
 /// A password user with an explicit role.
 const SENSOR: (&str, &str) = ("sensor-7", "s3cret sensor");
@@ -378,5 +382,191 @@ async fn a_token_sent_with_a_username_logs_in_on_a_listener_that_also_takes_pass
         exchange_a_command(&hub, &mut dash, "device-0001").await;
         dash.disconnect().await;
     }
+    hub.stop().await.expect("clean stop");
+}
+
+// --- Failed logins: bounded memory, limited rate ------------------------------------------
+
+/// CONNACK codes: accepted (both versions).
+const ACCEPTED: u8 = 0x00;
+/// 3.1.1: bad user name or password.
+const BAD_CREDENTIALS: u8 = 0x04;
+/// 3.1.1: not authorized.
+const NOT_AUTHORIZED: u8 = 0x05;
+/// MQTT 5: quota exceeded.
+const QUOTA_EXCEEDED: u8 = 0x97;
+
+/// An `edgehub` process with users SENSOR and DASHBOARD_ANN, `extra` TOML, and a plain
+/// MQTT listener "mqtt-login" that takes passwords only; returns it and that listener's
+/// address.
+fn password_hub(dir: &Path, extra: &str) -> (RunningHub, SocketAddr) {
+    let users = support::client::users_toml(&[
+        (SENSOR.0, SENSOR.1, Some("device")),
+        (DASHBOARD_ANN.0, DASHBOARD_ANN.1, Some("dashboard")),
+    ]);
+    let (mut hub, _) = RunningHub::with_devices(
+        dir,
+        "auth-hub",
+        &format!(
+            "{extra}\n{users}[[listeners]]\nname = \"mqtt-login\"\nkind = \"mqtt\"\n\
+             bind = \"127.0.0.1:0\"\nauth = [\"password\"]\n"
+        ),
+    );
+    let addr = hub.listener_addr("mqtt-login");
+    (hub, addr)
+}
+
+/// The `n`th of many loopback addresses, none of them 127.0.0.1.
+fn address(n: u32) -> IpAddr {
+    IpAddr::from([127, 1, (n / 250) as u8, 1 + (n % 250) as u8])
+}
+
+#[tokio::test]
+async fn failed_logins_from_many_addresses_and_names_leave_the_hubs_memory_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two checks at once, whatever this machine's cores (the default follows them).
+    let (hub, addr) = password_hub(dir.path(), "[auth]\nparallel_checks = 2\n");
+    let before = hub.resident_bytes();
+    // An attacker with many addresses, trying a new name each time: no per-address or
+    // per-name limit stops it, so this is what every password check costs.
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..8u32 {
+        lanes.spawn(async move {
+            for n in (lane..300).step_by(8) {
+                let user = format!("intruder-{n}");
+                let code = login_from(address(n), addr, false, &user, "guess").await;
+                assert_eq!(code, BAD_CREDENTIALS, "{user}");
+            }
+        });
+    }
+    while let Some(lane) = lanes.join_next().await {
+        lane.expect("an attacker lane ends without panicking");
+    }
+    let after = hub.resident_bytes();
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "resident memory: {} MiB before, {} MiB after 300 failed logins",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        grown < 64 << 20,
+        "300 failed logins grew the hub by {} MiB ({} -> {} MiB)",
+        grown >> 20,
+        before >> 20,
+        after >> 20
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_failures_locks_its_address_and_name_until_the_lock_passes_and_no_one_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A short lock, so that the test can wait for it to pass; long enough for the
+    // attempts below, which take milliseconds.
+    let (mut hub, addr) = password_hub(
+        dir.path(),
+        "[auth.failed_logins]\nmax_failures = 3\nlockout = \"3s\"\nmax_lockout = \"3s\"\n",
+    );
+    let attacker = IpAddr::from([127, 2, 0, 1]);
+    let elsewhere = IpAddr::from([127, 2, 0, 2]);
+    let (user, right) = SENSOR;
+    for n in 0..3 {
+        let code = login_from(attacker, addr, false, user, &format!("guess {n}")).await;
+        assert_eq!(code, BAD_CREDENTIALS, "guess {n} is checked");
+    }
+    // Locked: answered with another code than a checked password gets, whatever the
+    // password, the right one included, so nothing was checked.
+    for n in 3..23 {
+        let code = login_from(attacker, addr, false, user, &format!("guess {n}")).await;
+        assert_eq!(code, NOT_AUTHORIZED, "guess {n} is refused unchecked");
+    }
+    assert_eq!(
+        login_from(attacker, addr, false, user, right).await,
+        NOT_AUTHORIZED
+    );
+    assert_eq!(
+        login_from(attacker, addr, true, user, right).await,
+        QUOTA_EXCEEDED
+    );
+    // The name is locked from every address, so more addresses buy no more guesses...
+    assert_eq!(
+        login_from(elsewhere, addr, true, user, right).await,
+        QUOTA_EXCEEDED
+    );
+    // ...while another user from another address is not affected.
+    let (other, other_password) = DASHBOARD_ANN;
+    assert_eq!(
+        login_from(elsewhere, addr, true, other, other_password).await,
+        ACCEPTED
+    );
+
+    // Refusals do not extend a lock: once it has passed, the right password works again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        login_from(attacker, addr, false, user, right).await,
+        ACCEPTED
+    );
+    loop {
+        let line = hub.wait_for_line("client connected");
+        if line.contains(user) {
+            break;
+        }
+    }
+    // 23 refusals, two locks (the address's, then the name's): one line each.
+    let stderr = hub.stderr();
+    let lock_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("refused unchecked"))
+        .collect();
+    assert_eq!(lock_lines.len(), 2, "{stderr}");
+    assert!(lock_lines[0].contains("address 127.2.0.1"), "{stderr}");
+    assert!(
+        lock_lines[1].contains(&format!("user name {user:?}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_client_still_logs_in_from_an_address_locked_for_password_guesses() {
+    let hub = TestHub::start(&format!(
+        "{}[auth.failed_logins]\nlockout = \"1h\"\nmax_lockout = \"1h\"\n",
+        auth_toml()
+    ))
+    .await;
+    // Five wrong passwords (the default) from 127.0.0.1 lock it for password logins.
+    for n in 0..5 {
+        let refused = login(
+            &hub,
+            WS,
+            Version::V311,
+            "guesser",
+            SENSOR.0,
+            &format!("{n}"),
+        )
+        .await
+        .err();
+        assert_eq!(refused, Some(Refused::BadCredentials), "guess {n}");
+    }
+    let refused = login(&hub, WS, Version::V5, "sensor", SENSOR.0, SENSOR.1)
+        .await
+        .err();
+    assert_eq!(refused, Some(Refused::QuotaExceeded));
+    assert_eq!(hub.stats.rejected(Reject::LoginLocked), 1);
+    assert_eq!(hub.stats.rejected(Reject::NotAuthorized), 5);
+    // A token cannot be guessed and costs no argon2: on a listener that also takes
+    // tokens it is still checked, under any user name.
+    let jwt = token_for("dashboard-9", None, 3600);
+    for version in VERSIONS {
+        let mut dash = login(&hub, WSS_LOGIN, version, "jwt", SENSOR.0, &jwt)
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+        exchange_a_command(&hub, &mut dash, "device-0001").await;
+        dash.disconnect().await;
+    }
+    // A password there is still not checked: it is refused as a token.
+    let refused = login(&hub, WSS_LOGIN, Version::V5, "sensor", SENSOR.0, SENSOR.1)
+        .await
+        .err();
+    assert_eq!(refused, Some(Refused::BadCredentials));
     hub.stop().await.expect("clean stop");
 }

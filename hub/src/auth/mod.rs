@@ -8,21 +8,26 @@
 //! token; a client must get the same answer (CONNACK "bad username or password" / "not
 //! authorized") whatever the reason, and only the log tells them apart.
 
+mod checks;
 mod jwt;
+mod limiter;
 mod password;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Deserialize;
 
+pub use self::checks::{default_parallel_checks, Locked, LoginRefused, PasswordChecks};
 use self::jwt::JwtVerifier;
 pub use self::jwt::{Claims, JwtAlgorithm, JwtConfig, MIN_HS256_SECRET_BYTES};
+pub use self::limiter::{FailedLogins, TRACKED_KEYS};
 pub use self::password::{
-    hash_password, read_new_password, HashPasswordError, InvalidPasswordHash, PasswordHash,
-    M_COST_KIB, P_COST, T_COST,
+    hash_password, read_new_password, Argon2Memory, HashPasswordError, InvalidPasswordHash,
+    PasswordHash, M_COST_KIB, P_COST, T_COST,
 };
 use crate::acl::{is_substitutable, Acl, InvalidAclConfig};
 
@@ -38,6 +43,11 @@ pub struct AuthConfig {
     pub users_file: Option<PathBuf>,
     /// `[auth.jwt]`: bearer tokens; without it JWT logins are refused.
     pub jwt: Option<JwtConfig>,
+    /// `[auth.failed_logins]`: when failed password logins lock an address or a name.
+    pub failed_logins: FailedLogins,
+    /// Password checks run at once at most, each holding one argon2 memory block for the
+    /// life of the process; `None`: [`default_parallel_checks`]. Read at start only.
+    pub parallel_checks: Option<NonZeroUsize>,
 }
 
 impl AuthConfig {
@@ -223,10 +233,12 @@ pub enum AuthSetupError {
     },
 }
 
-/// Checks passwords and tokens; built once at start, shared by all listeners.
+/// Checks passwords and tokens; built at start and at each reload, shared by all
+/// listeners. Password checks go through [`PasswordChecks`], which outlives reloads.
 pub struct Authenticator {
     users: HashMap<String, User>,
     jwt: Option<JwtVerifier>,
+    failed_logins: FailedLogins,
 }
 
 #[derive(PartialEq, Eq)]
@@ -278,27 +290,32 @@ impl Authenticator {
             );
         }
         let jwt = config.jwt.as_ref().map(JwtVerifier::new).transpose()?;
-        Ok(Authenticator { users, jwt })
+        Ok(Authenticator {
+            users,
+            jwt,
+            failed_logins: config.failed_logins.clone(),
+        })
     }
 
-    /// Checks a username and password.
+    /// Checks a username and password, working in `memory`.
     ///
     /// Blocking and heavy: one argon2 verification with the hash's parameters (with
-    /// `edgehub hash-password`'s, about 19 MiB of memory and tens of milliseconds of CPU,
-    /// more on a Pi). Call it on `tokio::task::spawn_blocking` and bound how many run at
-    /// once (a semaphore of a few permits), or a burst of logins exhausts memory. An
-    /// unknown username is verified against a dummy hash with the same parameters, so
-    /// timing does not tell which users exist.
+    /// `edgehub hash-password`'s, tens of milliseconds of CPU, more on a Pi, in 19 MiB of
+    /// `memory`). Listeners go through [`PasswordChecks::verify`], which runs it on the
+    /// blocking pool, a few at a time, in reused memory. An unknown username is verified
+    /// against a dummy hash with the same parameters, so timing does not tell which users
+    /// exist.
     pub fn verify_password(
         &self,
         username: &str,
         password: &[u8],
+        memory: &mut Argon2Memory,
     ) -> Result<PasswordUser, AuthError> {
         let Some(user) = self.users.get(username) else {
-            password::verify_dummy(password);
+            password::verify_dummy(password, memory);
             return Err(AuthError::UnknownUser);
         };
-        if !user.hash.verify(password) {
+        if !user.hash.verify(password, memory) {
             return Err(AuthError::WrongPassword);
         }
         Ok(PasswordUser {
@@ -329,6 +346,11 @@ impl Authenticator {
     /// The role configured for user `name`, if the user exists and names one.
     pub fn role_of(&self, name: &str) -> Option<String> {
         self.users.get(name).and_then(|u| u.role.clone())
+    }
+
+    /// When failed password logins lock an address or a name.
+    pub fn failed_logins(&self) -> &FailedLogins {
+        &self.failed_logins
     }
 
     /// Whether any password users are configured.
@@ -419,7 +441,7 @@ mod tests {
     fn the_right_password_logs_in_with_the_users_role() {
         let auth = authenticator(vec![user("ann", "open sesame", Some("dashboard"))]);
         assert_eq!(
-            auth.verify_password("ann", b"open sesame"),
+            auth.verify_password("ann", b"open sesame", &mut Argon2Memory::new()),
             Ok(PasswordUser {
                 name: "ann".into(),
                 role: Some("dashboard".into())
@@ -431,24 +453,24 @@ mod tests {
     fn a_wrong_password_and_an_unknown_user_are_refused() {
         let auth = authenticator(vec![user("ann", "open sesame", None)]);
         assert_eq!(
-            auth.verify_password("ann", b"open sesame!"),
+            auth.verify_password("ann", b"open sesame!", &mut Argon2Memory::new()),
             Err(AuthError::WrongPassword)
         );
         assert_eq!(
-            auth.verify_password("ann", b""),
+            auth.verify_password("ann", b"", &mut Argon2Memory::new()),
             Err(AuthError::WrongPassword)
         );
         assert_eq!(
-            auth.verify_password("Ann", b"open sesame"),
+            auth.verify_password("Ann", b"open sesame", &mut Argon2Memory::new()),
             Err(AuthError::UnknownUser)
         );
         assert_eq!(
-            auth.verify_password("bob", b"open sesame"),
+            auth.verify_password("bob", b"open sesame", &mut Argon2Memory::new()),
             Err(AuthError::UnknownUser)
         );
         // No users at all: still refused, still after a full verification.
         assert_eq!(
-            authenticator(Vec::new()).verify_password("ann", b"x"),
+            authenticator(Vec::new()).verify_password("ann", b"x", &mut Argon2Memory::new()),
             Err(AuthError::UnknownUser)
         );
     }
@@ -458,7 +480,7 @@ mod tests {
         let auth = authenticator(vec![user("ann", "open sesame", None)]);
         let time = |name: &str| {
             let start = std::time::Instant::now();
-            let _ = auth.verify_password(name, b"guess");
+            let _ = auth.verify_password(name, b"guess", &mut Argon2Memory::new());
             start.elapsed()
         };
         // Interleaved, best of several, to dampen other tests running beside this one.
@@ -526,14 +548,17 @@ mod tests {
         let mut config = AuthConfig {
             users: vec![user("ann", "pw", None)],
             users_file: Some(path.clone()),
-            jwt: None,
+            ..AuthConfig::default()
         };
         let auth = Authenticator::new(&config, &acl()).expect("valid");
         assert_eq!(
-            auth.verify_password("bob", b"from file").map(|u| u.role),
+            auth.verify_password("bob", b"from file", &mut Argon2Memory::new())
+                .map(|u| u.role),
             Ok(Some("admin".into()))
         );
-        assert!(auth.verify_password("ann", b"pw").is_ok());
+        assert!(auth
+            .verify_password("ann", b"pw", &mut Argon2Memory::new())
+            .is_ok());
 
         config.users.push(user("bob", "other", None));
         let message = Authenticator::new(&config, &acl())

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::io::{self, BufRead, IsTerminal as _};
 
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHasher as _, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use serde::Deserialize;
 
 /// Memory cost in KiB of new hashes: OWASP's recommended argon2id setting
@@ -67,10 +67,41 @@ impl PasswordHash {
         &self.0
     }
 
-    /// Whether `password` is the one this hash was made from. CPU- and memory-heavy
-    /// (argon2 with the hash's own parameters): see [`super::Authenticator::verify_password`].
-    pub(crate) fn verify(&self, password: &[u8]) -> bool {
-        verify_phc(&self.0, password)
+    /// Whether `password` is the one this hash was made from. CPU-heavy (argon2 with the
+    /// hash's own parameters), working in `memory`: see
+    /// [`super::Authenticator::verify_password`].
+    pub(crate) fn verify(&self, password: &[u8], memory: &mut Argon2Memory) -> bool {
+        verify_phc(&self.0, password, memory)
+    }
+}
+
+/// The memory one argon2 check works in (m_cost KiB: 19 MiB with `edgehub hash-password`'s
+/// hashes), kept from one check to the next.
+///
+/// argon2's own `verify_password` allocates and frees it on every check; glibc then keeps
+/// the freed block in the arena of whichever thread ran the check, so a burst of logins
+/// on the blocking pool's many threads left hundreds of MiB behind. A fixed set of these,
+/// one per check that may run at once, bounds that memory instead.
+#[derive(Default)]
+pub struct Argon2Memory(Vec<Block>);
+
+impl Argon2Memory {
+    /// No memory yet: it grows to what the first hash checked needs.
+    pub fn new() -> Argon2Memory {
+        Argon2Memory::default()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.len() * Block::SIZE
+    }
+
+    /// At least `blocks` blocks, kept for the next check.
+    fn blocks(&mut self, blocks: usize) -> &mut [Block] {
+        if self.0.len() < blocks {
+            self.0.resize(blocks, Block::default());
+        }
+        &mut self.0[..blocks]
     }
 }
 
@@ -81,15 +112,43 @@ fn parse(phc: &str) -> Result<argon2::PasswordHash<'_>, InvalidPasswordHash> {
     Ok(parsed)
 }
 
-fn verify_phc(phc: &str, password: &[u8]) -> bool {
-    // `verify_password` takes algorithm, version and parameters from the hash itself.
-    argon2::PasswordHash::new(phc)
-        .is_ok_and(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
+/// What argon2's `verify_password` does, in caller-provided memory: algorithm, version
+/// and parameters come from the hash itself, and the outputs are compared in constant time.
+fn verify_phc(phc: &str, password: &[u8], memory: &mut Argon2Memory) -> bool {
+    let Ok(parsed) = argon2::PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let Ok(version) = parsed
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = &mut out[..expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, out, memory.blocks(blocks))
+        .is_ok()
+        && Output::new(out).is_ok_and(|computed| computed == expected)
 }
 
 /// Burns the time of one verification for a user that does not exist.
-pub(crate) fn verify_dummy(password: &[u8]) {
-    let _ = verify_phc(DUMMY_HASH, password);
+pub(crate) fn verify_dummy(password: &[u8], memory: &mut Argon2Memory) {
+    let _ = verify_phc(DUMMY_HASH, password, memory);
 }
 
 impl TryFrom<String> for PasswordHash {
@@ -185,11 +244,45 @@ mod tests {
         let phc = hash_password(b"correct horse").expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         let hash = PasswordHash::new(phc.clone()).expect("valid PHC");
-        assert!(hash.verify(b"correct horse"));
-        assert!(!hash.verify(b"correct horse "));
-        assert!(!hash.verify(b""));
+        let mut memory = Argon2Memory::new();
+        assert!(hash.verify(b"correct horse", &mut memory));
+        assert!(!hash.verify(b"correct horse ", &mut memory));
+        assert!(!hash.verify(b"", &mut memory));
+        assert_eq!(
+            memory.bytes(),
+            M_COST_KIB as usize * 1024,
+            "one block, reused"
+        );
         // Salts are random.
         assert_ne!(phc, hash_password(b"correct horse").expect("hash"));
+    }
+
+    #[test]
+    fn hashes_of_other_variants_and_parameters_verify_in_reused_memory() {
+        let salt = SaltString::encode_b64(b"sixteen byte slt").expect("salt");
+        let phc = |algorithm, version, params| {
+            Argon2::new(algorithm, version, params)
+                .hash_password(b"pw", &salt)
+                .expect("hash")
+                .to_string()
+        };
+        let params = |m, t, p, len| Params::new(m, t, p, Some(len)).expect("params");
+        let mut memory = Argon2Memory::new();
+        for phc in [
+            hash_password(b"pw").expect("hash"),
+            phc(Algorithm::Argon2id, Version::V0x13, params(8192, 1, 2, 16)),
+            phc(Algorithm::Argon2i, Version::V0x10, params(4096, 3, 1, 64)),
+            phc(Algorithm::Argon2d, Version::V0x13, params(1024, 2, 4, 32)),
+        ] {
+            let hash = PasswordHash::new(phc.clone()).expect("valid PHC");
+            assert!(hash.verify(b"pw", &mut memory), "{phc}");
+            assert!(!hash.verify(b"pW", &mut memory), "{phc}");
+        }
+        assert_eq!(
+            memory.bytes(),
+            M_COST_KIB as usize * 1024,
+            "the largest m_cost checked, kept"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Admission: read a client's CONNECT, decide who it is and whether it may in, and open
 //! its session on the embedded broker.
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,7 @@ use super::policy::{resolve_role, Login, Policy};
 use super::stats::Reject;
 use super::{AuthMethod, Shared};
 use crate::acl::Subject;
+use crate::auth::{AuthError, Locked, LoginRefused};
 use crate::broker::FRONT_DOOR_USER;
 use crate::tls::PeerIdentity;
 
@@ -65,18 +67,22 @@ pub enum Refused {
     /// Credentials missing or wrong, or no role for the identity.
     #[error("not authorized: {0}")]
     NotAuthorized(String),
+    /// Password logins from the client's address or for its name are locked for now.
+    #[error("{0}")]
+    LoginLocked(Locked),
     /// The broker did not accept the session.
     #[error("embedded broker refused or failed: {0}")]
     Broker(String),
 }
 
 impl Refused {
-    /// The counter this refusal goes to.
-    /// The counter this refusal goes to; `None` for a peer that simply went away (a port
-    /// scan or health check is not a refusal).
+    /// The counter this refusal goes to, to count and log it; `None` for a peer that
+    /// simply went away (a port scan or health check is not a refusal), and for a locked
+    /// login, which [`admit`] counted and the lock logged once, as a flood of them must
+    /// not write a line each.
     pub fn reason(&self) -> Option<Reject> {
         Some(match self {
-            Refused::Closed => return None,
+            Refused::Closed | Refused::LoginLocked(_) => return None,
             Refused::Timeout(_) => Reject::Timeout,
             Refused::Malformed(_) => Reject::Malformed,
             Refused::Broker(_) => Reject::BrokerUnavailable,
@@ -153,13 +159,14 @@ impl Connect {
     }
 }
 
-/// Reads and judges the CONNECT, then opens the client's session on the broker.
+/// Reads and judges the CONNECT from `peer`, then opens the client's session on the broker.
 pub async fn admit<C>(
     client: &mut C,
     shared: &Shared,
     policy: &Policy,
     listener: &super::Listener,
     cert: Option<&PeerIdentity>,
+    peer: IpAddr,
 ) -> Result<Admitted, Refused>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -196,17 +203,25 @@ where
     let v5 = matches!(connect, Connect::V5(..));
 
     let (subject, login, expires_at) =
-        match authenticate(shared, policy, listener, cert, &connect).await {
+        match authenticate(shared, policy, listener, cert, peer, &connect).await {
             Ok(ok) => ok,
-            Err((bad_credentials, why)) => {
-                let _ = refuse(client, v5, bad_credentials).await;
-                return Err(Refused::NotAuthorized(why));
+            Err(denied) => {
+                let _ = refuse(client, v5, denied.answer()).await;
+                return Err(match denied {
+                    Denied::BadCredentials(why) | Denied::NotAuthorized(why) => {
+                        Refused::NotAuthorized(why)
+                    }
+                    Denied::Locked(locked) => {
+                        shared.stats.reject(Reject::LoginLocked);
+                        Refused::LoginLocked(locked)
+                    }
+                });
             }
         };
     let will_topic = connect.will_topic();
     if let Some(topic) = &will_topic {
         if !policy.acl.can_publish(&subject, topic) {
-            let _ = refuse(client, v5, false).await;
+            let _ = refuse(client, v5, Answer::NotAuthorized).await;
             return Err(Refused::NotAuthorized(format!(
                 "will topic {topic:?} is not allowed for role {}",
                 subject.role
@@ -238,17 +253,41 @@ where
     })
 }
 
+/// Why [`authenticate`] let a client not in.
+enum Denied {
+    /// Credentials missing or wrong.
+    BadCredentials(String),
+    /// Who the client is was proven, but it has no role.
+    NotAuthorized(String),
+    /// Password logins from its address or for its name are locked for now.
+    Locked(Locked),
+}
+
+impl Denied {
+    fn answer(&self) -> Answer {
+        match self {
+            Denied::BadCredentials(_) => Answer::BadCredentials,
+            Denied::NotAuthorized(_) => Answer::NotAuthorized,
+            Denied::Locked(_) => Answer::Locked,
+        }
+    }
+}
+
 /// Tries the listener's methods in order. A method whose credentials are present but wrong
-/// refuses at once (it never falls through to a weaker one). Err carries whether the
-/// failure was bad credentials (vs. not authorized) and why.
+/// refuses at once (it never falls through to a weaker one).
 async fn authenticate(
     shared: &Shared,
     policy: &Policy,
     listener: &super::Listener,
     cert: Option<&PeerIdentity>,
+    peer: IpAddr,
     connect: &Connect,
-) -> Result<(Subject, Login, Option<SystemTime>), (bool, String)> {
+) -> Result<(Subject, Login, Option<SystemTime>), Denied> {
     let client_id = connect.client_id().to_owned();
+    let takes_tokens = listener.settings.auth.contains(&AuthMethod::Jwt);
+    // A name that is no user, checked (argon2 ran) before the password was tried as a
+    // token: if the token is refused too, that check counts as a failed login.
+    let mut unknown_user = None;
     for method in &listener.settings.auth {
         let found = match method {
             AuthMethod::Certificate => cert.map(|cert| {
@@ -263,22 +302,11 @@ async fn authenticate(
             }),
             AuthMethod::Password => match connect.login() {
                 Some((user, pass)) if !user.is_empty() && !pass.is_empty() => {
-                    let permit = shared
-                        .password_checks
-                        .clone()
-                        .acquire_owned()
+                    let checks = &shared.password_checks;
+                    match checks
+                        .verify(&policy.auth, peer, user, pass, takes_tokens)
                         .await
-                        .map_err(|_| (true, "password checks are shut down".to_string()))?;
-                    let auth = policy.auth.clone();
-                    let (user, pass) = (user.to_owned(), pass.to_owned());
-                    // Argon2 takes tens of milliseconds of CPU: keep it off the reactor.
-                    let verdict = tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
-                        auth.verify_password(&user, pass.as_bytes())
-                    })
-                    .await
-                    .map_err(|_| (true, "password check failed".to_string()))?;
-                    match verdict {
+                    {
                         Ok(user) => Some((
                             user.name.clone(),
                             Login::Password(user.name),
@@ -287,12 +315,16 @@ async fn authenticate(
                         )),
                         // Not a user: with tokens accepted too, this is a token whose
                         // username means nothing (3.1.1 sends a password only with one).
-                        Err(crate::auth::AuthError::UnknownUser)
-                            if listener.settings.auth.contains(&AuthMethod::Jwt) =>
-                        {
+                        Err(LoginRefused::Auth(AuthError::UnknownUser)) if takes_tokens => {
+                            unknown_user = Some(user);
                             None
                         }
-                        Err(e) => return Err((true, e.to_string())),
+                        // A lock stops password guessing; a token cannot be guessed and
+                        // costs no argon2, so token clients at a locked address still
+                        // get in.
+                        Err(LoginRefused::Locked(_)) if takes_tokens => None,
+                        Err(LoginRefused::Locked(locked)) => return Err(Denied::Locked(locked)),
+                        Err(e) => return Err(Denied::BadCredentials(e.to_string())),
                     }
                 }
                 _ => None,
@@ -306,7 +338,12 @@ async fn authenticate(
                             claims.role,
                             Some(claims.expires_at),
                         )),
-                        Err(e) => return Err((true, e.to_string())),
+                        Err(e) => {
+                            if let Some(user) = unknown_user {
+                                shared.password_checks.failed(&policy.auth, peer, user);
+                            }
+                            return Err(Denied::BadCredentials(e.to_string()));
+                        }
                     }
                 }
                 _ => None,
@@ -319,7 +356,7 @@ async fn authenticate(
                 _ => Vec::new(),
             };
             let role = resolve_role(&policy.acl, &identity, &ous, explicit_role)
-                .map_err(|why| (false, why))?;
+                .map_err(Denied::NotAuthorized)?;
             return Ok((
                 Subject {
                     identity,
@@ -331,8 +368,7 @@ async fn authenticate(
             ));
         }
     }
-    Err((
-        true,
+    Err(Denied::BadCredentials(
         "no credentials for any of this listener's methods".into(),
     ))
 }
@@ -469,16 +505,29 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
+/// What a refusing CONNACK says.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// 3.1.1 0x04, 5 0x86: bad user name or password.
+    BadCredentials,
+    /// 0x05, 0x87: not authorized.
+    NotAuthorized,
+    /// 0x05, 0x97: 3.1.1 has no code for a limit; MQTT 5's "quota exceeded" tells a
+    /// client (and whoever debugs it) that retrying at once is pointless, and that it is
+    /// not its password that was judged.
+    Locked,
+}
+
 async fn refuse<C: AsyncWrite + Unpin>(
     client: &mut C,
     v5: bool,
-    bad_credentials: bool,
+    answer: Answer,
 ) -> std::io::Result<()> {
     if v5 {
-        let code = if bad_credentials {
-            v5::ConnectReturnCode::BadUserNamePassword
-        } else {
-            v5::ConnectReturnCode::NotAuthorized
+        let code = match answer {
+            Answer::BadCredentials => v5::ConnectReturnCode::BadUserNamePassword,
+            Answer::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
+            Answer::Locked => v5::ConnectReturnCode::QuotaExceeded,
         };
         let mut out = BytesMut::new();
         let _ = v5::ConnAck {
@@ -490,10 +539,9 @@ async fn refuse<C: AsyncWrite + Unpin>(
         client.write_all(&out).await?;
         client.flush().await
     } else {
-        let code = if bad_credentials {
-            v4::ConnectReturnCode::BadUserNamePassword
-        } else {
-            v4::ConnectReturnCode::NotAuthorized
+        let code = match answer {
+            Answer::BadCredentials => v4::ConnectReturnCode::BadUserNamePassword,
+            Answer::NotAuthorized | Answer::Locked => v4::ConnectReturnCode::NotAuthorized,
         };
         write_connack_v4(client, code).await
     }

@@ -51,9 +51,9 @@ pub struct Shared {
     pub identity_source: IdentitySource,
     /// Firmware-proto devices on `/device`, and MQTT-native devices' presence.
     pub gateway: Arc<crate::devices::Gateway>,
-    /// Bounds concurrent password hashes (tens of MiB and milliseconds each), so a burst
-    /// of logins queues instead of exhausting a Pi's memory.
-    pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// Runs password checks a few at a time in reused memory, and refuses unchecked the
+    /// logins of addresses and names that failed too often.
+    pub password_checks: crate::auth::PasswordChecks,
 }
 
 impl Shared {
@@ -477,7 +477,7 @@ where
     let cert_id = cert.as_ref().map(|c| &c.id);
     let admitted = tokio::select! {
         _ = shutdown.cancelled() => return,
-        admitted = admit::admit(&mut client, shared, &policy, listener, cert_id) => admitted,
+        admitted = admit::admit(&mut client, shared, &policy, listener, cert_id, peer.ip()) => admitted,
     };
     let admitted = match admitted {
         Ok(a) => a,

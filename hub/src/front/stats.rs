@@ -24,6 +24,9 @@ pub enum Reject {
     Upgrade,
     /// CONNECT refused: bad credentials, token, or no role.
     NotAuthorized,
+    /// CONNECT refused without checking its password: its address or user name failed
+    /// too many logins lately.
+    LoginLocked,
     /// CONNECT with a protocol version we do not speak.
     ProtocolVersion,
     /// A packet that is not valid MQTT.
@@ -44,13 +47,14 @@ pub enum Reject {
 
 impl Reject {
     /// Every reason, for rendering all counters.
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 15] = [
         Reject::TooManyConnections,
         Reject::ConnectionRate,
         Reject::TlsHandshake,
         Reject::Timeout,
         Reject::Upgrade,
         Reject::NotAuthorized,
+        Reject::LoginLocked,
         Reject::ProtocolVersion,
         Reject::Malformed,
         Reject::PacketTooLarge,
@@ -70,6 +74,7 @@ impl Reject {
             Reject::Timeout => "timeout",
             Reject::Upgrade => "upgrade",
             Reject::NotAuthorized => "not_authorized",
+            Reject::LoginLocked => "login_locked",
             Reject::ProtocolVersion => "protocol_version",
             Reject::Malformed => "malformed",
             Reject::PacketTooLarge => "packet_too_large",

@@ -107,15 +107,32 @@ impl RunningHub {
         let mut command = edgehub();
         command.arg("run").arg("--config").arg(&config);
         let mut hub = RunningHub::start(command);
-        // Logged once the hub serves: after "edgehub ready".
-        let line = hub.wait_for_line("listener=wss");
-        let addr = line
-            .split("addr=")
+        let addr = hub.listener_addr("wss");
+        (hub, addr)
+    }
+
+    /// The address of listener `name` (in the order the config lists them), from the
+    /// line logged once the hub serves there.
+    pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
+        let line = self.wait_for_line(&format!("listener={name} "));
+        line.split("addr=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        (hub, addr)
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    /// The process's resident memory (VmRSS), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).expect("read the hub's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("no VmRSS in {path}"))
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -589,17 +606,18 @@ pub mod mqtt {
 /// Raw peers for the front door's hostile-peer tests: hand-built MQTT bytes over plain
 /// sockets, TLS attempts, and the "a good client still works" check that ends each test.
 pub mod peer {
-    use std::net::SocketAddr;
+    use std::net::{IpAddr, SocketAddr};
     use std::path::Path;
     use std::sync::Arc;
     use std::time::Instant;
 
     use bytes::BytesMut;
     use rumqttc::mqttbytes::v4;
+    use rumqttc::v5::mqttbytes::v5;
     use rumqttc::{MqttOptions, Packet, QoS};
     use rustls::pki_types::ServerName;
-    use tokio::io::{AsyncRead, AsyncReadExt};
-    use tokio::net::TcpStream;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
     use tokio_rustls::client::TlsStream;
     use tokio_rustls::TlsConnector;
 
@@ -620,6 +638,54 @@ pub mod peer {
     pub async fn wait_for_rejects(hub: &TestHub, reason: hub::front::Reject, n: u64) {
         let what = format!("{} refusals counted as {}", n, reason.as_str());
         eventually(&what, || hub.stats.rejected(reason) >= n).await;
+    }
+
+    /// Logs in over plain MQTT from local address `from` (any address in 127.0.0.0/8
+    /// reaches a loopback listener, so one test can be many peers) and returns the
+    /// CONNACK's code: the 3.1.1 return code, or the MQTT 5 reason code; 0 is accepted.
+    pub async fn login_from(
+        from: IpAddr,
+        to: SocketAddr,
+        v5: bool,
+        user: &str,
+        password: &str,
+    ) -> u8 {
+        let socket = TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        let mut tcp = tokio::time::timeout(DEADLINE, socket.connect(to))
+            .await
+            .expect("connected within the deadline")
+            .unwrap_or_else(|e| panic!("connect from {from} to {to}: {e}"));
+        let mut out = BytesMut::new();
+        if v5 {
+            let connect = v5::Connect {
+                keep_alive: 30,
+                client_id: format!("login-{from}"),
+                clean_start: true,
+                properties: None,
+            };
+            v5::Packet::Connect(connect, None, Some(v5::Login::new(user, password)))
+                .write(&mut out, None)
+                .expect("encode CONNECT");
+        } else {
+            let mut connect = v4::Connect::new(format!("login-{from}"));
+            connect.login = Some(v4::Login::new(user, password));
+            connect.write(&mut out).expect("encode CONNECT");
+        }
+        tcp.write_all(&out).await.expect("send CONNECT");
+        // Both versions' CONNACK: type 0x20, remaining length, flags, then the code.
+        let mut head = [0u8; 4];
+        tokio::time::timeout(DEADLINE, tcp.read_exact(&mut head))
+            .await
+            .expect("CONNACK within the deadline")
+            .unwrap_or_else(|e| panic!("no CONNACK for {user:?} from {from}: {e}"));
+        assert_eq!(
+            head[0], 0x20,
+            "the answer to CONNECT is a CONNACK: {head:?}"
+        );
+        head[3]
     }
 
     /// A 3.1.1 CONNECT (clean session, no credentials).
@@ -838,6 +904,8 @@ pub mod client {
         BadCredentials,
         /// CONNACK "not authorized" (3.1.1: 5, 5: 0x87).
         NotAuthorized,
+        /// CONNACK "quota exceeded" (5: 0x97; 3.1.1 has no such code).
+        QuotaExceeded,
         /// Another CONNACK code, or no CONNACK at all.
         Other(String),
     }
@@ -1042,6 +1110,7 @@ pub mod client {
                         return Err(match code {
                             p5::ConnectReturnCode::BadUserNamePassword => Refused::BadCredentials,
                             p5::ConnectReturnCode::NotAuthorized => Refused::NotAuthorized,
+                            p5::ConnectReturnCode::QuotaExceeded => Refused::QuotaExceeded,
                             other => Refused::Other(format!("{other:?}")),
                         })
                     }
