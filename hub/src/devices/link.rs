@@ -278,7 +278,7 @@ impl Link {
                 None
             }
             Err(error) => {
-                if let Some(memory) = self.conversation.rejected() {
+                if let Some(memory) = self.conversation.rejected(seq) {
                     registry.roll_back(&device, memory);
                 }
                 self.gateway.stats.refused.fetch_add(1, Ordering::Relaxed);

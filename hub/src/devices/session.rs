@@ -216,6 +216,9 @@ struct Active {
     resend_due: bool,
     /// A duplicate arrived: ack again even though nothing new was confirmed.
     reack: bool,
+    /// The lowest sequence the journal refused and the device has not sent again: no
+    /// Ack may cover it, whatever is confirmed after it.
+    refused: Option<u64>,
 }
 
 /// Token bucket for the per-device message rate.
@@ -423,6 +426,7 @@ impl Conversation {
             gap_reported: false,
             resend_due: false,
             reack: false,
+            refused: None,
         });
         Step::Started {
             welcome: Welcome {
@@ -460,14 +464,22 @@ impl Conversation {
             return Step::OutOfOrder;
         }
         let lost = if first { 0 } else { t.seq - expected };
+        if active.refused.is_some_and(|r| t.seq <= r) {
+            // The device is resending what the journal refused.
+            active.refused = None;
+        }
         active.last_seq = t.seq;
         active.gap_reported = false;
         Step::Telemetry { telemetry: t, lost }
     }
 
-    /// Telemetry `seq` is durable: it may be acknowledged.
+    /// Telemetry `seq` is durable: it may be acknowledged, unless a refused sequence
+    /// before it has not been sent again (a cumulative Ack would cover that one too).
     pub fn accepted(&mut self, seq: u64) -> Option<SessionMemory> {
         let active = self.active.as_mut()?;
+        if active.refused.is_some_and(|r| seq >= r) {
+            return None;
+        }
         active.confirmed = active.confirmed.max(seq);
         active.last_seq = active.last_seq.max(active.confirmed);
         Some(SessionMemory {
@@ -476,11 +488,12 @@ impl Conversation {
         })
     }
 
-    /// Telemetry handed out by [`Step::Telemetry`] could not be stored: forget everything
-    /// after the last durable sequence, so the device's resend is taken as new rather than
-    /// dropped as a duplicate. Returns what the hub holds now.
-    pub fn rejected(&mut self) -> Option<SessionMemory> {
+    /// Telemetry `seq` handed out by [`Step::Telemetry`] could not be stored: forget
+    /// everything after the last durable sequence, so the device's resend is taken as new
+    /// rather than dropped as a duplicate. Returns what the hub holds now.
+    pub fn rejected(&mut self, seq: u64) -> Option<SessionMemory> {
         let active = self.active.as_mut()?;
+        active.refused = Some(active.refused.map_or(seq, |r| r.min(seq)));
         active.last_seq = active.confirmed;
         active.gap_reported = false;
         active.resend_due = false;
@@ -859,7 +872,7 @@ mod tests {
             ));
         }
         assert_eq!(
-            c.rejected(),
+            c.rejected(2),
             Some(SessionMemory {
                 session: 7,
                 last_seq: 1
@@ -873,6 +886,34 @@ mod tests {
             })
         );
         assert_eq!(feed(&mut c, &mut clock, &[2, 3]), [2, 3], "not duplicates");
+    }
+
+    #[test]
+    fn a_later_record_confirmed_after_a_refused_one_is_not_acknowledged_until_the_resend() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", true);
+        assert_eq!(feed(&mut c, &mut clock, &[1]), [1]);
+        assert!(c.take_ack().is_some());
+        for seq in [2, 3] {
+            assert!(matches!(
+                c.receive(&telemetry(seq), clock.tick(200), |_| None),
+                Step::Telemetry { .. }
+            ));
+        }
+        // The journal refuses 2 but takes 3: an Ack of 3 would cover 2.
+        c.rejected(2);
+        assert_eq!(c.accepted(3), None);
+        assert_eq!(c.take_ack(), None);
+        // The resend of 2 and 3 is taken and acknowledged.
+        assert_eq!(feed(&mut c, &mut clock, &[2, 3]), [2, 3]);
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 3,
+                resend: false
+            })
+        );
     }
 
     #[test]
