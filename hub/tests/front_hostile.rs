@@ -652,3 +652,86 @@ async fn peers_that_never_upgrade_or_never_send_connect_are_closed_after_their_t
     good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
     good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
 }
+
+// ------------------------------------------------------------------ log volume
+
+/// A hub process with the test listeners, no connection-rate limit and no byte-rate
+/// pacing, so that one test's flood reaches the hub as fast as the test can send it.
+fn flood_hub(dir: &Path) -> support::RunningHub {
+    support::RunningHub::with_listeners(
+        dir,
+        "flood",
+        "[limits]\nconnection_rate = 1000000\nbyte_rate = 1000000000000\n",
+    )
+}
+
+#[tokio::test]
+async fn five_hundred_failed_tls_handshakes_log_a_few_lines_and_are_all_counted() {
+    const N: usize = 500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut edgehub = flood_hub(dir.path());
+    let mqtts = edgehub.listener_addr("mqtts");
+    let admin = edgehub.admin_addr();
+    edgehub.line(support::READY);
+    support::admin::wait_ready(admin).await;
+    let quiet_before = edgehub.lines().len();
+
+    // What a scanner does: plain HTTP to the TLS port.
+    let flood = (0..N).map(|_| async move {
+        let mut tcp = TcpStream::connect(mqtts).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            .await
+            .expect("write");
+        read_until_closed(&mut tcp).await;
+    });
+    futures_util::stream::iter(flood)
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let failures = ("reason", "protocol");
+    let scrape = support::admin::scrape_until(
+        admin,
+        "edgehub_tls_handshake_failures_total",
+        &[failures],
+        N as f64,
+    )
+    .await;
+    assert_eq!(
+        scrape.value("edgehub_tls_handshake_failures_total", &[failures]),
+        N as f64
+    );
+    assert_eq!(
+        scrape.value("edgehub_rejections_total", &[("reason", "tls_handshake")]),
+        N as f64
+    );
+    let during: Vec<String> = edgehub.lines()[quiet_before..].to_vec();
+    assert!(
+        during.len() < 30,
+        "{} lines for {N} failed handshakes:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    good_client_exchanges_a_message(&dir.path().join("data/pki"), mqtts, Via::Tls).await;
+
+    // The lines that were logged and the summaries of those that were not (the last one
+    // written at shutdown) account for every failure.
+    edgehub.signal(support::Signal::SIGTERM);
+    let (status, stderr) = tokio::task::spawn_blocking(move || edgehub.wait_for_exit())
+        .await
+        .expect("no panic");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed") && !l.contains("suppressed="))
+        .count();
+    let summarised: usize = stderr
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("suppressed="))
+        })
+        .map(|n| n.parse::<usize>().expect("suppressed=N"))
+        .sum();
+    assert_eq!(logged + summarised, N, "{stderr}");
+}

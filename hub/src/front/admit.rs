@@ -71,7 +71,6 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// The counter this refusal goes to.
     /// The counter this refusal goes to; `None` for a peer that simply went away (a port
     /// scan or health check is not a refusal).
     pub fn reason(&self) -> Option<Reject> {
@@ -84,6 +83,19 @@ impl Refused {
             Refused::ProtocolVersion(_) => Reject::ProtocolVersion,
             Refused::NotAuthorized(_) => Reject::NotAuthorized,
         })
+    }
+
+    /// Its kind of line for the front door's log limiter: any peer can repeat each.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refused::Timeout(_) => "no CONNECT in time",
+            Refused::Closed => "connection closed before CONNECT",
+            Refused::Malformed(_) => "invalid CONNECT",
+            Refused::TooLarge(_) => "CONNECT over max_packet_size",
+            Refused::ProtocolVersion(_) => "unsupported MQTT protocol level",
+            Refused::NotAuthorized(_) => "CONNECT not authorized",
+            Refused::Broker(_) => "embedded broker refused a session",
+        }
     }
 }
 

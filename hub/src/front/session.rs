@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use tracing::Level;
 
 use super::lock;
 use super::policy::{Login, Policy, Standing};
@@ -64,6 +65,11 @@ fn denied_code(v5: bool) -> u8 {
         0x80
     }
 }
+
+// Kinds of lines for the front door's log limiter: a client may reconnect to repeat each.
+const REFUSED: &str = "client refused mid-session";
+const PUBLISH_DENIED: &str = "publish denied by ACL";
+const SUBSCRIPTION_DENIED: &str = "subscription denied by ACL";
 
 /// A connected, authenticated client.
 pub struct Session {
@@ -205,16 +211,19 @@ impl Session {
         (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500))
     }
 
-    /// Counts a refusal and logs the first of each kind on this connection.
+    /// Counts a refusal and logs the first of each kind on this connection (a client that
+    /// reconnects to repeat one is limited by the front door's [`LogLimiter`]).
+    ///
+    /// [`LogLimiter`]: crate::logging::LogLimiter
     pub fn reject(&self, reason: Reject) {
         self.stats.reject(reason);
-        if lock(&self.logged).insert(reason) {
+        if lock(&self.logged).insert(reason) && self.stats.log.allow(REFUSED, Level::WARN) {
             tracing::warn!(
                 peer = %self.peer,
                 listener = %self.listener,
                 identity = %self.subject.identity,
                 reason = reason.as_str(),
-                "refused (further refusals of this kind on this connection are only counted)"
+                "{REFUSED} (further refusals of this kind on this connection are only counted)"
             );
         }
     }
@@ -222,10 +231,12 @@ impl Session {
     /// Counts and logs a denied PUBLISH.
     pub fn deny_publish(&self, topic: &str) {
         self.stats.reject(Reject::AclPublish);
-        if lock(&self.logged).insert(Reject::AclPublish) {
+        if lock(&self.logged).insert(Reject::AclPublish)
+            && self.stats.log.allow(PUBLISH_DENIED, Level::WARN)
+        {
             tracing::warn!(
                 peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
-                topic = %truncate(topic), "publish denied by ACL (further denials only counted)"
+                topic = %truncate(topic), "{PUBLISH_DENIED} (further denials only counted)"
             );
         }
     }
@@ -331,10 +342,12 @@ impl Session {
         for (f, ok) in filters.iter().zip(&allowed) {
             if !ok {
                 self.stats.reject(Reject::AclSubscribe);
-                if lock(&self.logged).insert(Reject::AclSubscribe) {
+                if lock(&self.logged).insert(Reject::AclSubscribe)
+                    && self.stats.log.allow(SUBSCRIPTION_DENIED, Level::WARN)
+                {
                     tracing::warn!(
                         peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
-                        filter = %truncate(f), "subscription denied by ACL (further denials only counted)"
+                        filter = %truncate(f), "{SUBSCRIPTION_DENIED} (further denials only counted)"
                     );
                 }
             }

@@ -1,6 +1,6 @@
 //! Counters for the front door. The admin endpoint renders them (`crate::metrics`); each
-//! counted event is logged where it is counted. The relay's traffic has its own,
-//! cheaper scheme ([`super::traffic`]).
+//! counted event is logged where it is counted, through [`FrontStats::log`] when a peer can
+//! repeat it at will. The relay's traffic has its own, cheaper scheme ([`super::traffic`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::lock;
 use super::traffic::RelayRegistry;
 pub use super::traffic::{RelayTotals, RelayTraffic};
+use crate::logging::LogLimiter;
 
 /// Reasons a connection, packet or request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -258,6 +259,9 @@ pub struct FrontStats {
     tls_failures: [AtomicU64; TlsFailure::ALL.len()],
     listeners: Mutex<Vec<(String, Arc<ListenerCounters>)>>,
     relays: RelayRegistry,
+    /// Limits the lines logged for events peers trigger at will; the counters above
+    /// still count every event.
+    pub log: LogLimiter,
 }
 
 impl FrontStats {
