@@ -6,6 +6,7 @@
 //! embedded broker with the ACL applied to every PUBLISH and SUBSCRIBE.
 
 mod admit;
+mod aliases;
 mod conns;
 mod custody;
 pub mod packet;

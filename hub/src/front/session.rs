@@ -13,6 +13,7 @@ use rumqttc::v5::mqttbytes::v5;
 use tracing::Level;
 
 use super::lock;
+use super::packet::truncate;
 use super::policy::{Login, Policy, Standing};
 use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
@@ -113,6 +114,18 @@ pub enum Goodbye {
     TokenExpired = 0xA0,
     /// A reload withdrew its certificate, login or rights ("not authorized").
     NotAuthorized = 0x87,
+    /// The client sent a packet that does not decode or has reserved bits wrong.
+    MalformedPacket = 0x81,
+    /// The client sent a packet it may not send, or one out of order.
+    ProtocolError = 0x82,
+    /// A PUBLISH topic the hub does not accept (one with wildcards).
+    TopicNameInvalid = 0x90,
+    /// A topic alias of 0 or above the maximum announced in the CONNACK.
+    TopicAliasInvalid = 0x94,
+    /// A packet over `max_packet_size`.
+    PacketTooLarge = 0x95,
+    /// A per-connection limit was exceeded (the topic alias quota).
+    QuotaExceeded = 0x97,
 }
 
 /// Who a session is and how it proved it, from admission.
@@ -312,12 +325,12 @@ impl Session {
         let mut parsed = if self.v5 {
             match v5::Packet::read(&mut frame, Some(max as u32)) {
                 Ok(v5::Packet::Subscribe(s)) => ParsedSubscribe::V5(s),
-                other => return Err(format!("bad SUBSCRIBE: {other:?}")),
+                other => return Err(format!("{other:?}")),
             }
         } else {
             match v4::Packet::read(&mut frame, max) {
                 Ok(v4::Packet::Subscribe(s)) => ParsedSubscribe::V4(s),
-                other => return Err(format!("bad SUBSCRIBE: {other:?}")),
+                other => return Err(format!("{other:?}")),
             }
         };
         let (pkid, filters): (u16, Vec<&str>) = match &parsed {
@@ -412,20 +425,20 @@ impl Session {
     }
 
     /// The client unsubscribes: a reload no longer judges those filters, and filters it
-    /// had at QoS 1 are no longer upgraded.
-    pub fn note_unsubscribe(&self, frame: &BytesMut) {
+    /// had at QoS 1 are no longer upgraded. Err when the UNSUBSCRIBE does not decode (it
+    /// is not forwarded then).
+    pub fn note_unsubscribe(&self, frame: &BytesMut) -> Result<(), String> {
         let mut frame = frame.clone();
         let max = self.limits.max_packet_size;
-        // A malformed UNSUBSCRIBE goes on to the broker, which closes the connection.
         let filters = if self.v5 {
             match v5::Packet::read(&mut frame, Some(max as u32)) {
                 Ok(v5::Packet::Unsubscribe(u)) => u.filters,
-                _ => return,
+                other => return Err(format!("{other:?}")),
             }
         } else {
             match v4::Packet::read(&mut frame, max) {
                 Ok(v4::Packet::Unsubscribe(u)) => u.topics,
-                _ => return,
+                other => return Err(format!("{other:?}")),
             }
         };
         lock(&self.subscriptions).retain(|s| !filters.contains(s));
@@ -434,6 +447,7 @@ impl Session {
                 custody.unsubscribe(filter);
             }
         }
+        Ok(())
     }
 
     /// Merges the broker's SUBACK for a rebuilt SUBSCRIBE with the hub's answers.
@@ -534,13 +548,6 @@ fn v5_from_code(c: u8) -> v5::SubscribeReasonCode {
         0xA1 => C::SubscriptionIdNotSupported,
         0xA2 => C::WildcardSubscriptionsNotSupported,
         _ => C::Unspecified,
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(128) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

@@ -41,11 +41,13 @@ pub enum Reject {
     Throttled,
     /// The embedded broker did not accept a session (it should always).
     BrokerUnavailable,
+    /// An MQTT 5 client bound more topic-alias bytes than a connection may hold.
+    TopicAliasQuota,
 }
 
 impl Reject {
     /// Every reason, for rendering all counters.
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 15] = [
         Reject::TooManyConnections,
         Reject::ConnectionRate,
         Reject::TlsHandshake,
@@ -60,6 +62,7 @@ impl Reject {
         Reject::SlowConsumer,
         Reject::Throttled,
         Reject::BrokerUnavailable,
+        Reject::TopicAliasQuota,
     ];
 
     /// The reason's name in logs and metrics labels.
@@ -79,6 +82,7 @@ impl Reject {
             Reject::SlowConsumer => "slow_consumer",
             Reject::Throttled => "throttled",
             Reject::BrokerUnavailable => "broker_unavailable",
+            Reject::TopicAliasQuota => "topic_alias_quota",
         }
     }
 }
