@@ -9,6 +9,7 @@ use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::aliases::TOPIC_ALIAS_MAX;
 use super::packet::{self, kind, FrameError};
 use super::policy::{resolve_role, Login, Policy};
 use super::stats::Reject;
@@ -71,7 +72,6 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// The counter this refusal goes to.
     /// The counter this refusal goes to; `None` for a peer that simply went away (a port
     /// scan or health check is not a refusal).
     pub fn reason(&self) -> Option<Reject> {
@@ -84,6 +84,19 @@ impl Refused {
             Refused::ProtocolVersion(_) => Reject::ProtocolVersion,
             Refused::NotAuthorized(_) => Reject::NotAuthorized,
         })
+    }
+
+    /// Its kind of line for the front door's log limiter: any peer can repeat each.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refused::Timeout(_) => "no CONNECT in time",
+            Refused::Closed => "connection closed before CONNECT",
+            Refused::Malformed(_) => "invalid CONNECT",
+            Refused::TooLarge(_) => "CONNECT over max_packet_size",
+            Refused::ProtocolVersion(_) => "unsupported MQTT protocol level",
+            Refused::NotAuthorized(_) => "CONNECT not authorized",
+            Refused::Broker(_) => "embedded broker refused a session",
+        }
     }
 }
 
@@ -402,21 +415,25 @@ async fn open_broker_session(
             "first packet from broker is not CONNACK".into(),
         ));
     }
-    let connack = match assigned {
+    let connack = if level == 5 {
+        let mut f = frame;
+        let Ok(v5::Packet::ConnAck(mut ack)) = v5::Packet::read(&mut f, None) else {
+            return Err(Refused::Broker("bad CONNACK".into()));
+        };
+        let mut props = ack.properties.take().unwrap_or_else(empty_connack_props);
+        // rumqttd announces its own maximum (4096), but the relay resolves the client's
+        // aliases and the broker never sees them: announce what the relay enforces.
+        props.topic_alias_max = Some(TOPIC_ALIAS_MAX);
         // The client sent no id: tell it the one we chose (MQTT 5 §3.2.2.3.7).
-        Some(id) => {
-            let mut f = frame;
-            let Ok(v5::Packet::ConnAck(mut ack)) = v5::Packet::read(&mut f, None) else {
-                return Err(Refused::Broker("bad CONNACK".into()));
-            };
-            let mut props = ack.properties.take().unwrap_or_else(empty_connack_props);
+        if let Some(id) = assigned {
             props.assigned_client_identifier = Some(id);
-            ack.properties = Some(props);
-            let mut out = BytesMut::new();
-            ack.write(&mut out).map_err(|e| broker_err(&e))?;
-            out.freeze()
         }
-        None => frame.freeze(),
+        ack.properties = Some(props);
+        let mut out = BytesMut::new();
+        ack.write(&mut out).map_err(|e| broker_err(&e))?;
+        out.freeze()
+    } else {
+        frame.freeze()
     };
     Ok((broker, connack, buf))
 }
