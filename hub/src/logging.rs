@@ -3,7 +3,8 @@
 //! Under systemd, stderr goes to journald: each line then starts with its syslog
 //! priority (`<3>` error ... `<7>` debug), which journald strips and records, so
 //! `journalctl -p warning` works; and there is no timestamp, as journald adds its own.
-//! The level can be changed while running ([`LogControl::set_level`], on reload).
+//! The level can be changed while running ([`LogControl::set_level`], on reload). Lines a
+//! peer can make the hub write at will go through a [`LogLimiter`] ([`ratelimit`]).
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -18,6 +19,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
+
+pub mod ratelimit;
+pub use self::ratelimit::LogLimiter;
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]

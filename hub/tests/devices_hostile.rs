@@ -412,6 +412,47 @@ async fn a_flood_beyond_the_message_rate_gets_error_7_and_dropped_telemetry_is_n
     still_served(&mut good, &mut watcher, GOOD, 1).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_does_not_give_a_device_a_fresh_message_rate() {
+    const RATE: u64 = 10;
+    let hub = TestHub::start(&format!(
+        "[devices]\nmessage_rate = {RATE}\nmax_violations = 1000\n"
+    ))
+    .await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let started = std::time::Instant::now();
+    let session = new_session();
+    let mut seq = 0;
+    // Each connection sends far more than the rate allows, then goes and comes back.
+    for _ in 0..20 {
+        let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+            .await
+            .expect("connects");
+        // Once the allowance is spent, the Hello itself may be dropped as over the rate.
+        let hello = device.hello("device-0001", session, false);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), hello).await;
+        for _ in 0..30 {
+            seq += 1;
+            device.telemetry(seq, sample_readings(seq));
+        }
+        device.flush().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let accepted = support::admin::scrape(hub.admin)
+        .await
+        .value("edgehub_device_telemetry_total", &[("outcome", "accepted")])
+        as u64;
+    // The good device's one message aside, device-0001 gets at most its burst (twice
+    // the rate, the first Hello taking one) plus the rate for the time that passed.
+    let allowed = 2 * RATE + RATE * (started.elapsed().as_secs() + 1);
+    assert!(
+        accepted <= allowed + 1,
+        "{accepted} messages accepted in {:?} at {RATE}/s over 20 connections",
+        started.elapsed()
+    );
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
 #[tokio::test]
 async fn garbage_crc_errors_and_partial_frames_on_a_serial_port_do_not_stop_it() {
     let ports = Ports::new();

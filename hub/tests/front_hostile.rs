@@ -12,11 +12,14 @@ use futures_util::{SinkExt, StreamExt};
 use hub::front::Reject;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P5, PubAckReason};
+use rumqttc::QoS;
 use support::hub::{TestHub, MQTT, MQTTS, WSS, WSS_LOGIN};
 use support::mqtt::Via;
 use support::peer::{
-    connect_packet, good_client_exchanges_a_message, read_packet, read_until_closed, tls_connect,
-    tls_refusal, wait_for_rejects,
+    connect_packet, exchange_a_message, good_client_exchanges_a_message, mqtt311_session,
+    mqtt5_session, publish_packet_v5, read_packet, read_packet_v5, read_until_closed, tls_connect,
+    tls_refusal, v5_goodbye, wait_for_rejects,
 };
 use support::tls::client_config;
 use support::DEADLINE;
@@ -651,4 +654,394 @@ async fn peers_that_never_upgrade_or_never_send_connect_are_closed_after_their_t
     wait_for_rejects(&hub, Reject::Timeout, 4).await;
     good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
     good_client_exchanges_a_message(&hub.pki(), hub.addr(WSS), Via::Wss).await;
+}
+
+// ------------------------------------------------------------------ protocol violations
+
+/// The topic alias maximum the hub announces in an MQTT 5 CONNACK and enforces
+/// (Mosquitto's default).
+const TOPIC_ALIAS_MAX: u16 = 10;
+
+/// Sends `bytes` on a fresh MQTT 5 session and on a fresh 3.1.1 session to the plain MQTT
+/// listener: the MQTT 5 session must end with a DISCONNECT giving `reason`, the 3.1.1
+/// session with a close and not a byte (3.1.1 has no server DISCONNECT).
+async fn both_versions_end_the_session(
+    hub: &TestHub,
+    what: &str,
+    (v5_bytes, v4_bytes): (&[u8], &[u8]),
+    reason: DisconnectReasonCode,
+) {
+    let (mut v5, _) = mqtt5_session(hub.addr(MQTT), "hostile-5").await;
+    v5.write_all(v5_bytes).await.expect("write");
+    assert_eq!(v5_goodbye(&mut v5).await, Some(reason), "MQTT 5: {what}");
+    let mut v4 = mqtt311_session(hub.addr(MQTT), "hostile-4").await;
+    v4.write_all(v4_bytes).await.expect("write");
+    let closed = read_until_closed(&mut v4).await;
+    assert_eq!(closed.received, b"", "3.1.1: {what}");
+}
+
+#[tokio::test]
+async fn packets_only_a_server_sends_end_the_session_with_a_protocol_error() {
+    let hub = TestHub::start("").await;
+    // (MQTT 5 bytes, 3.1.1 bytes): the MQTT 5 forms carry a reason code and properties.
+    let cases: [(&str, &[u8], &[u8]); 5] = [
+        ("CONNACK", &[0x20, 3, 0, 0, 0], &[0x20, 2, 0, 0]),
+        ("SUBACK", &[0x90, 4, 0, 1, 0, 0], &[0x90, 3, 0, 1, 0]),
+        ("UNSUBACK", &[0xB0, 4, 0, 1, 0, 0], &[0xB0, 2, 0, 1]),
+        ("PINGRESP", &[0xD0, 0], &[0xD0, 0]),
+        ("reserved type 0", &[0x00, 0], &[0x00, 0]),
+    ];
+    for (i, (what, v5_bytes, v4_bytes)) in cases.into_iter().enumerate() {
+        both_versions_end_the_session(
+            &hub,
+            what,
+            (v5_bytes, v4_bytes),
+            DisconnectReasonCode::ProtocolError,
+        )
+        .await;
+        wait_for_rejects(&hub, Reject::Malformed, 2 * (i as u64 + 1)).await;
+        good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    }
+}
+
+#[tokio::test]
+async fn reserved_fixed_header_flags_end_the_session_as_malformed() {
+    let hub = TestHub::start("").await;
+    let mut subscribe = support::peer::subscribe_packet("devices/x/cmd", QoS::AtMostOnce, 1);
+    // SUBSCRIBE must carry flags 0b0010.
+    subscribe[0] = 0x80;
+    let cases: [(&str, &[u8]); 5] = [
+        ("PUBACK with flags 0b0001", &[0x41, 2, 0, 1]),
+        ("PUBREL with flags 0b0000", &[0x60, 2, 0, 1]),
+        ("SUBSCRIBE with flags 0b0000", &subscribe),
+        ("PINGREQ with flags 0b0001", &[0xC1, 0]),
+        ("DISCONNECT with flags 0b1000", &[0xE8, 0]),
+    ];
+    for (i, (what, bytes)) in cases.into_iter().enumerate() {
+        both_versions_end_the_session(
+            &hub,
+            what,
+            (bytes, bytes),
+            DisconnectReasonCode::MalformedPacket,
+        )
+        .await;
+        wait_for_rejects(&hub, Reject::Malformed, 2 * (i as u64 + 1)).await;
+    }
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+#[tokio::test]
+async fn a_publish_to_a_wildcard_or_nul_topic_ends_the_session_and_reaches_no_subscriber() {
+    let hub = TestHub::start("").await;
+    // The anonymous loopback client may publish to devices/+/cmd: each topic below would
+    // pass the ACL if the hub took it as a topic.
+    let (watcher, watcher_events) = support::mqtt::connect_v4(support::mqtt::options_v4(
+        "watcher",
+        hub.addr(MQTT),
+        Via::Tcp,
+        None,
+    ))
+    .await;
+    let mut seen = support::mqtt::spawn_events(watcher_events);
+    watcher
+        .subscribe("devices/#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    while !matches!(seen.recv().await, Some(rumqttc::Packet::SubAck(_))) {}
+
+    let cases = [
+        ("devices/+/cmd", DisconnectReasonCode::TopicNameInvalid),
+        ("devices/#", DisconnectReasonCode::TopicNameInvalid),
+        ("devices/a#/cmd", DisconnectReasonCode::TopicNameInvalid),
+        ("devices/a\0b/cmd", DisconnectReasonCode::MalformedPacket),
+        ("", DisconnectReasonCode::ProtocolError),
+    ];
+    let mut refused = 0;
+    for (topic, reason) in cases {
+        let v5 = publish_packet_v5(topic, 1, 1, None, b"sneaky");
+        let v4 = support::peer::publish_packet(topic, QoS::AtLeastOnce, 1, b"sneaky");
+        both_versions_end_the_session(&hub, &format!("topic {topic:?}"), (&v5, &v4), reason).await;
+        refused += 2;
+        wait_for_rejects(&hub, Reject::Malformed, refused).await;
+    }
+    // A wildcard topic bound to an alias is refused when it is bound, and so is a later
+    // use of the alias.
+    for topic in ["devices/+/cmd", "devices/#"] {
+        let (mut v5, _) = mqtt5_session(hub.addr(MQTT), "alias-wildcard").await;
+        v5.write_all(&publish_packet_v5(topic, 0, 0, Some(1), b"sneaky"))
+            .await
+            .expect("write");
+        v5.write_all(&publish_packet_v5("", 0, 0, Some(1), b"sneaky"))
+            .await
+            .expect("write");
+        assert_eq!(
+            v5_goodbye(&mut v5).await,
+            Some(DisconnectReasonCode::TopicNameInvalid),
+            "alias bound to {topic:?}"
+        );
+    }
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+    // The good client's message (devices/good-.../cmd) is the first the watcher sees.
+    let first = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match seen.recv().await {
+                Some(rumqttc::Packet::Publish(p)) => return p.topic,
+                Some(_) => {}
+                None => panic!("the watcher was disconnected"),
+            }
+        }
+    })
+    .await
+    .expect("the good client's message within the deadline");
+    assert!(first.starts_with("devices/good-"), "{first:?}");
+}
+
+#[tokio::test]
+async fn the_connack_announces_the_topic_alias_maximum_that_the_hub_enforces() {
+    let hub = TestHub::start("").await;
+    let (mut v5, connack) = mqtt5_session(hub.addr(MQTT), "aliases").await;
+    let announced = connack.properties.and_then(|p| p.topic_alias_max);
+    assert_eq!(announced, Some(TOPIC_ALIAS_MAX));
+    // Every alias up to the maximum may be bound and used.
+    let mut buf = BytesMut::new();
+    for alias in 1..=TOPIC_ALIAS_MAX {
+        let topic = format!("devices/d{alias}/cmd");
+        v5.write_all(&publish_packet_v5(&topic, 1, alias, Some(alias), b"bind"))
+            .await
+            .expect("write");
+        v5.write_all(&publish_packet_v5("", 1, 100 + alias, Some(alias), b"use"))
+            .await
+            .expect("write");
+        for pkid in [alias, 100 + alias] {
+            match read_packet_v5(&mut v5, &mut buf).await {
+                Some(P5::PubAck(ack)) => {
+                    assert_eq!((ack.pkid, ack.reason), (pkid, PubAckReason::Success))
+                }
+                other => panic!("expected the PUBACK of {pkid}, got {other:?}"),
+            }
+        }
+    }
+    // 0 is not an alias, and none may exceed the maximum.
+    for alias in [0, TOPIC_ALIAS_MAX + 1, u16::MAX] {
+        let (mut v5, _) = mqtt5_session(hub.addr(MQTT), "bad-alias").await;
+        v5.write_all(&publish_packet_v5("devices/x/cmd", 0, 0, Some(alias), b"x"))
+            .await
+            .expect("write");
+        assert_eq!(
+            v5_goodbye(&mut v5).await,
+            Some(DisconnectReasonCode::TopicAliasInvalid),
+            "alias {alias}"
+        );
+    }
+    wait_for_rejects(&hub, Reject::Malformed, 3).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+#[tokio::test]
+async fn topic_aliases_binding_more_topic_bytes_than_a_connection_may_hold_end_it_with_quota_exceeded(
+) {
+    let hub = TestHub::start("").await;
+    // A topic the ACL denies (the anonymous client may publish only devices/+/cmd): a
+    // denied PUBLISH still binds its alias, as the protocol says, so it counts too.
+    let long = format!("x/{}", "a".repeat(20_000));
+    let (mut v5, _) = mqtt5_session(hub.addr(MQTT), "long-alias").await;
+    v5.write_all(&publish_packet_v5(&long, 0, 0, Some(1), b"x"))
+        .await
+        .expect("write");
+    assert_eq!(
+        v5_goodbye(&mut v5).await,
+        Some(DisconnectReasonCode::QuotaExceeded)
+    );
+    wait_for_rejects(&hub, Reject::TopicAliasQuota, 1).await;
+    good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
+}
+
+// ------------------------------------------------------------------ memory under floods
+
+/// A hub process with the test listeners, no connection-rate limit and no byte-rate
+/// pacing, so that one test's flood reaches the hub as fast as the test can send it.
+fn flood_hub(dir: &Path) -> support::RunningHub {
+    support::RunningHub::with_listeners(
+        dir,
+        "flood",
+        "[limits]\nconnection_rate = 1000000\nbyte_rate = 1000000000000\n",
+    )
+}
+
+/// The most a flood below may grow the hub's resident memory.
+const FLOOD_GROWTH_MAX: u64 = 32 << 20;
+
+#[tokio::test]
+async fn six_thousand_long_topic_aliases_on_one_connection_leave_the_hub_small() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut edgehub = flood_hub(dir.path());
+    let mqtt = edgehub.listener_addr("mqtt");
+    edgehub.line(support::READY);
+    // Warm up: the first sessions allocate what every later one reuses.
+    for _ in 0..20 {
+        exchange_a_message(support::mqtt::options_v4("warm", mqtt, Via::Tcp, None)).await;
+    }
+    let before = edgehub.resident_bytes();
+
+    // 6,000 aliases bound to 60 kB topics the ACL denies, at QoS 0 (no answers).
+    let (mut tcp, _) = mqtt5_session(mqtt, "alias-flood").await;
+    let mut sent = 0;
+    for alias in 1..=6000u16 {
+        let topic = format!("x/{alias}/{}", "a".repeat(60_000));
+        if tcp
+            .write_all(&publish_packet_v5(&topic, 0, 0, Some(alias), b"x"))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    // Whatever the hub took in, it has handled once it answers a PINGREQ (or closes).
+    if tcp.write_all(&[0xC0, 0]).await.is_ok() {
+        let mut buf = BytesMut::new();
+        while let Some(packet) = read_packet_v5(&mut tcp, &mut buf).await {
+            if matches!(packet, P5::PingResp(_) | P5::Disconnect(_)) {
+                break;
+            }
+        }
+    }
+    drop(tcp);
+    let after = edgehub.resident_bytes();
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "alias flood: {sent} PUBLISHes written; hub VmRSS {} -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        growth < FLOOD_GROWTH_MAX,
+        "the hub grew by {} MiB ({} -> {} MiB)",
+        growth >> 20,
+        before >> 20,
+        after >> 20
+    );
+    assert!(sent < 6000, "the hub took all 6,000 aliases");
+    exchange_a_message(support::mqtt::options_v4("good", mqtt, Via::Tcp, None)).await;
+    let stderr = edgehub.lines().join("\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_thousand_connack_and_unsuback_packets_neither_panic_the_broker_nor_grow_the_hub() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut edgehub = flood_hub(dir.path());
+    let mqtt = edgehub.listener_addr("mqtt");
+    edgehub.line(support::READY);
+    for _ in 0..20 {
+        exchange_a_message(support::mqtt::options_v4("warm", mqtt, Via::Tcp, None)).await;
+    }
+    let before = edgehub.resident_bytes();
+    // Eight at a time: the flood is over sooner, and sessions overlap as they would.
+    let hostile = |i: usize| async move {
+        let (mut tcp, _) = mqtt5_session(mqtt, "server-only").await;
+        let packet: &[u8] = if i % 2 == 0 {
+            &[0x20, 3, 0, 0, 0]
+        } else {
+            &[0xB0, 4, 0, 1, 0, 0]
+        };
+        tcp.write_all(packet).await.expect("write");
+        read_until_closed(&mut tcp).await;
+    };
+    for batch in (0..1000).collect::<Vec<_>>().chunks(8) {
+        futures_util::future::join_all(batch.iter().map(|i| hostile(*i))).await;
+    }
+    let after = edgehub.resident_bytes();
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "server-only packet flood: hub VmRSS {} -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    exchange_a_message(support::mqtt::options_v4("good", mqtt, Via::Tcp, None)).await;
+    let stderr = edgehub.lines().join("\n");
+    assert!(
+        !stderr.contains("panicked"),
+        "the broker panicked:\n{stderr}"
+    );
+    assert!(
+        growth < FLOOD_GROWTH_MAX,
+        "the hub grew by {} MiB ({} -> {} MiB)",
+        growth >> 20,
+        before >> 20,
+        after >> 20
+    );
+}
+
+// ------------------------------------------------------------------ log volume
+
+#[tokio::test]
+async fn five_hundred_failed_tls_handshakes_log_a_few_lines_and_are_all_counted() {
+    const N: usize = 500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut edgehub = flood_hub(dir.path());
+    let mqtts = edgehub.listener_addr("mqtts");
+    let admin = edgehub.admin_addr();
+    edgehub.line(support::READY);
+    support::admin::wait_ready(admin).await;
+    let quiet_before = edgehub.lines().len();
+
+    // What a scanner does: plain HTTP to the TLS port.
+    let flood = (0..N).map(|_| async move {
+        let mut tcp = TcpStream::connect(mqtts).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            .await
+            .expect("write");
+        read_until_closed(&mut tcp).await;
+    });
+    futures_util::stream::iter(flood)
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let failures = ("reason", "protocol");
+    let scrape = support::admin::scrape_until(
+        admin,
+        "edgehub_tls_handshake_failures_total",
+        &[failures],
+        N as f64,
+    )
+    .await;
+    assert_eq!(
+        scrape.value("edgehub_tls_handshake_failures_total", &[failures]),
+        N as f64
+    );
+    assert_eq!(
+        scrape.value("edgehub_rejections_total", &[("reason", "tls_handshake")]),
+        N as f64
+    );
+    let during: Vec<String> = edgehub.lines()[quiet_before..].to_vec();
+    assert!(
+        during.len() < 30,
+        "{} lines for {N} failed handshakes:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    good_client_exchanges_a_message(&dir.path().join("data/pki"), mqtts, Via::Tls).await;
+
+    // The lines that were logged and the summaries of those that were not (the last one
+    // written at shutdown) account for every failure.
+    edgehub.signal(support::Signal::SIGTERM);
+    let (status, stderr) = tokio::task::spawn_blocking(move || edgehub.wait_for_exit())
+        .await
+        .expect("no panic");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let logged = stderr
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed") && !l.contains("suppressed="))
+        .count();
+    let summarised: usize = stderr
+        .lines()
+        .filter(|l| l.contains("TLS handshake failed"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("suppressed="))
+        })
+        .map(|n| n.parse::<usize>().expect("suppressed=N"))
+        .sum();
+    assert_eq!(logged + summarised, N, "{stderr}");
 }

@@ -342,48 +342,20 @@ async fn next_packet(
 
 // ------------------------------------------------------------------ clean shutdown
 
-/// The bound address the hub logged for `listener` ("listening listener=NAME ... addr=A").
-fn listening_addr(hub: &mut support::RunningHub, listener: &str) -> SocketAddr {
-    let line = hub.wait_for_line(&format!("listening listener={listener} "));
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix("addr="))
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-}
-
 #[tokio::test]
 async fn sigterm_disconnects_clients_and_stalled_peers_and_the_process_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("edgehub.toml");
-    let data_dir = dir.path().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[hub]
-id = "shutdown-test"
-data_dir = {data_dir:?}
-
-[shutdown]
-grace_period = "5s"
-
-# Stalled peers must not hold the shutdown for their handshake or CONNECT timeouts.
-[limits]
-handshake_timeout = "60s"
-connect_timeout = "60s"
-{listeners}"#,
-            listeners = support::hub::LISTENERS,
-        ),
-    )
-    .expect("write config");
-    let mut command = support::edgehub();
-    command.arg("run").arg("--config").arg(&config);
-    let mut edgehub = support::RunningHub::start(command);
-    // The hub logs its listeners in the order `support::hub::LISTENERS` gives them.
-    let wss = listening_addr(&mut edgehub, "wss");
-    let mqtts = listening_addr(&mut edgehub, "mqtts");
-    let mqtt = listening_addr(&mut edgehub, "mqtt");
-    let pki = data_dir.join("pki");
+    let mut edgehub = support::RunningHub::with_listeners(
+        dir.path(),
+        "shutdown-test",
+        // Stalled peers must not hold the shutdown for their handshake or CONNECT timeouts.
+        "[shutdown]\ngrace_period = \"5s\"\n\n\
+         [limits]\nhandshake_timeout = \"60s\"\nconnect_timeout = \"60s\"\n",
+    );
+    let wss = edgehub.listener_addr("wss");
+    let mqtts = edgehub.listener_addr("mqtts");
+    let mqtt = edgehub.listener_addr("mqtt");
+    let pki = dir.path().join("data").join("pki");
     good_client_exchanges_a_message(&pki, mqtts, Via::Tls).await;
 
     // Peers stalled in the TLS handshake and before CONNECT. The clients below connect

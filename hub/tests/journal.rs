@@ -293,3 +293,109 @@ async fn across_kill_9_restarts_every_record_is_journaled_exactly_once() {
         twice.first()
     );
 }
+
+/// A small tmpfs mounted on a directory for one test, unmounted when dropped. Needs root
+/// (CI runs as root); `None`, with a loud message, where mounting is not allowed.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(SmallDisk {
+                path: path.to_path_buf(),
+            }),
+            other => {
+                eprintln!(
+                    "!!! SKIPPED: cannot mount a tmpfs to fill the journal's disk ({other:?}); \
+                     run as root (CI does)"
+                );
+                None
+            }
+        }
+    }
+
+    /// Writes a file until the disk is full; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        // The last partial block may have gone in: fill to the byte.
+        while file.write_all(&[0]).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_journals_disk_full_no_ack_is_sent_for_what_did_not_reach_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), "32m") else {
+        return;
+    };
+    let (hub, addr) = tokio::task::block_in_place(|| start_hub(dir.path()));
+    let mut first = device(dir.path(), addr).await;
+    let session = new_session();
+    first.hello(D1, session, true).await.expect("welcomed");
+    first.telemetry(1, sample_readings(1));
+    first.expect_ack(1).await;
+    let filler = disk.fill();
+    // What fits in pages sled already holds may still be flushed; beyond that, the
+    // flush fails and nothing may be acknowledged.
+    const SENT: u64 = 5000;
+    for seq in 2..=SENT {
+        first.telemetry(seq, sample_readings(seq));
+    }
+    first.flush().await;
+    let mut acked = 1;
+    while let Ok(Some(seq)) = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        first
+            .next("an Ack", |e| match e {
+                support::device::Event::Message(Message::Ack(a)) => Some(Some(a.seq)),
+                support::device::Event::Ended(_) => Some(None),
+                _ => None,
+            })
+            .await
+    })
+    .await
+    {
+        acked = acked.max(seq);
+    }
+    eprintln!("acked {acked} of {SENT} with the disk full");
+    assert!(acked < SENT, "all {SENT} acknowledged on a full disk");
+    // The worst stop, then room again: everything acknowledged is there.
+    tokio::task::block_in_place(|| hub.signal(Signal::SIGKILL));
+    drop(hub);
+    std::fs::remove_file(&filler).expect("free the disk");
+    let (hub, addr) = tokio::task::block_in_place(|| start_hub(dir.path()));
+    let mut again = device(dir.path(), addr).await;
+    let welcome = again.hello(D1, session, true).await.expect("welcomed");
+    let held = welcome.acked.unwrap_or(0);
+    assert!(
+        held >= acked,
+        "acknowledged {acked}, the journal holds {held}"
+    );
+    for seq in held + 1..=SENT {
+        again.telemetry(seq, sample_readings(seq));
+    }
+    again.expect_ack(SENT).await;
+    drop(hub);
+    drop(disk);
+}

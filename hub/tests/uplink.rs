@@ -461,3 +461,90 @@ async fn by_default_the_backlog_goes_up_first_and_each_device_keeps_its_order() 
     let seqs: Vec<u64> = arrived.iter().filter_map(|m| m["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=live).collect::<Vec<_>>(), "in order, no resends");
 }
+
+/// The journal's size in bytes, as the admin endpoint reports it.
+async fn journal_bytes(hub: &TestHub) -> u64 {
+    support::admin::scrape(hub.admin)
+        .await
+        .value("edgehub_journal_size_bytes", &[]) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_is_never_covered_by_the_ack_of_a_later_one_that_fit() {
+    // The uplink is down, so every record stays and the budget fills.
+    let dead = free_port();
+    let budget = 4_000u64;
+    let hub = TestHub::start(&format!(
+        "[devices]\nmessage_rate = 100000\n\n\
+         [journal]\nmax_bytes = {budget}\nwhen_full = \"refuse-new\"\n\n\
+         [[uplinks]]\nname = \"down\"\nurl = \"mqtt://127.0.0.1:{dead}\"\n"
+    ))
+    .await;
+    let session = new_session();
+    let mut device = Device::connect(&hub, support::hub::WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("connects");
+    device.hello(D1, session, true).await.expect("welcomed");
+    // Sequence numbers from 100 to 255 encode in the same number of CBOR bytes, so every
+    // small record takes the same room in the journal.
+    let mut seq = 100u64;
+    device.telemetry(seq, sample_readings(seq));
+    device.expect_ack(seq).await;
+    let small = journal_bytes(&hub).await;
+    // Fill until two small records fit, but not three.
+    loop {
+        let room = budget - journal_bytes(&hub).await;
+        if room < 3 * small {
+            assert!(room >= 2 * small, "room {room} for records of {small}");
+            break;
+        }
+        for _ in 0..(room / small - 2) {
+            seq += 1;
+            device.telemetry(seq, sample_readings(seq));
+        }
+        device.expect_ack(seq).await;
+    }
+    // Small K fits, big N does not, small N+1 would: sent back to back.
+    let k = seq + 1;
+    let n = k + 1;
+    device.telemetry(k, sample_readings(k));
+    let big = (0..60)
+        .map(|i| firmware_proto::Reading::new("x", i as f64))
+        .collect();
+    device.telemetry(n, big);
+    device.telemetry(n + 1, sample_readings(n + 1));
+    device.flush().await;
+    let mut busy = 0;
+    let mut acked = 0;
+    while busy < 2 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            device.next("an Ack or an Error", |e| match e {
+                DeviceEvent::Message(Message::Ack(a)) => Some(Ok(a.seq)),
+                DeviceEvent::Message(Message::Error(e)) => Some(Err(e.clone())),
+                _ => None,
+            }),
+        )
+        .await;
+        match answer {
+            Ok(Ok(seq)) => {
+                assert!(seq < n, "Ack {seq} covers {n}, which the journal refused");
+                acked = acked.max(seq);
+            }
+            Ok(Err(error)) => {
+                assert_eq!(error.known_code(), Some(ErrorCode::Busy), "{error:?}");
+                busy += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(acked, k, "K fitted and was acknowledged");
+    assert_eq!(busy, 2, "N and everything after it were refused");
+    // Reconnecting, the device is told the hub holds K: it resends N and N+1.
+    drop(device);
+    let mut again = Device::connect(&hub, support::hub::WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("reconnects");
+    let welcome = again.hello(D1, session, true).await.expect("welcomed");
+    assert_eq!(welcome.acked, Some(k));
+}

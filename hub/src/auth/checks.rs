@@ -63,6 +63,15 @@ pub struct Locked {
     what: String,
     failures: u32,
     left: HumanDuration,
+    first: bool,
+}
+
+impl Locked {
+    /// Whether this is the first login this lock refused: the one whose refusal is
+    /// logged, so that a lock writes one line however many logins it refuses.
+    pub fn is_first_refusal(&self) -> bool {
+        self.first
+    }
 }
 
 /// A duration shown to a person, to the millisecond.
@@ -153,14 +162,7 @@ impl PasswordChecks {
         let checked = self
             .limiter()
             .check(peer, user, Instant::now(), auth.failed_logins());
-        checked.map_err(|lock| {
-            let locked = describe(lock, peer, user);
-            // One line per lock, not per refusal: a flood must not flood the log.
-            if lock.first {
-                tracing::warn!(reason = "login_locked", "{locked}");
-            }
-            locked
-        })
+        checked.map_err(|lock| describe(lock, peer, user))
     }
 
     fn limiter(&self) -> MutexGuard<'_, LoginLimiter> {
@@ -185,6 +187,7 @@ fn describe(lock: Lock, peer: IpAddr, user: &str) -> Locked {
         what,
         failures: lock.failures,
         left: HumanDuration(lock.left),
+        first: lock.first,
     }
 }
 

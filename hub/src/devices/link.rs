@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::payload::StatusPayload;
 use super::registry::{Downlink, Live};
 use super::session::{
-    Claim, Close, Conversation, Now, SessionInfo, SessionMemory, Step, Transport,
+    Allowance, Claim, Close, Conversation, Now, SessionInfo, SessionMemory, Step, Transport,
 };
 use super::{to_router, wall_ms, Gateway, RouterInput};
 use crate::journal::{AppendError, Record};
@@ -78,6 +78,8 @@ pub struct Link {
     last_seen: u64,
     downlink: mpsc::Sender<Downlink>,
     replaced: CancellationToken,
+    /// The transport did not know the device before its Hello.
+    claimed_any: bool,
 }
 
 impl Link {
@@ -89,7 +91,15 @@ impl Link {
         place: Place,
     ) -> (Link, mpsc::Receiver<Downlink>) {
         let (downlink, rx) = mpsc::channel(DOWNLINK_CAPACITY);
-        let conversation = Conversation::new(gateway.rules.clone(), claim, transport);
+        let rate = gateway.rules.message_rate;
+        // The rate belongs to the device: a reconnect does not refill its burst. A port
+        // without a fixed id counts on its own until a Hello names the device.
+        let claimed_any = claim == Claim::Any;
+        let allowance = match &claim {
+            Claim::Must(id) => gateway.registry.allowance(id, rate),
+            Claim::Any => Allowance::new(rate),
+        };
+        let conversation = Conversation::new(gateway.rules.clone(), claim, transport, allowance);
         let conn = gateway.registry.next_conn();
         (
             Link {
@@ -103,6 +113,7 @@ impl Link {
                 last_seen: wall_ms(),
                 downlink,
                 replaced: CancellationToken::new(),
+                claimed_any,
             },
             rx,
         )
@@ -143,10 +154,12 @@ impl Link {
 
     /// Refuses a WebSocket text frame: devices speak binary CBOR only.
     pub async fn reject_text(&mut self) -> Handled {
-        let step = self
-            .conversation
-            .reject_malformed("text frames are not accepted: send CBOR in binary frames");
-        self.carry_out(step, Now::current()).await
+        let now = Now::current();
+        let step = self.conversation.reject_malformed(
+            "text frames are not accepted: send CBOR in binary frames",
+            now.at,
+        );
+        self.carry_out(step, now).await
     }
 
     async fn carry_out(&mut self, step: Step, now: Now) -> Handled {
@@ -163,6 +176,11 @@ impl Link {
                 ..Handled::default()
             },
             Step::Started { welcome, info } => {
+                if self.claimed_any {
+                    let allowance =
+                        registry.allowance(&info.device, self.gateway.rules.message_rate);
+                    self.conversation.share_allowance(allowance);
+                }
                 self.start(info, now.wall_ms).await;
                 Handled {
                     reply: Some(Message::Welcome(welcome)),
@@ -278,7 +296,7 @@ impl Link {
                 None
             }
             Err(error) => {
-                if let Some(memory) = self.conversation.rejected() {
+                if let Some(memory) = self.conversation.rejected(seq) {
                     registry.roll_back(&device, memory);
                 }
                 self.gateway.stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::session::SessionMemory;
+use super::session::{Allowance, SessionMemory};
 use crate::front::lock;
 
 /// Something for a device's connection to send.
@@ -32,6 +32,7 @@ pub struct Live {
 struct Entry {
     memory: Option<SessionMemory>,
     live: Option<Live>,
+    allowance: Option<Allowance>,
 }
 
 #[derive(Debug, Default)]
@@ -82,11 +83,23 @@ impl Registry {
                     device.to_owned(),
                     Entry {
                         memory: Some(memory),
-                        live: None,
+                        ..Entry::default()
                     },
                 );
             }
         }
+    }
+
+    /// `device`'s message rate and violations, shared by all its connections (made with
+    /// `rate` the first time). Kept as long as the device's session memory: one entry per
+    /// device id the transports authenticated.
+    pub fn allowance(&self, device: &str, rate: u32) -> Allowance {
+        let mut inner = lock(&self.inner);
+        let entry = inner.devices.entry(device.to_owned()).or_default();
+        entry
+            .allowance
+            .get_or_insert_with(|| Allowance::new(rate))
+            .clone()
     }
 
     /// Moves a device's memory back after the journal refused telemetry, so the

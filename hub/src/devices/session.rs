@@ -6,6 +6,7 @@
 //! bytes in and out of it, so every protocol rule of PROTOCOL.md §5 is tested here without
 //! sockets or clocks.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firmware_proto::{
@@ -216,6 +217,9 @@ struct Active {
     resend_due: bool,
     /// A duplicate arrived: ack again even though nothing new was confirmed.
     reack: bool,
+    /// The lowest sequence the journal refused and the device has not sent again: no
+    /// Ack may cover it, whatever is confirmed after it.
+    refused: Option<u64>,
 }
 
 /// Token bucket for the per-device message rate.
@@ -253,6 +257,69 @@ impl Bucket {
     }
 }
 
+/// Violations are forgiven after this long without one.
+const VIOLATIONS_FORGIVEN_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct AllowanceState {
+    bucket: Bucket,
+    violations: u32,
+    last_violation: Option<Instant>,
+    rate_reported_at: Option<Instant>,
+}
+
+/// A device's message rate and violation count. They belong to the device identity, not
+/// to one connection: every connection of an authenticated device shares one allowance
+/// (see [`super::registry::Registry::allowance`]), so reconnecting neither refills the
+/// burst nor clears the violations.
+#[derive(Debug, Clone)]
+pub struct Allowance(Arc<Mutex<AllowanceState>>);
+
+impl Allowance {
+    /// A full allowance for `rate` messages per second (burst twice that).
+    pub fn new(rate: u32) -> Allowance {
+        Allowance(Arc::new(Mutex::new(AllowanceState {
+            bucket: Bucket::new(rate),
+            violations: 0,
+            last_violation: None,
+            rate_reported_at: None,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AllowanceState> {
+        crate::front::lock(&self.0)
+    }
+
+    fn take(&self, now: Instant) -> bool {
+        self.state().bucket.take(now)
+    }
+
+    /// Counts a violation at `now`; returns how many are held against the device.
+    fn violation(&self, now: Instant) -> u32 {
+        let mut s = self.state();
+        if s.last_violation
+            .is_some_and(|at| now.saturating_duration_since(at) >= VIOLATIONS_FORGIVEN_AFTER)
+        {
+            s.violations = 0;
+        }
+        s.last_violation = Some(now);
+        s.violations += 1;
+        s.violations
+    }
+
+    /// True when the device should be told it is over the rate (once a second).
+    fn report_rate(&self, now: Instant) -> bool {
+        let mut s = self.state();
+        let tell = s
+            .rate_reported_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if tell {
+            s.rate_reported_at = Some(now);
+        }
+        tell
+    }
+}
+
 /// One device connection's protocol state. See the module docs.
 #[derive(Debug)]
 pub struct Conversation {
@@ -260,26 +327,33 @@ pub struct Conversation {
     claim: Claim,
     transport: Transport,
     active: Option<Active>,
-    bucket: Bucket,
-    violations: u32,
+    allowance: Allowance,
     last_heard: Option<Instant>,
-    rate_reported_at: Option<Instant>,
 }
 
 impl Conversation {
-    /// A conversation on a fresh connection or port.
-    pub fn new(rules: Rules, claim: Claim, transport: Transport) -> Conversation {
-        let bucket = Bucket::new(rules.message_rate);
+    /// A conversation on a fresh connection or port, counting against `allowance` (the
+    /// device's own when the transport knows who it is).
+    pub fn new(
+        rules: Rules,
+        claim: Claim,
+        transport: Transport,
+        allowance: Allowance,
+    ) -> Conversation {
         Conversation {
             rules,
             claim,
             transport,
             active: None,
-            bucket,
-            violations: 0,
+            allowance,
             last_heard: None,
-            rate_reported_at: None,
         }
+    }
+
+    /// From now on counts against `allowance` (a port without a fixed device id learns
+    /// who is on it from the Hello).
+    pub fn share_allowance(&mut self, allowance: Allowance) {
+        self.allowance = allowance;
     }
 
     /// The session's facts, once a Hello was accepted.
@@ -319,7 +393,7 @@ impl Conversation {
         }
         // Checked before decoding so a flood costs no CBOR parsing. Hellos count too (each
         // one publishes a status); the bucket starts full, so the first always passes.
-        if !self.bucket.take(now.at) {
+        if !self.allowance.take(now.at) {
             return self.rate_limited(now.at);
         }
         let message = match Message::decode(bytes) {
@@ -423,6 +497,7 @@ impl Conversation {
             gap_reported: false,
             resend_due: false,
             reack: false,
+            refused: None,
         });
         Step::Started {
             welcome: Welcome {
@@ -460,14 +535,22 @@ impl Conversation {
             return Step::OutOfOrder;
         }
         let lost = if first { 0 } else { t.seq - expected };
+        if active.refused.is_some_and(|r| t.seq <= r) {
+            // The device is resending what the journal refused.
+            active.refused = None;
+        }
         active.last_seq = t.seq;
         active.gap_reported = false;
         Step::Telemetry { telemetry: t, lost }
     }
 
-    /// Telemetry `seq` is durable: it may be acknowledged.
+    /// Telemetry `seq` is durable: it may be acknowledged, unless a refused sequence
+    /// before it has not been sent again (a cumulative Ack would cover that one too).
     pub fn accepted(&mut self, seq: u64) -> Option<SessionMemory> {
         let active = self.active.as_mut()?;
+        if active.refused.is_some_and(|r| seq >= r) {
+            return None;
+        }
         active.confirmed = active.confirmed.max(seq);
         active.last_seq = active.last_seq.max(active.confirmed);
         Some(SessionMemory {
@@ -476,11 +559,12 @@ impl Conversation {
         })
     }
 
-    /// Telemetry handed out by [`Step::Telemetry`] could not be stored: forget everything
-    /// after the last durable sequence, so the device's resend is taken as new rather than
-    /// dropped as a duplicate. Returns what the hub holds now.
-    pub fn rejected(&mut self) -> Option<SessionMemory> {
+    /// Telemetry `seq` handed out by [`Step::Telemetry`] could not be stored: forget
+    /// everything after the last durable sequence, so the device's resend is taken as new
+    /// rather than dropped as a duplicate. Returns what the hub holds now.
+    pub fn rejected(&mut self, seq: u64) -> Option<SessionMemory> {
         let active = self.active.as_mut()?;
+        active.refused = Some(active.refused.map_or(seq, |r| r.min(seq)));
         active.last_seq = active.confirmed;
         active.gap_reported = false;
         active.resend_due = false;
@@ -516,19 +600,22 @@ impl Conversation {
 
     /// Refuses input the transport could not even hand over as a message (a WebSocket
     /// text frame): answered and counted like undecodable CBOR.
-    pub fn reject_malformed(&mut self, why: &str) -> Step {
+    pub fn reject_malformed(&mut self, why: &str, now: Instant) -> Step {
+        self.last_heard = Some(now);
         self.refuse(ErrorCode::Malformed, why.to_owned(), Violation::Malformed)
     }
 
+    /// The time of the message being handled: every refusal follows a `receive` or
+    /// `reject_malformed`, which set it.
+    fn clock(&self) -> Instant {
+        self.last_heard.unwrap_or_else(Instant::now)
+    }
+
     fn rate_limited(&mut self, now: Instant) -> Step {
-        self.violations += 1;
+        let violations = self.allowance.violation(now);
         // A flooding device is told once a second, not once per message.
-        let tell = self
-            .rate_reported_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
-        let close = (self.violations >= self.rules.max_violations).then_some(Close::Policy);
-        if tell || close.is_some() {
-            self.rate_reported_at = Some(now);
+        let close = (violations >= self.rules.max_violations).then_some(Close::Policy);
+        if self.allowance.report_rate(now) || close.is_some() {
             Step::Refuse {
                 error: ErrorMsg::new(
                     ErrorCode::RateLimited,
@@ -546,8 +633,8 @@ impl Conversation {
     }
 
     fn refuse(&mut self, code: ErrorCode, message: String, reason: Violation) -> Step {
-        self.violations += 1;
-        let close = (self.violations >= self.rules.max_violations).then_some(Close::Policy);
+        let violations = self.allowance.violation(self.clock());
+        let close = (violations >= self.rules.max_violations).then_some(Close::Policy);
         Step::Refuse {
             error: ErrorMsg::new(code, message),
             close,
@@ -556,7 +643,7 @@ impl Conversation {
     }
 
     fn refuse_closing(&mut self, code: ErrorCode, message: String, reason: Violation) -> Step {
-        self.violations += 1;
+        self.allowance.violation(self.clock());
         Step::Refuse {
             error: ErrorMsg::new(code, message),
             close: Some(match reason {
@@ -611,7 +698,12 @@ mod tests {
     }
 
     fn conversation(claim: Claim) -> Conversation {
-        Conversation::new(rules(), claim, Transport::WebSocket)
+        Conversation::new(
+            rules(),
+            claim,
+            Transport::WebSocket,
+            Allowance::new(rules().message_rate),
+        )
     }
 
     fn hello(id: &str, session: u64, resends: bool) -> Vec<u8> {
@@ -731,7 +823,12 @@ mod tests {
     fn telemetry_before_hello_is_refused_closing_websocket_but_not_serial() {
         let mut clock = Clock::new();
         let mut ws = conversation(Claim::Any);
-        let mut serial = Conversation::new(rules(), Claim::Any, Transport::Serial);
+        let mut serial = Conversation::new(
+            rules(),
+            Claim::Any,
+            Transport::Serial,
+            Allowance::new(rules().message_rate),
+        );
         for (c, close) in [(&mut ws, Some(Close::Protocol)), (&mut serial, None)] {
             match c.receive(&telemetry(1), clock.tick(1), |_| None) {
                 Step::Refuse {
@@ -859,7 +956,7 @@ mod tests {
             ));
         }
         assert_eq!(
-            c.rejected(),
+            c.rejected(2),
             Some(SessionMemory {
                 session: 7,
                 last_seq: 1
@@ -873,6 +970,34 @@ mod tests {
             })
         );
         assert_eq!(feed(&mut c, &mut clock, &[2, 3]), [2, 3], "not duplicates");
+    }
+
+    #[test]
+    fn a_later_record_confirmed_after_a_refused_one_is_not_acknowledged_until_the_resend() {
+        let mut clock = Clock::new();
+        let mut c = conversation(Claim::Any);
+        start(&mut c, &mut clock, "d", true);
+        assert_eq!(feed(&mut c, &mut clock, &[1]), [1]);
+        assert!(c.take_ack().is_some());
+        for seq in [2, 3] {
+            assert!(matches!(
+                c.receive(&telemetry(seq), clock.tick(200), |_| None),
+                Step::Telemetry { .. }
+            ));
+        }
+        // The journal refuses 2 but takes 3: an Ack of 3 would cover 2.
+        c.rejected(2);
+        assert_eq!(c.accepted(3), None);
+        assert_eq!(c.take_ack(), None);
+        // The resend of 2 and 3 is taken and acknowledged.
+        assert_eq!(feed(&mut c, &mut clock, &[2, 3]), [2, 3]);
+        assert_eq!(
+            c.take_ack(),
+            Some(Ack {
+                seq: 3,
+                resend: false
+            })
+        );
     }
 
     #[test]
@@ -903,6 +1028,59 @@ mod tests {
             .collect();
         // Told once; the third violation closes (the transport stops reading there).
         assert_eq!(refusals[..2], [None, Some(Close::Policy)]);
+    }
+
+    #[test]
+    fn a_reconnect_shares_the_devices_rate_and_violations_instead_of_starting_afresh() {
+        let mut clock = Clock::new();
+        let allowance = Allowance::new(rules().message_rate);
+        let connect = || {
+            Conversation::new(
+                rules(),
+                Claim::Must("d".into()),
+                Transport::WebSocket,
+                allowance.clone(),
+            )
+        };
+        let mut first = connect();
+        start(&mut first, &mut clock, "d", false);
+        let mut published = 0;
+        for seq in 1..=40 {
+            let step = first.receive(&telemetry(seq), clock.tick(1), |_| None);
+            published += usize::from(matches!(step, Step::Telemetry { .. }));
+        }
+        assert!((19..=20).contains(&published), "{published}");
+        // A new connection of the same device finds the bucket as the first left it,
+        // and one more violation reaches max_violations.
+        let mut second = connect();
+        let step = second.receive(&hello("d", 8, false), clock.tick(1), |_| None);
+        assert!(
+            matches!(
+                step,
+                Step::Refuse {
+                    reason: Violation::Rate,
+                    close: Some(Close::Policy),
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+        // A minute without violations forgives them; the bucket has refilled by then.
+        clock.tick(61_000);
+        let mut third = connect();
+        start(&mut third, &mut clock, "d", false);
+        let step = third.receive(&[0xff], clock.tick(1), |_| None);
+        assert!(
+            matches!(
+                step,
+                Step::Refuse {
+                    reason: Violation::Malformed,
+                    close: None,
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
     }
 
     #[test]
@@ -938,7 +1116,12 @@ mod tests {
     #[test]
     fn heartbeat_is_answered_with_the_hub_clock_and_silence_is_detected() {
         let mut clock = Clock::new();
-        let mut c = Conversation::new(rules(), Claim::Any, Transport::Serial);
+        let mut c = Conversation::new(
+            rules(),
+            Claim::Any,
+            Transport::Serial,
+            Allowance::new(rules().message_rate),
+        );
         let begin = clock.tick(0).at;
         start(&mut c, &mut clock, "d", false);
         let hb = Message::Heartbeat(Heartbeat { time: None }).to_vec();

@@ -10,6 +10,7 @@ use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::aliases::TOPIC_ALIAS_MAX;
 use super::packet::{self, kind, FrameError};
 use super::policy::{resolve_role, Login, Policy};
 use super::stats::Reject;
@@ -76,20 +77,43 @@ pub enum Refused {
 }
 
 impl Refused {
-    /// The counter this refusal goes to, to count and log it; `None` for a peer that
-    /// simply went away (a port scan or health check is not a refusal), and for a locked
-    /// login, which [`admit`] counted and the lock logged once, as a flood of them must
-    /// not write a line each.
+    /// The counter this refusal goes to; `None` for a peer that simply went away (a port
+    /// scan or health check is not a refusal).
     pub fn reason(&self) -> Option<Reject> {
         Some(match self {
-            Refused::Closed | Refused::LoginLocked(_) => return None,
+            Refused::Closed => return None,
             Refused::Timeout(_) => Reject::Timeout,
             Refused::Malformed(_) => Reject::Malformed,
             Refused::Broker(_) => Reject::BrokerUnavailable,
             Refused::TooLarge(_) => Reject::PacketTooLarge,
             Refused::ProtocolVersion(_) => Reject::ProtocolVersion,
             Refused::NotAuthorized(_) => Reject::NotAuthorized,
+            Refused::LoginLocked(_) => Reject::LoginLocked,
         })
+    }
+
+    /// Whether its line is worth writing at all: a locked login is, once per lock (the
+    /// rest of that lock's refusals are only counted), as a flood of them from one
+    /// address must not take the whole budget of the log limiter's kind.
+    pub fn deserves_a_line(&self) -> bool {
+        match self {
+            Refused::LoginLocked(locked) => locked.is_first_refusal(),
+            _ => true,
+        }
+    }
+
+    /// Its kind of line for the front door's log limiter: any peer can repeat each.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refused::Timeout(_) => "no CONNECT in time",
+            Refused::Closed => "connection closed before CONNECT",
+            Refused::Malformed(_) => "invalid CONNECT",
+            Refused::TooLarge(_) => "CONNECT over max_packet_size",
+            Refused::ProtocolVersion(_) => "unsupported MQTT protocol level",
+            Refused::NotAuthorized(_) => "CONNECT not authorized",
+            Refused::LoginLocked(_) => "password logins locked",
+            Refused::Broker(_) => "embedded broker refused a session",
+        }
     }
 }
 
@@ -211,10 +235,7 @@ where
                     Denied::BadCredentials(why) | Denied::NotAuthorized(why) => {
                         Refused::NotAuthorized(why)
                     }
-                    Denied::Locked(locked) => {
-                        shared.stats.reject(Reject::LoginLocked);
-                        Refused::LoginLocked(locked)
-                    }
+                    Denied::Locked(locked) => Refused::LoginLocked(locked),
                 });
             }
         };
@@ -438,21 +459,25 @@ async fn open_broker_session(
             "first packet from broker is not CONNACK".into(),
         ));
     }
-    let connack = match assigned {
+    let connack = if level == 5 {
+        let mut f = frame;
+        let Ok(v5::Packet::ConnAck(mut ack)) = v5::Packet::read(&mut f, None) else {
+            return Err(Refused::Broker("bad CONNACK".into()));
+        };
+        let mut props = ack.properties.take().unwrap_or_else(empty_connack_props);
+        // rumqttd announces its own maximum (4096), but the relay resolves the client's
+        // aliases and the broker never sees them: announce what the relay enforces.
+        props.topic_alias_max = Some(TOPIC_ALIAS_MAX);
         // The client sent no id: tell it the one we chose (MQTT 5 §3.2.2.3.7).
-        Some(id) => {
-            let mut f = frame;
-            let Ok(v5::Packet::ConnAck(mut ack)) = v5::Packet::read(&mut f, None) else {
-                return Err(Refused::Broker("bad CONNACK".into()));
-            };
-            let mut props = ack.properties.take().unwrap_or_else(empty_connack_props);
+        if let Some(id) = assigned {
             props.assigned_client_identifier = Some(id);
-            ack.properties = Some(props);
-            let mut out = BytesMut::new();
-            ack.write(&mut out).map_err(|e| broker_err(&e))?;
-            out.freeze()
         }
-        None => frame.freeze(),
+        ack.properties = Some(props);
+        let mut out = BytesMut::new();
+        ack.write(&mut out).map_err(|e| broker_err(&e))?;
+        out.freeze()
+    } else {
+        frame.freeze()
     };
     Ok((broker, connack, buf))
 }

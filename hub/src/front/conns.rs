@@ -11,15 +11,12 @@ use super::stats::Reject;
 
 /// Entries idle this long are forgotten (bounds the table under address churn).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
-/// Same-address refusals are logged at most this often.
-const LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct PerAddress {
     open: usize,
     tokens: f64,
     refilled: Instant,
-    last_log: Option<Instant>,
 }
 
 /// Open connections, in total and per address.
@@ -98,7 +95,6 @@ impl Conns {
             open: 0,
             tokens: rate,
             refilled: now,
-            last_log: None,
         });
         entry.tokens =
             (entry.tokens + now.duration_since(entry.refilled).as_secs_f64() * rate).min(rate);
@@ -116,25 +112,6 @@ impl Conns {
             conns: self.clone(),
             ip,
         })
-    }
-
-    /// Whether to log a refusal for `ip` now (at most one line per address per 10 s).
-    pub fn should_log(&self, ip: IpAddr, _reason: Reject) -> bool {
-        let now = Instant::now();
-        let mut state = self.lock();
-        match state.1.get_mut(&ip) {
-            Some(e)
-                if e.last_log
-                    .is_some_and(|t| now.duration_since(t) < LOG_EVERY) =>
-            {
-                false
-            }
-            Some(e) => {
-                e.last_log = Some(now);
-                true
-            }
-            None => true,
-        }
     }
 
     /// Connections open now.

@@ -6,6 +6,7 @@
 //! embedded broker with the ACL applied to every PUBLISH and SUBSCRIBE.
 
 mod admit;
+mod aliases;
 mod conns;
 mod custody;
 pub mod packet;
@@ -26,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
+use tracing::{Instrument, Level};
 
 pub use self::conns::fit_to_open_file_limit;
 use self::conns::{ConnGuard, Conns};
@@ -188,9 +189,19 @@ impl FrontDoor {
                 shutdown.clone(),
             ));
         }
+        // Writes the summaries of rate-limited lines, the last ones once the connections
+        // are closed.
+        let stats = self.shared.stats.clone();
+        let connections_closed = CancellationToken::new();
+        let summaries = tokio::spawn({
+            let closed = connections_closed.clone();
+            async move { stats.log.run(closed).await }
+        });
         shutdown.cancelled().await;
         tracker.close();
         tracker.wait().await;
+        connections_closed.cancel();
+        let _ = summaries.await;
     }
 }
 
@@ -209,7 +220,9 @@ async fn accept_loop(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                    if shared.stats.log.allow(ACCEPT_FAILED, Level::WARN) {
+                        tracing::warn!(listener = %listener.name, error = %e, "{ACCEPT_FAILED}");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
@@ -223,8 +236,8 @@ async fn accept_loop(
             Ok(guard) => guard,
             Err(reason) => {
                 shared.stats.reject(reason);
-                if conns.should_log(peer.ip(), reason) {
-                    tracing::warn!(listener = %listener.name, %peer, reason = reason.as_str(), "connection refused");
+                if shared.stats.log.allow(CONNECTION_REFUSED, Level::WARN) {
+                    tracing::warn!(listener = %listener.name, %peer, reason = reason.as_str(), "{CONNECTION_REFUSED}");
                 }
                 drop(tcp);
                 continue;
@@ -244,6 +257,19 @@ async fn accept_loop(
         );
     }
 }
+
+// Kinds of lines any peer can make the hub log at will, for the front door's log limiter
+// (`FrontStats::log`): the first few of each per interval are logged, the rest summarised.
+const ACCEPT_FAILED: &str = "accept failed";
+const CONNECTION_REFUSED: &str = "connection refused";
+const TLS_FAILED: &str = "TLS handshake failed";
+const TLS_TIMEOUT: &str = "TLS handshake timed out";
+const NO_IDENTITY: &str = "client certificate has no usable identity";
+const HTTP_REFUSED: &str = "HTTP request refused";
+const NO_HTTP_REQUEST: &str = "no HTTP request within the handshake timeout";
+const UPGRADE_REFUSED: &str = "WebSocket upgrade refused";
+const UPGRADE_FAILED: &str = "WebSocket upgrade failed";
+const UPGRADE_TIMEOUT: &str = "WebSocket upgrade timed out";
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain maps and
 /// counters), so one panicking connection task cannot wedge the others.
@@ -306,12 +332,16 @@ async fn serve(
                 Ok(Err(e)) => {
                     let reason = TlsFailure::classify(&e);
                     shared.stats.tls_failure(reason);
-                    tracing::info!(error = %e, reason = reason.as_str(), "TLS handshake failed");
+                    if shared.stats.log.allow(TLS_FAILED, Level::INFO) {
+                        tracing::info!(error = %e, reason = reason.as_str(), "{TLS_FAILED}");
+                    }
                     return;
                 }
                 Err(_) => {
                     shared.stats.tls_failure(TlsFailure::Timeout);
-                    tracing::info!(timeout = ?limits.handshake_timeout, "TLS handshake timed out");
+                    if shared.stats.log.allow(TLS_TIMEOUT, Level::INFO) {
+                        tracing::info!(timeout = ?limits.handshake_timeout, "{TLS_TIMEOUT}");
+                    }
                     return;
                 }
             };
@@ -324,7 +354,9 @@ async fn serve(
                         }),
                         Err(e) => {
                             shared.stats.reject(Reject::NotAuthorized);
-                            tracing::info!(error = %e, "client certificate has no usable identity");
+                            if shared.stats.log.allow(NO_IDENTITY, Level::INFO) {
+                                tracing::info!(error = %e, "{NO_IDENTITY}");
+                            }
                             return;
                         }
                     }
@@ -372,7 +404,9 @@ where
         }
         Ok(Ok((ws::Preflight::Refuse(status, text), _))) => {
             shared.stats.reject(Reject::Upgrade);
-            tracing::info!(status = status.as_u16(), "HTTP request refused: {text}");
+            if shared.stats.log.allow(HTTP_REFUSED, Level::INFO) {
+                tracing::info!(status = status.as_u16(), "{HTTP_REFUSED}: {text}");
+            }
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(1),
                 ws::refuse_http(&mut stream, status, text),
@@ -386,7 +420,9 @@ where
         }
         Err(_) => {
             shared.stats.reject(Reject::Timeout);
-            tracing::info!("no HTTP request within the handshake timeout");
+            if shared.stats.log.allow(NO_HTTP_REQUEST, Level::INFO) {
+                tracing::info!("{NO_HTTP_REQUEST}");
+            }
             return;
         }
     };
@@ -428,14 +464,24 @@ where
         Ok(Err(e)) => {
             shared.stats.reject(Reject::Upgrade);
             match decision {
-                Some(Err(refusal)) => tracing::info!(%refusal, "WebSocket upgrade refused"),
-                _ => tracing::info!(error = %e, "WebSocket upgrade failed"),
+                Some(Err(refusal)) => {
+                    if shared.stats.log.allow(UPGRADE_REFUSED, Level::INFO) {
+                        tracing::info!(%refusal, "{UPGRADE_REFUSED}");
+                    }
+                }
+                _ => {
+                    if shared.stats.log.allow(UPGRADE_FAILED, Level::INFO) {
+                        tracing::info!(error = %e, "{UPGRADE_FAILED}");
+                    }
+                }
             }
             return;
         }
         Err(_) => {
             shared.stats.reject(Reject::Timeout);
-            tracing::info!("WebSocket upgrade timed out");
+            if shared.stats.log.allow(UPGRADE_TIMEOUT, Level::INFO) {
+                tracing::info!("{UPGRADE_TIMEOUT}");
+            }
             return;
         }
     };
@@ -485,7 +531,15 @@ where
             match refused.reason() {
                 Some(reason) => {
                     shared.stats.reject(reason);
-                    tracing::info!(reason = reason.as_str(), "{refused}");
+                    let line = refused.deserves_a_line();
+                    if let admit::Refused::LoginLocked(_) = refused {
+                        // Someone is guessing passwords: worth an operator's attention.
+                        if line && shared.stats.log.allow(refused.kind(), Level::WARN) {
+                            tracing::warn!(reason = reason.as_str(), "{refused}");
+                        }
+                    } else if line && shared.stats.log.allow(refused.kind(), Level::INFO) {
+                        tracing::info!(reason = reason.as_str(), "{refused}");
+                    }
                 }
                 None => tracing::debug!("{refused}"),
             }

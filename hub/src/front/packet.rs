@@ -7,8 +7,13 @@
 
 use bytes::BytesMut;
 
+use super::session::Goodbye;
+use super::stats::Reject;
+
 /// MQTT control packet types (first byte, high nibble).
 pub mod kind {
+    /// Reserved: forbidden in either direction.
+    pub const RESERVED: u8 = 0;
     /// CONNECT
     pub const CONNECT: u8 = 1;
     /// CONNACK
@@ -17,18 +22,53 @@ pub mod kind {
     pub const PUBLISH: u8 = 3;
     /// PUBACK
     pub const PUBACK: u8 = 4;
+    /// PUBREC
+    pub const PUBREC: u8 = 5;
     /// PUBREL
     pub const PUBREL: u8 = 6;
+    /// PUBCOMP
+    pub const PUBCOMP: u8 = 7;
     /// SUBSCRIBE
     pub const SUBSCRIBE: u8 = 8;
     /// SUBACK
     pub const SUBACK: u8 = 9;
     /// UNSUBSCRIBE
     pub const UNSUBSCRIBE: u8 = 10;
+    /// UNSUBACK
+    pub const UNSUBACK: u8 = 11;
+    /// PINGREQ
+    pub const PINGREQ: u8 = 12;
+    /// PINGRESP
+    pub const PINGRESP: u8 = 13;
     /// DISCONNECT
     pub const DISCONNECT: u8 = 14;
     /// AUTH (MQTT 5)
     pub const AUTH: u8 = 15;
+
+    /// The packet's name, for messages.
+    pub fn name(kind: u8) -> &'static str {
+        [
+            "reserved packet type 0",
+            "CONNECT",
+            "CONNACK",
+            "PUBLISH",
+            "PUBACK",
+            "PUBREC",
+            "PUBREL",
+            "PUBCOMP",
+            "SUBSCRIBE",
+            "SUBACK",
+            "UNSUBSCRIBE",
+            "UNSUBACK",
+            "PINGREQ",
+            "PINGRESP",
+            "DISCONNECT",
+            "AUTH",
+        ]
+        .get(usize::from(kind))
+        .copied()
+        .unwrap_or("unknown packet type")
+    }
 }
 
 /// A malformed or over-limit packet; the connection is closed.
@@ -47,6 +87,161 @@ impl FrameError {
     /// the size limit this way, so that it is counted like an oversized packet.
     pub fn in_io(error: &std::io::Error) -> Option<&FrameError> {
         error.get_ref()?.downcast_ref()
+    }
+}
+
+/// A packet from a client that breaks the protocol or a limit: the session ends, an MQTT 5
+/// client first hearing why in a DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// Not a packet, or over the size limit.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A packet only a server sends, or the reserved type 0. rumqttd 0.20 panics on some
+    /// (its MQTT 5 decoder hits `unreachable!` on CONNACK and UNSUBACK), so none reach it.
+    #[error("sent {0}, which a client may not send")]
+    ServerOnly(&'static str),
+    /// Fixed-header flags other than those the packet type requires (MQTT §2.1.3).
+    #[error(
+        "{packet} with fixed-header flags {flags:#06b}; the protocol requires {required:#06b}"
+    )]
+    Flags {
+        /// The packet type's name.
+        packet: &'static str,
+        /// The flags sent.
+        flags: u8,
+        /// The flags required.
+        required: u8,
+    },
+    /// CONNECT on a connection that already sent one.
+    #[error("second CONNECT")]
+    SecondConnect,
+    /// AUTH: the hub offers no enhanced authentication.
+    #[error("enhanced authentication (AUTH) is not supported")]
+    Auth,
+    /// A PUBLISH with an empty topic and no topic alias.
+    #[error("PUBLISH without a topic")]
+    NoTopic,
+    /// A PUBLISH topic with `+` or `#`: wildcards belong in subscriptions only (§4.7.1).
+    #[error("PUBLISH to {0:?}: a topic name may not contain the wildcards + and #")]
+    WildcardTopic(String),
+    /// A topic with the null character, which no MQTT string may contain (§1.5.4).
+    #[error("a topic containing the null character U+0000")]
+    NulInTopic,
+    /// A topic alias of 0 or above the maximum the hub announced in its CONNACK.
+    #[error("topic alias {alias} is outside 1..={max}, the range the hub announced")]
+    AliasOutOfRange {
+        /// The alias sent.
+        alias: u16,
+        /// The maximum announced.
+        max: u16,
+    },
+    /// A PUBLISH with only a topic alias that no earlier PUBLISH bound.
+    #[error("topic alias {0} used before it was set")]
+    AliasUnknown(u16),
+    /// Binding the alias would make the connection's aliases hold more topic bytes than
+    /// allowed.
+    #[error("topic aliases would hold {held} bytes of topic names; a connection may hold {quota}")]
+    AliasQuota {
+        /// What they would hold.
+        held: usize,
+        /// What they may hold.
+        quota: usize,
+    },
+    /// A SUBSCRIBE that does not decode.
+    #[error("bad SUBSCRIBE: {0}")]
+    BadSubscribe(String),
+    /// An UNSUBSCRIBE that does not decode.
+    #[error("bad UNSUBSCRIBE: {0}")]
+    BadUnsubscribe(String),
+}
+
+impl Violation {
+    /// The reason an MQTT 5 client is given in the hub's DISCONNECT.
+    pub fn goodbye(&self) -> Goodbye {
+        match self {
+            Violation::Frame(FrameError::TooLarge(_)) => Goodbye::PacketTooLarge,
+            Violation::Frame(FrameError::Malformed(_))
+            | Violation::Flags { .. }
+            | Violation::NulInTopic
+            | Violation::BadSubscribe(_)
+            | Violation::BadUnsubscribe(_) => Goodbye::MalformedPacket,
+            Violation::ServerOnly(_)
+            | Violation::SecondConnect
+            | Violation::Auth
+            | Violation::NoTopic
+            | Violation::AliasUnknown(_) => Goodbye::ProtocolError,
+            Violation::WildcardTopic(_) => Goodbye::TopicNameInvalid,
+            Violation::AliasOutOfRange { .. } => Goodbye::TopicAliasInvalid,
+            Violation::AliasQuota { .. } => Goodbye::QuotaExceeded,
+        }
+    }
+
+    /// The counter it goes to.
+    pub fn reject(&self) -> Reject {
+        match self {
+            Violation::Frame(FrameError::TooLarge(_)) => Reject::PacketTooLarge,
+            Violation::AliasQuota { .. } => Reject::TopicAliasQuota,
+            _ => Reject::Malformed,
+        }
+    }
+}
+
+/// Checks what the fixed header of a packet a client sent after CONNECT can tell: a type a
+/// client may send, with the flags that type requires, and for the packets that are only
+/// a header and a packet id, their length. Returns the type.
+pub fn client_packet(frame: &[u8], v5: bool) -> Result<u8, Violation> {
+    let first = *frame.first().ok_or(FrameError::Malformed("empty packet"))?;
+    let (packet, flags) = (first >> 4, first & 0x0F);
+    let remaining = frame.len() - body_offset(frame)?;
+    let required = match packet {
+        kind::RESERVED | kind::CONNACK | kind::SUBACK | kind::UNSUBACK | kind::PINGRESP => {
+            return Err(Violation::ServerOnly(kind::name(packet)))
+        }
+        // DUP, QoS and RETAIN: publish_head checks the QoS.
+        kind::PUBLISH => return Ok(packet),
+        kind::PUBREL | kind::SUBSCRIBE | kind::UNSUBSCRIBE => 0b0010,
+        _ => 0,
+    };
+    if flags != required {
+        return Err(Violation::Flags {
+            packet: kind::name(packet),
+            flags,
+            required,
+        });
+    }
+    let length_ok = match packet {
+        // A packet id; MQTT 5 may add a reason code and properties.
+        kind::PUBACK | kind::PUBREC | kind::PUBREL | kind::PUBCOMP => {
+            remaining == 2 || (v5 && remaining > 2)
+        }
+        kind::PINGREQ => remaining == 0,
+        kind::DISCONNECT => remaining == 0 || v5,
+        _ => true,
+    };
+    if !length_ok {
+        return Err(FrameError::Malformed("wrong remaining length for the packet type").into());
+    }
+    Ok(packet)
+}
+
+/// Checks a PUBLISH topic name: no wildcards (§4.7.1) and no null character (§1.5.4),
+/// which rumqttd would take (and route, or silently drop) as they are.
+pub fn check_topic(topic: &str) -> Result<(), Violation> {
+    if topic.contains(['+', '#']) {
+        return Err(Violation::WildcardTopic(truncate(topic).to_owned()));
+    }
+    if topic.contains('\0') {
+        return Err(Violation::NulInTopic);
+    }
+    Ok(())
+}
+
+/// At most the first 128 characters of `s`, to keep a hostile topic out of the logs.
+pub fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(128) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
 }
 
@@ -433,6 +628,119 @@ mod tests {
             next_frame(&mut whole.clone(), 100),
             Err(FrameError::TooLarge(whole.len() - 3))
         );
+    }
+
+    #[test]
+    fn packets_only_a_server_sends_are_refused_from_a_client() {
+        for (bytes, name) in [
+            (&[0x00, 0][..], "reserved packet type 0"),
+            (&[0x20, 2, 0, 0], "CONNACK"),
+            (&[0x90, 3, 0, 1, 0], "SUBACK"),
+            (&[0xB0, 2, 0, 1], "UNSUBACK"),
+            (&[0xD0, 0], "PINGRESP"),
+        ] {
+            for v5 in [false, true] {
+                assert_eq!(client_packet(bytes, v5), Err(Violation::ServerOnly(name)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_packet_must_carry_the_flags_its_type_requires() {
+        let ok: [&[u8]; 9] = [
+            &[0x30, 3, 0, 1, b't'],
+            &[0x3B, 5, 0, 1, b't', 0, 1],
+            &[0x40, 2, 0, 1],
+            &[0x50, 2, 0, 1],
+            &[0x62, 2, 0, 1],
+            &[0x70, 2, 0, 1],
+            &[0x82, 6, 0, 1, 0, 1, b't', 0],
+            &[0xC0, 0],
+            &[0xE0, 0],
+        ];
+        for bytes in ok {
+            assert_eq!(
+                client_packet(bytes, false),
+                Ok(bytes[0] >> 4),
+                "{bytes:02x?}"
+            );
+        }
+        for (bytes, required) in [
+            (&[0x41, 2, 0, 1][..], 0),
+            (&[0x60, 2, 0, 1], 0b0010),
+            (&[0x80, 6, 0, 1, 0, 1, b't', 0], 0b0010),
+            (&[0xA3, 5, 0, 1, 0, 1, b't'], 0b0010),
+            (&[0xC8, 0], 0),
+            (&[0xE1, 0], 0),
+        ] {
+            assert!(
+                matches!(client_packet(bytes, true), Err(Violation::Flags { required: r, .. }) if r == required),
+                "{bytes:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn acks_pings_and_disconnects_must_have_their_length() {
+        // A 3.1.1 PUBACK is exactly a packet id; an MQTT 5 one may add a reason and
+        // properties. PINGREQ is empty; a 3.1.1 DISCONNECT too.
+        assert!(client_packet(&[0x40, 3, 0, 1, 0x10], false).is_err());
+        assert_eq!(
+            client_packet(&[0x40, 3, 0, 1, 0x10], true),
+            Ok(kind::PUBACK)
+        );
+        assert!(client_packet(&[0x40, 1, 0], true).is_err());
+        assert!(client_packet(&[0xC0, 1, 0], true).is_err());
+        assert!(client_packet(&[0xE0, 2, 0, 0], false).is_err());
+        assert_eq!(client_packet(&[0xE0, 2, 0, 0], true), Ok(kind::DISCONNECT));
+    }
+
+    #[test]
+    fn topic_names_may_not_hold_wildcards_or_the_null_character() {
+        assert_eq!(check_topic("devices/a/telemetry"), Ok(()));
+        for topic in ["+", "devices/+/cmd", "#", "devices/#", "a#b", "a+b"] {
+            assert!(
+                matches!(check_topic(topic), Err(Violation::WildcardTopic(_))),
+                "{topic}"
+            );
+        }
+        assert_eq!(check_topic("devices/a\0/cmd"), Err(Violation::NulInTopic));
+        // A hostile topic is kept out of the logs beyond 128 characters.
+        let Err(Violation::WildcardTopic(shown)) = check_topic(&"#".repeat(60_000)) else {
+            panic!("not refused");
+        };
+        assert_eq!(shown.len(), 128);
+    }
+
+    #[test]
+    fn each_violation_tells_an_mqtt5_client_its_reason() {
+        let cases = [
+            (Violation::ServerOnly("CONNACK"), 0x82),
+            (
+                Violation::Flags {
+                    packet: "PUBACK",
+                    flags: 1,
+                    required: 0,
+                },
+                0x81,
+            ),
+            (Violation::WildcardTopic("a/#".into()), 0x90),
+            (Violation::NulInTopic, 0x81),
+            (Violation::AliasOutOfRange { alias: 0, max: 10 }, 0x94),
+            (Violation::AliasUnknown(3), 0x82),
+            (
+                Violation::AliasQuota {
+                    held: 9000,
+                    quota: 8192,
+                },
+                0x97,
+            ),
+            (FrameError::TooLarge(5000).into(), 0x95),
+            (FrameError::Malformed("bad").into(), 0x81),
+        ];
+        for (violation, code) in cases {
+            assert_eq!(violation.goodbye() as u8, code, "{violation}");
+        }
     }
 
     #[test]

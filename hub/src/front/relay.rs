@@ -18,9 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::aliases::Aliases;
 use super::custody::Custody;
 use super::lock;
-use super::packet::{self, kind, FrameError};
+use super::packet::{self, kind, FrameError, Violation};
 use super::policy::Policy;
 use super::session::{Answer, Goodbye, Session};
 use super::stats::Reject;
@@ -38,8 +39,10 @@ pub enum Ended {
     KeepAliveExpired,
     /// The client did not read what it was sent within the write timeout.
     ClientNotReading,
-    /// A protocol violation or over-limit packet.
-    Protocol(String),
+    /// A protocol violation or over-limit packet from the client.
+    Protocol(Violation),
+    /// The broker sent something the relay could not read.
+    BrokerGarbled(String),
     /// The hub is shutting down.
     Shutdown,
     /// The client's token or certificate expired.
@@ -60,6 +63,7 @@ impl std::fmt::Display for Ended {
             Ended::KeepAliveExpired => f.write_str("keep-alive expired"),
             Ended::ClientNotReading => f.write_str("client stopped reading; disconnected"),
             Ended::Protocol(e) => write!(f, "protocol violation: {e}"),
+            Ended::BrokerGarbled(e) => write!(f, "unreadable packet from the embedded broker: {e}"),
             Ended::Shutdown => f.write_str("hub shutting down"),
             Ended::CredentialsExpired => f.write_str(
                 "its token or certificate expired; the client must reconnect with a new one",
@@ -138,7 +142,15 @@ where
     };
     tokio::pin!(down);
     let ended = tokio::select! {
-        ended = up => ended,
+        ended = up => {
+            if let Ended::Protocol(why) = &ended {
+                // MQTT 5 clients are told why before the close (3.1.1 has no way to).
+                expired_session.set_goodbye(why.goodbye());
+                stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
+            }
+            ended
+        }
         ended = &mut down => ended,
         _ = expiry => {
             expired_session.set_goodbye(Goodbye::TokenExpired);
@@ -175,7 +187,7 @@ async fn upstream<R: AsyncRead + Unpin>(
 ) -> Ended {
     let keep_alive = session.keep_alive_timeout();
     let mut out = BytesMut::new();
-    let mut aliases: HashMap<u16, String> = HashMap::new();
+    let mut aliases = Aliases::default();
     let mut denied_qos2: HashSet<u16> = HashSet::new();
     let mut grow = ReadSize::new(16 * 1024);
     grow.reserve(&mut buf);
@@ -185,16 +197,15 @@ async fn upstream<R: AsyncRead + Unpin>(
     let mut published = 0u64;
     loop {
         // Handle every complete packet already buffered, then forward them in one write.
+        // A violation ends the session after what came before it is forwarded.
+        let mut violated = None;
         loop {
             let frame = match packet::next_frame(&mut buf, session.limits.max_packet_size) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    session.reject(match e {
-                        FrameError::TooLarge(_) => Reject::PacketTooLarge,
-                        FrameError::Malformed(_) => Reject::Malformed,
-                    });
-                    return Ended::Protocol(e.to_string());
+                    violated = Some(e.into());
+                    break;
                 }
             };
             if let Some(pause) = budget.take(frame.len(), Instant::now()) {
@@ -210,7 +221,16 @@ async fn upstream<R: AsyncRead + Unpin>(
                 }
                 tokio::time::sleep(pause).await;
             }
-            match packet::packet_type(&frame) {
+            // Nothing goes to the broker before the relay knows it may (and that rumqttd
+            // can take it: it panics on some packets only a server sends).
+            let packet_kind = match packet::client_packet(&frame, session.v5) {
+                Ok(packet_kind) => packet_kind,
+                Err(e) => {
+                    violated = Some(e);
+                    break;
+                }
+            };
+            match packet_kind {
                 kind::PUBLISH => match publish_allowed(&frame, &session, &mut aliases) {
                     Ok(None) => {
                         published += 1;
@@ -232,8 +252,8 @@ async fn upstream<R: AsyncRead + Unpin>(
                         }
                     }
                     Err(e) => {
-                        session.reject(Reject::Malformed);
-                        return Ended::Protocol(e);
+                        violated = Some(e);
+                        break;
                     }
                 },
                 kind::PUBACK => {
@@ -244,7 +264,10 @@ async fn upstream<R: AsyncRead + Unpin>(
                     }
                 }
                 kind::UNSUBSCRIBE => {
-                    session.note_unsubscribe(&frame);
+                    if let Err(e) = session.note_unsubscribe(&frame) {
+                        violated = Some(Violation::BadUnsubscribe(e));
+                        break;
+                    }
                     out.unsplit(frame);
                 }
                 kind::PUBREL => {
@@ -275,19 +298,17 @@ async fn upstream<R: AsyncRead + Unpin>(
                         }
                     }
                     Err(e) => {
-                        session.reject(Reject::Malformed);
-                        return Ended::Protocol(e);
+                        violated = Some(Violation::BadSubscribe(e));
+                        break;
                     }
                 },
                 kind::CONNECT => {
-                    session.reject(Reject::Malformed);
-                    return Ended::Protocol("second CONNECT".into());
+                    violated = Some(Violation::SecondConnect);
+                    break;
                 }
                 kind::AUTH => {
-                    session.reject(Reject::Malformed);
-                    return Ended::Protocol(
-                        "enhanced authentication (AUTH) is not supported".into(),
-                    );
+                    violated = Some(Violation::Auth);
+                    break;
                 }
                 kind::DISCONNECT => {
                     out.extend_from_slice(&frame);
@@ -296,6 +317,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                     }
                     return Ended::ClientDisconnected;
                 }
+                // PUBREC, PUBCOMP and PINGREQ, checked by `client_packet`.
                 _ => out.unsplit(frame),
             }
         }
@@ -308,6 +330,9 @@ async fn upstream<R: AsyncRead + Unpin>(
             // Unchanged frames are forwarded as views of the read buffer (`unsplit`, no
             // copy); dropping the view lets that buffer be reused for the next read.
             out = BytesMut::new();
+        }
+        if let Some(v) = violated {
+            return violation(&session, v);
         }
 
         let read = client.read_buf(&mut buf);
@@ -323,8 +348,7 @@ async fn upstream<R: AsyncRead + Unpin>(
             Ok(n) => grow.saw(n),
             Err(e) => {
                 if let Some(too_large) = FrameError::in_io(&e) {
-                    session.reject(Reject::PacketTooLarge);
-                    return Ended::Protocol(too_large.to_string());
+                    return violation(&session, too_large.clone().into());
                 }
                 return Ended::ClientGone(Some(e));
             }
@@ -341,27 +365,25 @@ enum Verdict {
     Deny(u8, u16, String),
 }
 
+/// Counts and ends the session for a client's protocol violation.
+fn violation(session: &Session, violation: Violation) -> Ended {
+    session.reject(violation.reject());
+    Ended::Protocol(violation)
+}
+
 /// `Ok(None)` to forward the frame unchanged.
 fn publish_allowed(
     frame: &[u8],
     session: &Session,
-    aliases: &mut HashMap<u16, String>,
-) -> Result<Option<Verdict>, String> {
-    let head = packet::publish_head(frame, session.v5).map_err(|e| e.to_string())?;
-    let topic: &str = match (head.topic_alias, head.topic.is_empty()) {
-        (Some(alias), false) => {
-            // The alias is bound to the topic checked below, so a later PUBLISH that uses
-            // only the alias is checked against the same topic the broker will route to.
-            aliases.insert(alias, head.topic.to_owned());
-            head.topic
-        }
-        (Some(alias), true) => match aliases.get(&alias) {
-            Some(t) => t.as_str(),
-            None => return Err(format!("topic alias {alias} used before it was set")),
-        },
-        (None, true) => return Err("PUBLISH without a topic".into()),
-        (None, false) => head.topic,
-    };
+    aliases: &mut Aliases,
+) -> Result<Option<Verdict>, Violation> {
+    let head = packet::publish_head(frame, session.v5)?;
+    if !head.topic.is_empty() {
+        packet::check_topic(head.topic)?;
+    }
+    // An alias is bound to the topic checked below, so a later PUBLISH that uses only the
+    // alias is checked against the same topic the broker will route to.
+    let topic = aliases.resolve(head.topic, head.topic_alias)?;
     if !session.can_publish(topic) {
         return Ok(Some(Verdict::Deny(head.qos, head.pkid, topic.to_owned())));
     }
@@ -455,7 +477,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
                     let frame = match packet::next_frame(&mut buf, usize::MAX >> 4) {
                         Ok(Some(frame)) => frame,
                         Ok(None) => break,
-                        Err(e) => return Ended::Protocol(format!("from broker: {e}")),
+                        Err(e) => return Ended::BrokerGarbled(e.to_string()),
                     };
                     let frame_kind = packet::packet_type(&frame);
                     // Deliveries go through custody only while some are upgraded (and
@@ -474,7 +496,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
                         if let Some(codes) = codes {
                             match session.merge_suback(frame, &codes) {
                                 Ok(merged) => out.extend_from_slice(&merged),
-                                Err(e) => return Ended::Protocol(format!("from broker: {e}")),
+                                Err(e) => return Ended::BrokerGarbled(e),
                             }
                             continue;
                         }
@@ -491,7 +513,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 Ok(false) => {
                     stalled_since.get_or_insert_with(tokio::time::Instant::now);
                 }
-                Err(e) => return Ended::Protocol(format!("from broker: {e}")),
+                Err(e) => return Ended::BrokerGarbled(e.to_string()),
             }
         }
         // Drain any replies that queued meanwhile so they share the write.

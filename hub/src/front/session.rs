@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use tracing::Level;
 
 use super::lock;
+use super::packet::truncate;
 use super::policy::{Login, Policy, Standing};
 use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
@@ -65,6 +67,11 @@ fn denied_code(v5: bool) -> u8 {
     }
 }
 
+// Kinds of lines for the front door's log limiter: a client may reconnect to repeat each.
+const REFUSED: &str = "client refused mid-session";
+const PUBLISH_DENIED: &str = "publish denied by ACL";
+const SUBSCRIPTION_DENIED: &str = "subscription denied by ACL";
+
 /// A connected, authenticated client.
 pub struct Session {
     /// MQTT 5 (else 3.1.1).
@@ -107,6 +114,18 @@ pub enum Goodbye {
     TokenExpired = 0xA0,
     /// A reload withdrew its certificate, login or rights ("not authorized").
     NotAuthorized = 0x87,
+    /// The client sent a packet that does not decode or has reserved bits wrong.
+    MalformedPacket = 0x81,
+    /// The client sent a packet it may not send, or one out of order.
+    ProtocolError = 0x82,
+    /// A PUBLISH topic the hub does not accept (one with wildcards).
+    TopicNameInvalid = 0x90,
+    /// A topic alias of 0 or above the maximum announced in the CONNACK.
+    TopicAliasInvalid = 0x94,
+    /// A packet over `max_packet_size`.
+    PacketTooLarge = 0x95,
+    /// A per-connection limit was exceeded (the topic alias quota).
+    QuotaExceeded = 0x97,
 }
 
 /// Who a session is and how it proved it, from admission.
@@ -205,16 +224,19 @@ impl Session {
         (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500))
     }
 
-    /// Counts a refusal and logs the first of each kind on this connection.
+    /// Counts a refusal and logs the first of each kind on this connection (a client that
+    /// reconnects to repeat one is limited by the front door's [`LogLimiter`]).
+    ///
+    /// [`LogLimiter`]: crate::logging::LogLimiter
     pub fn reject(&self, reason: Reject) {
         self.stats.reject(reason);
-        if lock(&self.logged).insert(reason) {
+        if lock(&self.logged).insert(reason) && self.stats.log.allow(REFUSED, Level::WARN) {
             tracing::warn!(
                 peer = %self.peer,
                 listener = %self.listener,
                 identity = %self.subject.identity,
                 reason = reason.as_str(),
-                "refused (further refusals of this kind on this connection are only counted)"
+                "{REFUSED} (further refusals of this kind on this connection are only counted)"
             );
         }
     }
@@ -222,10 +244,12 @@ impl Session {
     /// Counts and logs a denied PUBLISH.
     pub fn deny_publish(&self, topic: &str) {
         self.stats.reject(Reject::AclPublish);
-        if lock(&self.logged).insert(Reject::AclPublish) {
+        if lock(&self.logged).insert(Reject::AclPublish)
+            && self.stats.log.allow(PUBLISH_DENIED, Level::WARN)
+        {
             tracing::warn!(
                 peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
-                topic = %truncate(topic), "publish denied by ACL (further denials only counted)"
+                topic = %truncate(topic), "{PUBLISH_DENIED} (further denials only counted)"
             );
         }
     }
@@ -301,12 +325,12 @@ impl Session {
         let mut parsed = if self.v5 {
             match v5::Packet::read(&mut frame, Some(max as u32)) {
                 Ok(v5::Packet::Subscribe(s)) => ParsedSubscribe::V5(s),
-                other => return Err(format!("bad SUBSCRIBE: {other:?}")),
+                other => return Err(format!("{other:?}")),
             }
         } else {
             match v4::Packet::read(&mut frame, max) {
                 Ok(v4::Packet::Subscribe(s)) => ParsedSubscribe::V4(s),
-                other => return Err(format!("bad SUBSCRIBE: {other:?}")),
+                other => return Err(format!("{other:?}")),
             }
         };
         let (pkid, filters): (u16, Vec<&str>) = match &parsed {
@@ -331,10 +355,12 @@ impl Session {
         for (f, ok) in filters.iter().zip(&allowed) {
             if !ok {
                 self.stats.reject(Reject::AclSubscribe);
-                if lock(&self.logged).insert(Reject::AclSubscribe) {
+                if lock(&self.logged).insert(Reject::AclSubscribe)
+                    && self.stats.log.allow(SUBSCRIPTION_DENIED, Level::WARN)
+                {
                     tracing::warn!(
                         peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
-                        filter = %truncate(f), "subscription denied by ACL (further denials only counted)"
+                        filter = %truncate(f), "{SUBSCRIPTION_DENIED} (further denials only counted)"
                     );
                 }
             }
@@ -399,20 +425,20 @@ impl Session {
     }
 
     /// The client unsubscribes: a reload no longer judges those filters, and filters it
-    /// had at QoS 1 are no longer upgraded.
-    pub fn note_unsubscribe(&self, frame: &BytesMut) {
+    /// had at QoS 1 are no longer upgraded. Err when the UNSUBSCRIBE does not decode (it
+    /// is not forwarded then).
+    pub fn note_unsubscribe(&self, frame: &BytesMut) -> Result<(), String> {
         let mut frame = frame.clone();
         let max = self.limits.max_packet_size;
-        // A malformed UNSUBSCRIBE goes on to the broker, which closes the connection.
         let filters = if self.v5 {
             match v5::Packet::read(&mut frame, Some(max as u32)) {
                 Ok(v5::Packet::Unsubscribe(u)) => u.filters,
-                _ => return,
+                other => return Err(format!("{other:?}")),
             }
         } else {
             match v4::Packet::read(&mut frame, max) {
                 Ok(v4::Packet::Unsubscribe(u)) => u.topics,
-                _ => return,
+                other => return Err(format!("{other:?}")),
             }
         };
         lock(&self.subscriptions).retain(|s| !filters.contains(s));
@@ -421,6 +447,7 @@ impl Session {
                 custody.unsubscribe(filter);
             }
         }
+        Ok(())
     }
 
     /// Merges the broker's SUBACK for a rebuilt SUBSCRIBE with the hub's answers.
@@ -521,13 +548,6 @@ fn v5_from_code(c: u8) -> v5::SubscribeReasonCode {
         0xA1 => C::SubscriptionIdNotSupported,
         0xA2 => C::WildcardSubscriptionsNotSupported,
         _ => C::Unspecified,
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(128) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

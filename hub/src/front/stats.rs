@@ -1,6 +1,6 @@
 //! Counters for the front door. The admin endpoint renders them (`crate::metrics`); each
-//! counted event is logged where it is counted. The relay's traffic has its own,
-//! cheaper scheme ([`super::traffic`]).
+//! counted event is logged where it is counted, through [`FrontStats::log`] when a peer can
+//! repeat it at will. The relay's traffic has its own, cheaper scheme ([`super::traffic`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::lock;
 use super::traffic::RelayRegistry;
 pub use super::traffic::{RelayTotals, RelayTraffic};
+use crate::logging::LogLimiter;
 
 /// Reasons a connection, packet or request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,11 +44,13 @@ pub enum Reject {
     Throttled,
     /// The embedded broker did not accept a session (it should always).
     BrokerUnavailable,
+    /// An MQTT 5 client bound more topic-alias bytes than a connection may hold.
+    TopicAliasQuota,
 }
 
 impl Reject {
     /// Every reason, for rendering all counters.
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 16] = [
         Reject::TooManyConnections,
         Reject::ConnectionRate,
         Reject::TlsHandshake,
@@ -63,6 +66,7 @@ impl Reject {
         Reject::SlowConsumer,
         Reject::Throttled,
         Reject::BrokerUnavailable,
+        Reject::TopicAliasQuota,
     ];
 
     /// The reason's name in logs and metrics labels.
@@ -83,6 +87,7 @@ impl Reject {
             Reject::SlowConsumer => "slow_consumer",
             Reject::Throttled => "throttled",
             Reject::BrokerUnavailable => "broker_unavailable",
+            Reject::TopicAliasQuota => "topic_alias_quota",
         }
     }
 }
@@ -263,6 +268,9 @@ pub struct FrontStats {
     tls_failures: [AtomicU64; TlsFailure::ALL.len()],
     listeners: Mutex<Vec<(String, Arc<ListenerCounters>)>>,
     relays: RelayRegistry,
+    /// Limits the lines logged for events peers trigger at will; the counters above
+    /// still count every event.
+    pub log: LogLimiter,
 }
 
 impl FrontStats {

@@ -302,3 +302,43 @@ fn a_journal_path_that_is_not_a_writable_directory_gives_an_error_naming_it() {
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert_eq!(std::fs::read(&path).unwrap(), b"not a directory");
 }
+
+#[tokio::test]
+async fn after_a_refusal_later_records_of_that_session_are_refused_until_it_is_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = 8 + record("d", 1).encode().len() as u64;
+    let config = JournalConfig {
+        max_bytes: small * 3,
+        when_full: WhenFull::RefuseNew,
+        ..config()
+    };
+    let journal = open(dir.path(), &config);
+    journal.consumer("uplink").unwrap();
+    let session = |device: &str, seq| Some((device.to_owned(), 7, seq));
+    assert_eq!(
+        journal.append(&record("d", 1), session("d", 1)).await,
+        Ok(1)
+    );
+    // 2 is too big; 3 would fit but must not be taken past the hole at 2.
+    let mut big = record("d", 2);
+    big.telemetry.readings = vec![Reading::new("x", 1.0f64); 40];
+    assert_eq!(
+        journal.append(&big, session("d", 2)).await,
+        Err(AppendError::Full)
+    );
+    assert_eq!(
+        journal.append(&record("d", 3), session("d", 3)).await,
+        Err(AppendError::Full)
+    );
+    // Another device is not held up by d's hole.
+    assert_eq!(
+        journal.append(&record("e", 1), session("e", 1)).await,
+        Ok(2)
+    );
+    // d resends from its hole: taken.
+    assert_eq!(
+        journal.append(&record("d", 2), session("d", 2)).await,
+        Ok(3)
+    );
+    assert_eq!(journal.session("d"), Some((7, 2)));
+}

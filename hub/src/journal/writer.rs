@@ -3,6 +3,7 @@
 //! It runs on its own OS thread with a single-threaded runtime, so sled's blocking calls
 //! and fsyncs never hold up the hub's async workers.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ pub(super) fn spawn(
                 head,
                 last,
                 warned_at: None,
+                holes: Holes::default(),
             };
             runtime.block_on(writer.run(rx));
         })
@@ -61,6 +63,47 @@ struct Writer {
     head: watch::Sender<u64>,
     last: u64,
     warned_at: Option<Instant>,
+    holes: Holes,
+}
+
+/// The first record of each device session that was refused or failed to be written,
+/// until the device sends it again.
+///
+/// A device acknowledges cumulatively: the Ack for N+1 tells it that everything up to
+/// N+1 is held. So once record N of a session is refused, every later record of that
+/// session is refused too, even one that would fit, until N itself is taken; otherwise
+/// the Ack of N+1 would cover N, which the journal never had. One entry per device that
+/// was refused, removed when it is taken again, so the map is bounded by the devices.
+#[derive(Debug, Default)]
+struct Holes(HashMap<String, (u64, u64)>);
+
+impl Holes {
+    /// True when `append` comes after a refused record of the same device session.
+    fn blocks(&self, append: &Append) -> bool {
+        let Some((device, session, seq)) = &append.session else {
+            return false;
+        };
+        self.0
+            .get(device)
+            .is_some_and(|&(s, hole)| s == *session && *seq > hole)
+    }
+
+    /// `append` was refused or its write failed.
+    fn refused(&mut self, append: &Append) {
+        if let Some((device, session, seq)) = &append.session {
+            let hole = self.0.entry(device.clone()).or_insert((*session, *seq));
+            if hole.0 != *session || *seq < hole.1 {
+                *hole = (*session, *seq);
+            }
+        }
+    }
+
+    /// `append` is durable: the device resent from its hole, or started a new session.
+    fn taken(&mut self, append: &Append) {
+        if let Some((device, _, _)) = &append.session {
+            self.0.remove(device);
+        }
+    }
 }
 
 impl Writer {
@@ -126,30 +169,34 @@ impl Writer {
         let c = &shared.counters;
         let incoming: u64 = batch.iter().map(|a| (8 + a.record.len()) as u64).sum();
         let mut accepted = Vec::with_capacity(batch.len());
-        match self.config.when_full {
+        let mut room = match self.config.when_full {
             WhenFull::DropOldest => {
                 self.make_room(incoming);
-                accepted = batch;
+                u64::MAX
             }
-            WhenFull::RefuseNew => {
-                let mut room = self
-                    .config
-                    .max_bytes
-                    .saturating_sub(c.bytes.load(Ordering::Relaxed));
-                for a in batch {
-                    let size = (8 + a.record.len()) as u64;
-                    if size <= room {
-                        room -= size;
-                        accepted.push(a);
-                    } else {
-                        c.refused.fetch_add(1, Ordering::Relaxed);
-                        let _ = a.reply.send(Err(AppendError::Full));
-                    }
-                }
-                if c.refused.load(Ordering::Relaxed) > 0 {
-                    self.warn("journal full: refusing new telemetry until uplinks drain it (journal.when_full = \"refuse-new\")");
-                }
+            WhenFull::RefuseNew => self
+                .config
+                .max_bytes
+                .saturating_sub(c.bytes.load(Ordering::Relaxed)),
+        };
+        let mut full = false;
+        for a in batch {
+            let size = (8 + a.record.len()) as u64;
+            full |= size > room;
+            if size <= room && !self.holes.blocks(&a) {
+                room -= size;
+                // Taken now, so a later append of the same session in this batch is not
+                // blocked by the hole this one fills.
+                self.holes.taken(&a);
+                accepted.push(a);
+            } else {
+                self.holes.refused(&a);
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = a.reply.send(Err(AppendError::Full));
             }
+        }
+        if full {
+            self.warn("journal full: refusing new telemetry until uplinks drain it (journal.when_full = \"refuse-new\")");
         }
         if accepted.is_empty() {
             return;
@@ -196,6 +243,7 @@ impl Writer {
                 // Nothing is acknowledged: devices keep their data and resend it.
                 tracing::error!(dir = %self.shared.dir.display(), %error, "journal write failed; telemetry is refused until it works again");
                 for a in accepted {
+                    self.holes.refused(&a);
                     let _ = a.reply.send(Err(AppendError::Closed));
                 }
             }

@@ -107,32 +107,78 @@ impl RunningHub {
         let mut command = edgehub();
         command.arg("run").arg("--config").arg(&config);
         let mut hub = RunningHub::start(command);
+        // Logged once the hub serves: after "edgehub ready".
         let addr = hub.listener_addr("wss");
         (hub, addr)
     }
 
-    /// The address of listener `name` (in the order the config lists them), from the
-    /// line logged once the hub serves there.
-    pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
-        let line = self.wait_for_line(&format!("listener={name} "));
-        line.split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    /// Runs `edgehub run` with the in-process test hub's listeners and admin endpoint
+    /// ([`self::hub::LISTENERS`], ports the OS picks): hub `id`, data in `dir/data` (a development
+    /// PKI in `dir/data/pki`), `extra` TOML before the listeners. Find the addresses with
+    /// [`RunningHub::listener_addr`] and [`RunningHub::admin_addr`].
+    pub fn with_listeners(dir: &Path, id: &str, extra: &str) -> RunningHub {
+        let config = dir.join("edgehub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[hub]\nid = {id:?}\ndata_dir = {:?}\n\n{extra}\n{}",
+                dir.join("data").display().to_string(),
+                self::hub::LISTENERS,
+            ),
+        )
+        .expect("write config");
+        let mut command = edgehub();
+        command.arg("run").arg("--config").arg(&config);
+        RunningHub::start(command)
     }
 
-    /// The process's resident memory (VmRSS), in bytes.
+    /// The address the hub logged for the listener `name` ("listening listener=NAME ...
+    /// addr=A"), waiting for the line if it has not come yet.
+    pub fn listener_addr(&mut self, name: &str) -> SocketAddr {
+        self.logged_addr(&format!("listening listener={name} "))
+    }
+
+    /// The admin endpoint's address, as the hub logged it.
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        self.logged_addr("admin listening")
+    }
+
+    fn logged_addr(&mut self, needle: &str) -> SocketAddr {
+        let line = self.line(needle);
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+    }
+
+    /// The first stderr line containing `needle`, among those read already or, failing
+    /// that, the next ones.
+    pub fn line(&mut self, needle: &str) -> String {
+        match self.stderr.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for_line(needle),
+        }
+    }
+
+    /// Every stderr line so far, including those written since the last look.
+    pub fn lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stderr.push(line);
+        }
+        &self.stderr
+    }
+
+    /// The process's resident memory (VmRSS in /proc/PID/status), in bytes.
     pub fn resident_bytes(&self) -> u64 {
         let path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&path).expect("read the hub's /proc status");
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().strip_suffix("kB"))
             .and_then(|kib| kib.trim().parse::<u64>().ok())
             .map(|kib| kib * 1024)
-            .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -613,7 +659,7 @@ pub mod peer {
 
     use bytes::BytesMut;
     use rumqttc::mqttbytes::v4;
-    use rumqttc::v5::mqttbytes::v5;
+    use rumqttc::v5::mqttbytes::v5 as p5;
     use rumqttc::{MqttOptions, Packet, QoS};
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -660,13 +706,13 @@ pub mod peer {
             .unwrap_or_else(|e| panic!("connect from {from} to {to}: {e}"));
         let mut out = BytesMut::new();
         if v5 {
-            let connect = v5::Connect {
+            let connect = p5::Connect {
                 keep_alive: 30,
                 client_id: format!("login-{from}"),
                 clean_start: true,
                 properties: None,
             };
-            v5::Packet::Connect(connect, None, Some(v5::Login::new(user, password)))
+            p5::Packet::Connect(connect, None, Some(p5::Login::new(user, password)))
                 .write(&mut out, None)
                 .expect("encode CONNECT");
         } else {
@@ -770,6 +816,111 @@ pub mod peer {
                 }
             }
         }
+    }
+
+    /// An MQTT 5 CONNECT (clean start, no credentials, no properties).
+    pub fn connect_packet_v5(client_id: &str, keep_alive: u16) -> BytesMut {
+        let connect = p5::Connect {
+            keep_alive,
+            client_id: client_id.to_owned(),
+            clean_start: true,
+            properties: None,
+        };
+        let mut out = BytesMut::new();
+        p5::Packet::Connect(connect, None, None)
+            .write(&mut out, None)
+            .expect("encode CONNECT");
+        out
+    }
+
+    /// An MQTT 5 PUBLISH whose only property is `alias`, if given. The topic is written as
+    /// given, wildcards and all: rumqttc's client would refuse to send some of these.
+    pub fn publish_packet_v5(
+        topic: &str,
+        qos: u8,
+        pkid: u16,
+        alias: Option<u16>,
+        payload: &[u8],
+    ) -> BytesMut {
+        let properties = alias.map(|alias| p5::PublishProperties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        });
+        let qos = rumqttc::v5::mqttbytes::qos(qos).expect("QoS 0, 1 or 2");
+        let mut publish = p5::Publish::new(topic, qos, payload.to_vec(), properties);
+        publish.pkid = pkid;
+        let mut out = BytesMut::new();
+        publish.write(&mut out).expect("encode PUBLISH");
+        out
+    }
+
+    /// Reads the next MQTT 5 packet, keeping extra bytes in `buf`; `None` when the
+    /// connection closes or breaks first.
+    pub async fn read_packet_v5<R: AsyncRead + Unpin>(
+        io: &mut R,
+        buf: &mut BytesMut,
+    ) -> Option<p5::Packet> {
+        loop {
+            match p5::Packet::read(buf, None) {
+                Ok(packet) => return Some(packet),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("the hub sent bytes that are not MQTT 5: {e}"),
+            }
+            let read = tokio::time::timeout(DEADLINE, io.read_buf(buf))
+                .await
+                .expect("a packet or the end of the connection within the deadline");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A raw MQTT 5 session on plain TCP to `addr`: CONNECT sent (client id `name` made
+    /// unique, so that no session takes over another), CONNACK (success) read.
+    pub async fn mqtt5_session(addr: SocketAddr, name: &str) -> (TcpStream, p5::ConnAck) {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let client_id = format!("{name}-{:08x}", rand::random::<u32>());
+        tcp.write_all(&connect_packet_v5(&client_id, 30))
+            .await
+            .expect("write CONNECT");
+        let mut buf = BytesMut::new();
+        match read_packet_v5(&mut tcp, &mut buf).await {
+            Some(p5::Packet::ConnAck(ack)) if ack.code == p5::ConnectReturnCode::Success => {
+                assert!(buf.is_empty(), "bytes after CONNACK: {buf:?}");
+                (tcp, ack)
+            }
+            other => panic!("expected a successful CONNACK, got {other:?}"),
+        }
+    }
+
+    /// [`mqtt5_session`] in MQTT 3.1.1.
+    pub async fn mqtt311_session(addr: SocketAddr, name: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let client_id = format!("{name}-{:08x}", rand::random::<u32>());
+        tcp.write_all(&connect_packet(&client_id, 30))
+            .await
+            .expect("write CONNECT");
+        let mut buf = BytesMut::new();
+        match read_packet(&mut tcp, &mut buf).await {
+            Some(v4::Packet::ConnAck(ack)) if ack.code == v4::ConnectReturnCode::Success => tcp,
+            other => panic!("expected a successful CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Reads an MQTT 5 session to its end and returns the reason of the DISCONNECT the hub
+    /// sent before closing, if it sent one; panics on any other packet.
+    pub async fn v5_goodbye<R: AsyncRead + Unpin>(io: &mut R) -> Option<p5::DisconnectReasonCode> {
+        let closed = read_until_closed(io).await;
+        let mut buf = BytesMut::from(&closed.received[..]);
+        let mut reason = None;
+        while !buf.is_empty() {
+            match p5::Packet::read(&mut buf, None) {
+                Ok(p5::Packet::Disconnect(d)) => reason = Some(d.reason_code),
+                other => panic!("expected at most a DISCONNECT before the close, got {other:?}"),
+            }
+        }
+        reason
     }
 
     /// TCP then TLS (server name "localhost") to `addr`.
