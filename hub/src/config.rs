@@ -616,7 +616,7 @@ mod tests {
         assert_eq!(key, "auth.failed_logins.max_failures");
         let config = parse("[auth.failed_logins]\nmax_failures = 10\n").expect("valid");
         assert_eq!(config.auth.failed_logins.max_failures.get(), 10);
-        assert_eq!(config.auth.failed_logins.lockout, Duration::from_secs(1));
+        assert_eq!(config.auth.failed_logins.lockout, Duration::from_secs(5));
     }
 
     /// A TOML basic string for any text, including control characters.

@@ -11,9 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hub::front::Reject;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use support::admin;
 use support::client::{Ack, Connect, Peer, Refused, Sub, Version, VERSIONS};
 use support::hub::{TestHub, MQTT, WS, WSS_LOGIN};
-use support::peer::login_from;
+use support::mqtt::Via;
+use support::peer::{good_client_exchanges_a_message, login_from};
 use support::RunningHub;
 
 /// A password user with an explicit role.
@@ -467,9 +469,12 @@ async fn a_burst_of_failures_locks_its_address_and_name_until_the_lock_passes_an
         dir.path(),
         "[auth.failed_logins]\nmax_failures = 3\nlockout = \"3s\"\nmax_lockout = \"3s\"\n",
     );
+    let wss = hub.listener_addr("wss");
+    let admin = hub.admin_addr();
     let attacker = IpAddr::from([127, 2, 0, 1]);
     let elsewhere = IpAddr::from([127, 2, 0, 2]);
     let (user, right) = SENSOR;
+    let (other, other_password) = DASHBOARD_ANN;
     for n in 0..3 {
         let code = login_from(attacker, addr, false, user, &format!("guess {n}")).await;
         assert_eq!(code, BAD_CREDENTIALS, "guess {n} is checked");
@@ -488,17 +493,29 @@ async fn a_burst_of_failures_locks_its_address_and_name_until_the_lock_passes_an
         login_from(attacker, addr, true, user, right).await,
         QUOTA_EXCEEDED
     );
-    // The name is locked from every address, so more addresses buy no more guesses...
+    // The address is locked for every name...
+    assert_eq!(
+        login_from(attacker, addr, true, other, other_password).await,
+        QUOTA_EXCEEDED
+    );
+    // ...and the name from every address, so more addresses buy no more guesses...
     assert_eq!(
         login_from(elsewhere, addr, true, user, right).await,
         QUOTA_EXCEEDED
     );
-    // ...while another user from another address is not affected.
-    let (other, other_password) = DASHBOARD_ANN;
+    // ...while another user from another address is not affected, nor are clients with
+    // certificates, which no password lock concerns.
     assert_eq!(
         login_from(elsewhere, addr, true, other, other_password).await,
         ACCEPTED
     );
+    good_client_exchanges_a_message(&dir.path().join("data/pki"), wss, Via::Wss).await;
+
+    // Every failure and every refusal counted, exactly: 3 checked, 24 refused unchecked.
+    let metrics = admin::scrape(admin).await;
+    let rejections = |reason| metrics.value("edgehub_rejections_total", &[("reason", reason)]);
+    assert_eq!(rejections("not_authorized"), 3.0);
+    assert_eq!(rejections("login_locked"), 24.0);
 
     // Refusals do not extend a lock: once it has passed, the right password works again.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -512,7 +529,7 @@ async fn a_burst_of_failures_locks_its_address_and_name_until_the_lock_passes_an
             break;
         }
     }
-    // 23 refusals, two locks (the address's, then the name's): one line each.
+    // 24 refusals, two locks (the address's, then the name's): one line each.
     let stderr = hub.stderr();
     let lock_lines: Vec<&str> = stderr
         .lines()
@@ -527,13 +544,43 @@ async fn a_burst_of_failures_locks_its_address_and_name_until_the_lock_passes_an
 }
 
 #[tokio::test]
+async fn guesses_at_a_name_from_other_addresses_do_not_lock_it_out_where_it_logged_in_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A lock far longer than the test: only the trusted address gets the user in.
+    let (_hub, addr) = password_hub(
+        dir.path(),
+        "[auth.failed_logins]\nmax_failures = 3\nlockout = \"1h\"\nmax_lockout = \"1h\"\n",
+    );
+    let (user, right) = DASHBOARD_ANN;
+    let home = IpAddr::from([127, 3, 0, 1]);
+    assert_eq!(login_from(home, addr, true, user, right).await, ACCEPTED);
+    // Guessers, each from its own address, so no address lock stops them: the name is.
+    for n in 0..3u32 {
+        let from = IpAddr::from([127, 4, 0, 1 + n as u8]);
+        let code = login_from(from, addr, false, user, &format!("guess {n}")).await;
+        assert_eq!(code, BAD_CREDENTIALS, "guess {n} is checked");
+    }
+    let stranger = IpAddr::from([127, 4, 1, 1]);
+    assert_eq!(
+        login_from(stranger, addr, true, user, right).await,
+        QUOTA_EXCEEDED,
+        "a new address gets no more guesses, even with the right password"
+    );
+    assert_eq!(
+        login_from(home, addr, true, user, right).await,
+        ACCEPTED,
+        "the user still logs in from where it did before"
+    );
+}
+
+#[tokio::test]
 async fn a_token_client_still_logs_in_from_an_address_locked_for_password_guesses() {
     let hub = TestHub::start(&format!(
-        "{}[auth.failed_logins]\nlockout = \"1h\"\nmax_lockout = \"1h\"\n",
+        "{}[auth.failed_logins]\nmax_failures = 5\nlockout = \"1h\"\nmax_lockout = \"1h\"\n",
         auth_toml()
     ))
     .await;
-    // Five wrong passwords (the default) from 127.0.0.1 lock it for password logins.
+    // Five wrong passwords from 127.0.0.1 lock it for password logins.
     for n in 0..5 {
         let refused = login(
             &hub,

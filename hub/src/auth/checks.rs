@@ -138,7 +138,7 @@ impl PasswordChecks {
         .await
         .map_err(|e| LoginRefused::Interrupted(e.to_string()))?;
         match &verdict {
-            Ok(_) => self.limiter().succeeded(peer, user),
+            Ok(_) => self.limiter().succeeded(peer, user, Instant::now()),
             Err(AuthError::UnknownUser) if may_be_token => {}
             Err(_) => self.failed(auth, peer, user),
         }

@@ -2,6 +2,15 @@
 //! failures in a row the address or name is locked for a while, doubling with each
 //! further failure, and a locked one is refused before argon2 runs.
 //!
+//! The name lock is what stops a guesser with many addresses, but it is also a way to keep
+//! the real user out. So a name's lock does not apply from an address that name logged in
+//! from successfully since the hub started (OWASP's "device cookie", by address): the
+//! guesser cannot lock a user out of where it usually logs in, and gets no more guesses
+//! there than that address's own budget. A success clears its address's count, so that
+//! clients sharing one address (a NAT, a proxy on the gateway) do not lock each other out
+//! with occasional mistakes, but not its name's: the user needs no reset where it logs in,
+//! and a guesser elsewhere must not get fresh guesses each time the user logs in.
+//!
 //! I/O-free: the caller passes `now`, so the rules are tested without sleeping.
 
 use std::collections::HashMap;
@@ -12,17 +21,19 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-/// Addresses, and separately user names, the limiter remembers at most. About 50 bytes
-/// each, so the limiter stays under a MiB however many addresses or names a flood uses;
-/// past this the least locked entry is forgotten first.
+/// Addresses, user names, and (name, address) pairs that logged in, the limiter remembers
+/// at most, each. About 50 bytes an entry, so the limiter stays under a MiB however many
+/// addresses or names a flood uses; past this the least locked entry (the oldest pair) is
+/// forgotten first.
 pub const TRACKED_KEYS: usize = 4096;
 
 /// The longest `max_lockout` accepted: a longer lock would turn one attacker's guesses
 /// into a day-long outage for the real user.
 const MAX_LOCKOUT_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
-/// Enough for a typo or two and a password manager's retry, far too few to guess with.
-const DEFAULT_MAX_FAILURES: NonZeroU32 = NonZeroU32::new(5).expect("5 is not zero");
+/// Enough for typos, a password manager's retries and a few clients behind one NAT
+/// address, far too few to guess with.
+const DEFAULT_MAX_FAILURES: NonZeroU32 = NonZeroU32::new(10).expect("10 is not zero");
 
 /// `[auth.failed_logins]`: when failed password logins lock an address or a user name.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -43,8 +54,10 @@ impl Default for FailedLogins {
     fn default() -> Self {
         FailedLogins {
             max_failures: DEFAULT_MAX_FAILURES,
-            lockout: Duration::from_secs(1),
-            max_lockout: Duration::from_secs(300),
+            // 5 s, 10 s, 20 s, 40 s, then 1 min per guess: about 1,400 guesses a day at one
+            // name however many addresses guess, and a typing user never waits long.
+            lockout: Duration::from_secs(5),
+            max_lockout: Duration::from_secs(60),
         }
     }
 }
@@ -119,6 +132,10 @@ pub struct Lock {
 pub struct LoginLimiter {
     addresses: Strikes<IpAddr>,
     users: Strikes<u64>,
+    /// (name, address) pairs that logged in successfully: the name's lock does not apply
+    /// there. The value is the last success, to forget the oldest pair when full.
+    trusted: HashMap<(u64, IpAddr), Instant>,
+    capacity: usize,
     /// User names are remembered as keyed hashes: fixed-size entries whatever a client
     /// sends (an MQTT user name may be 64 KiB), and collisions no client can aim for.
     names: RandomState,
@@ -131,11 +148,14 @@ impl Default for LoginLimiter {
 }
 
 impl LoginLimiter {
-    /// A limiter remembering at most `capacity` addresses and as many user names.
+    /// A limiter remembering at most `capacity` addresses, as many user names and as many
+    /// (name, address) pairs that logged in.
     pub fn with_capacity(capacity: usize) -> LoginLimiter {
         LoginLimiter {
             addresses: Strikes::new(capacity),
             users: Strikes::new(capacity),
+            trusted: HashMap::new(),
+            capacity: capacity.max(1),
             names: RandomState::new(),
         }
     }
@@ -149,11 +169,15 @@ impl LoginLimiter {
         rules: &FailedLogins,
     ) -> Result<(), Lock> {
         let user = self.names.hash_one(user);
-        if let Some(lock) = self.addresses.lock(&address_key(peer), now, rules) {
+        let address = address_key(peer);
+        if let Some(lock) = self.addresses.lock(&address, now, rules) {
             return Err(Lock {
                 key: LockedKey::Address,
                 ..lock
             });
+        }
+        if self.trusted.contains_key(&(user, address)) {
+            return Ok(());
         }
         if let Some(lock) = self.users.lock(&user, now, rules) {
             return Err(Lock {
@@ -171,17 +195,29 @@ impl LoginLimiter {
         self.users.fail(user, now, rules);
     }
 
-    /// A successful login clears its address and its name.
-    pub fn succeeded(&mut self, peer: IpAddr, user: &str) {
-        let user = self.names.hash_one(user);
-        self.addresses.entries.remove(&address_key(peer));
-        self.users.entries.remove(&user);
+    /// A successful login from `peer` as `user` at `now`: clears the address's count and
+    /// the name's lock no longer applies from that address (see the module's doc).
+    pub fn succeeded(&mut self, peer: IpAddr, user: &str, now: Instant) {
+        let pair = (self.names.hash_one(user), address_key(peer));
+        self.addresses.entries.remove(&pair.1);
+        if !self.trusted.contains_key(&pair) && self.trusted.len() >= self.capacity {
+            // Successes each cost an argon2 check, so this scan is rare and paced.
+            let oldest = self
+                .trusted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                self.trusted.remove(&oldest);
+            }
+        }
+        self.trusted.insert(pair, now);
     }
 
-    /// Addresses and names remembered now.
+    /// Addresses, names and trusted pairs remembered now.
     #[cfg(test)]
     pub fn tracked(&self) -> usize {
-        self.addresses.entries.len() + self.users.entries.len()
+        self.addresses.entries.len() + self.users.entries.len() + self.trusted.len()
     }
 }
 
@@ -362,23 +398,59 @@ mod tests {
     }
 
     #[test]
-    fn a_success_clears_its_address_and_name_and_quiet_keys_are_forgotten() {
+    fn a_name_locked_by_guesses_elsewhere_still_logs_in_where_it_logged_in_before() {
+        let rules = rules();
+        let mut limiter = LoginLimiter::default();
+        let now = Instant::now();
+        let home = ip("192.0.2.1");
+        limiter.succeeded(home, "admin", now);
+        for n in 1..=3 {
+            limiter.failed(ip(&format!("198.51.100.{n}")), "admin", now, &rules);
+        }
+        assert_eq!(
+            limiter
+                .check(ip("203.0.113.9"), "admin", now, &rules)
+                .map_err(|l| l.key),
+            Err(LockedKey::User),
+            "a new address gets no more guesses at admin"
+        );
+        assert!(
+            limiter.check(home, "admin", now, &rules).is_ok(),
+            "admin's own address is not locked out by someone else's guesses"
+        );
+        // Guessing from the trusted address spends that address's own budget.
+        for _ in 0..3 {
+            limiter.failed(home, "admin", now, &rules);
+        }
+        assert_eq!(
+            limiter.check(home, "admin", now, &rules).map_err(|l| l.key),
+            Err(LockedKey::Address)
+        );
+    }
+
+    #[test]
+    fn a_success_clears_its_addresses_count_not_its_names_and_quiet_keys_are_forgotten() {
         let rules = rules();
         let mut limiter = LoginLimiter::default();
         let peer = ip("192.0.2.1");
         let now = Instant::now();
         limiter.failed(peer, "alice", now, &rules);
         limiter.failed(peer, "alice", now, &rules);
-        limiter.succeeded(peer, "alice");
-        limiter.failed(peer, "alice", now, &rules);
-        limiter.failed(peer, "alice", now, &rules);
+        // Someone else behind the same address logs in.
+        limiter.succeeded(peer, "bob", now);
+        limiter.failed(peer, "carol", now, &rules);
         assert!(
-            limiter.check(peer, "alice", now, &rules).is_ok(),
-            "the count started again after the success"
+            limiter.check(peer, "dave", now, &rules).is_ok(),
+            "the address's count started again after the success"
         );
-        assert_eq!(limiter.tracked(), 2);
-        // max_lockout after its last failure, an unlocked key is forgotten.
-        let later = now + rules.max_lockout;
+        // alice's name has 2 failures (bob's success did not touch it): one more locks it.
+        limiter.failed(ip("198.51.100.1"), "alice", now, &rules);
+        assert_eq!(
+            limiter.check(peer, "alice", now, &rules).map_err(|l| l.key),
+            Err(LockedKey::User)
+        );
+        // max_lockout after the end of its lock, a key is forgotten.
+        let later = now + rules.lockout + rules.max_lockout;
         limiter.failed(peer, "alice", later, &rules);
         assert!(
             limiter.check(peer, "alice", later, &rules).is_ok(),
@@ -426,7 +498,8 @@ mod tests {
             // Names longer than any real one: their size must not matter either.
             let name = format!("{n}-{}", "x".repeat(1000));
             limiter.failed(peer, &name, now, &rules);
-            assert!(limiter.tracked() <= 2 * capacity, "after {n} keys");
+            limiter.succeeded(peer, &name, now);
+            assert!(limiter.tracked() <= 3 * capacity, "after {n} keys");
         }
         assert_eq!(
             limiter
