@@ -279,6 +279,10 @@ impl Hub {
         device_stages.spawn("serial ports", move |token| {
             serial::run(serial_ports, serial_gateway, token)
         });
+        let log_gateway = gateway.clone();
+        device_stages.spawn("device log summaries", move |token| async move {
+            log_gateway.stats.log.run(token).await;
+        });
         let stats_gateway = gateway.clone();
         let interval = config.hub.stats_interval;
         let uplink_status = uplinks.iter().map(|u| u.status()).collect();

@@ -546,7 +546,9 @@ where
     } else {
         Protocol::Mqtt311
     });
-    tracing::info!(
+    crate::info_limited!(
+        shared.stats.log,
+        "client connected",
         role = %admitted.subject.role,
         client_id = %admitted.subject.client_id,
         protocol = if admitted.v5 { "5" } else { "3.1.1" },
@@ -594,5 +596,10 @@ where
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);
     }
-    tracing::info!(reason = %ended, "client disconnected");
+    crate::info_limited!(
+        shared.stats.log,
+        "client disconnected",
+        reason = %ended,
+        "client disconnected"
+    );
 }
