@@ -253,7 +253,8 @@ fn traffic_families(
         "edgehub_dropped_total",
         Kind::Counter,
         "Messages dropped or refused, by reason: journal_full and journal_age (records removed \
-         before every consumer had them, when_full = drop-oldest and max_age), journal_refused \
+         that at least one consumer will never forward, each once, when_full = drop-oldest and \
+         max_age; per consumer: edgehub_journal_consumer_dropped_total), journal_refused \
          (telemetry refused with Busy when the journal is full under refuse-new, or closed), \
          command_router_busy, uplink_refused (records an upstream refused; not resent).",
     );
@@ -440,6 +441,24 @@ fn journal_families(e: &mut Exposition, g: &Gateway, now_ms: u64) {
     );
     for (name, lag) in &j.consumers {
         f.sample(&[("consumer", name)], lag.records);
+    }
+    let mut f = e.family(
+        "edgehub_journal_consumer_dropped_total",
+        Kind::Counter,
+        "Records each consumer will never forward, by reason: journal_full (removed for \
+         max_bytes) and journal_age (for max_age) before it handled or read them. Exact per \
+         consumer: forwarded (or skipped by its filters) + dropped = appended. A record \
+         removed while in flight is forwarded from memory and not counted.",
+    );
+    for (name, lag) in &j.consumers {
+        f.sample(
+            &[("consumer", name), ("reason", "journal_full")],
+            lag.dropped_full,
+        )
+        .sample(
+            &[("consumer", name), ("reason", "journal_age")],
+            lag.dropped_age,
+        );
     }
 }
 
