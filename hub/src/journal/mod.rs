@@ -103,6 +103,10 @@ pub struct Counters {
     pub dropped_age: AtomicU64,
     /// Appends refused because the journal was full.
     pub refused: AtomicU64,
+    /// Bytes the journal directory takes on disk (blocks allocated to its files), sampled
+    /// by the writer once a second: sled's own overhead on top of `bytes`, which
+    /// `max_bytes` does not bound (see [`JournalConfig::max_bytes`]).
+    pub disk_bytes: AtomicU64,
 }
 
 /// A consumer's name and its cursor: every record at or below it has been handled.
@@ -137,6 +141,8 @@ pub struct JournalStats {
     pub dropped_age: u64,
     /// Appends refused since start.
     pub refused: u64,
+    /// Bytes the journal directory takes on disk, as last sampled.
+    pub disk_bytes: u64,
 }
 
 /// How far behind one consumer is.
@@ -188,6 +194,24 @@ fn redo_sessions(records: &sled::Tree, sessions: &sled::Tree, db: &sled::Db) -> 
     sessions.apply_batch(batch)?;
     db.flush()?;
     Ok(read)
+}
+
+/// Blocks allocated to the files under `dir`. Unreadable entries count 0: the figure is
+/// for an operator's gauge, and a file sled removes while we walk is not an error.
+fn dir_disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => dir_disk_bytes(&entry.path()),
+            // st_blocks is in 512-byte units whatever the file system's block size.
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The pending answer for a submitted record: resolves to its sequence number once it is
@@ -277,6 +301,9 @@ impl Journal {
         }
         counters.records.store(count, Ordering::Relaxed);
         counters.bytes.store(bytes, Ordering::Relaxed);
+        counters
+            .disk_bytes
+            .store(dir_disk_bytes(dir), Ordering::Relaxed);
         let last = match records.last().map_err(open_err)? {
             Some((k, _)) => record::seq_of(&k),
             None => 0,
@@ -564,7 +591,16 @@ impl Journal {
             dropped_full: load(&c.dropped_full),
             dropped_age: load(&c.dropped_age),
             refused: load(&c.refused),
+            disk_bytes: load(&c.disk_bytes),
         }
+    }
+
+    /// Measures the bytes the journal directory takes on disk now: blocks allocated to
+    /// its files, as `du` counts them, so sparse files and sled's preallocation count as
+    /// the disk sees them. One `stat` per file (a handful: sled's log, its config,
+    /// snapshots, blobs). The writer keeps [`Counters::disk_bytes`] up to date with it.
+    pub fn disk_bytes(&self) -> u64 {
+        dir_disk_bytes(&self.shared.dir)
     }
 
     /// Flushes everything written so far, cursors included. Blocking.

@@ -147,6 +147,10 @@ impl Writer {
                 }
                 _ = tick.tick() => {
                     self.clean();
+                    // Sampled here, not per append: a few stats a second, off the async
+                    // workers, for the operator's gauge.
+                    let disk = super::dir_disk_bytes(&self.shared.dir);
+                    self.shared.counters.disk_bytes.store(disk, Ordering::Relaxed);
                     // Persist cursors moved since the last group commit.
                     if let Err(error) = self.shared.db.flush() {
                         tracing::error!(%error, "journal: flush failed");

@@ -413,6 +413,14 @@ fn journal_families(e: &mut Exposition, g: &Gateway, now_ms: u64) {
         "Bytes of records held in the journal (keys and values).",
     )
     .value(j.bytes);
+    e.family(
+        "edgehub_journal_disk_bytes",
+        Kind::Gauge,
+        "Bytes the journal directory takes on disk (blocks allocated, as du counts them), \
+         sampled every second: sled's segments, snapshots and free space on top of \
+         edgehub_journal_size_bytes, which is what [journal] max_bytes bounds.",
+    )
+    .value(j.disk_bytes);
     let age = j
         .oldest
         .map_or(0.0, |(_, t)| now_ms.saturating_sub(t) as f64 / 1000.0);
