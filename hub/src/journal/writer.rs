@@ -57,6 +57,15 @@ pub(super) fn spawn(
         .map_err(JournalError::Thread)
 }
 
+/// Why records are removed before every consumer handled them.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// The disk budget (`max_bytes`, drop-oldest).
+    Full,
+    /// Their age (`max_age`).
+    Age,
+}
+
 struct Writer {
     shared: Arc<Shared>,
     config: JournalConfig,
@@ -138,6 +147,10 @@ impl Writer {
                 }
                 _ = tick.tick() => {
                     self.clean();
+                    // Sampled here, not per append: a few stats a second, off the async
+                    // workers, for the operator's gauge.
+                    let disk = super::dir_disk_bytes(&self.shared.dir);
+                    self.shared.counters.disk_bytes.store(disk, Ordering::Relaxed);
                     // Persist cursors moved since the last group commit.
                     if let Err(error) = self.shared.db.flush() {
                         tracing::error!(%error, "journal: flush failed");
@@ -255,23 +268,25 @@ impl Writer {
         let shared = self.shared.clone();
         let c = &shared.counters;
         let budget = self.config.max_bytes;
-        if c.bytes.load(Ordering::Relaxed) + incoming <= budget {
+        let held = c.bytes.load(Ordering::Relaxed);
+        if held + incoming <= budget {
             return;
         }
-        let mut removed = 0u64;
-        let mut batch = sled::Batch::default();
-        let mut bytes = c.bytes.load(Ordering::Relaxed);
-        for item in self.shared.records.iter() {
-            if bytes + incoming <= budget {
-                break;
+        let mut excess = held + incoming - budget;
+        let mut lost = 0;
+        while excess > 0 {
+            let removed = self.remove_front(Loss::Full, |_, _, size| {
+                let take = excess > 0;
+                excess = excess.saturating_sub(size);
+                take
+            });
+            match removed {
+                Some(n) => lost += n,
+                None => break,
             }
-            let Ok((k, v)) = item else { break };
-            bytes = bytes.saturating_sub((k.len() + v.len()) as u64);
-            batch.remove(k);
-            removed += 1;
         }
-        if self.apply_removal(batch, removed, c.bytes.load(Ordering::Relaxed) - bytes) {
-            c.dropped_full.fetch_add(removed, Ordering::Relaxed);
+        c.dropped_full.fetch_add(lost, Ordering::Relaxed);
+        if lost > 0 {
             self.warn("journal disk budget reached: dropping the oldest records not yet forwarded (journal.max_bytes)");
         }
     }
@@ -280,7 +295,10 @@ impl Writer {
     fn clean(&mut self) {
         let shared = self.shared.clone();
         let c = &shared.counters;
-        let consumed = lock(&self.shared.consumers).values().copied().min();
+        let consumed = lock(&self.shared.consumers)
+            .values()
+            .map(|r| r.cursor)
+            .min();
         if let Some(min) = consumed.filter(|&m| m > 0) {
             for _ in 0..REMOVAL_CHUNKS {
                 let (batch, removed, bytes) = self.collect(|seq, _| seq <= min);
@@ -291,13 +309,63 @@ impl Writer {
         }
         let max_age = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = crate::devices::wall_ms().saturating_sub(max_age);
-        let (batch, removed, bytes) = self.collect(|_, hub_time| hub_time < cutoff);
-        if self.apply_removal(batch, removed, bytes) {
-            c.dropped_age.fetch_add(removed, Ordering::Relaxed);
-            self.warn(
-                "journal records older than journal.max_age dropped before they were forwarded",
-            );
+        if let Some(lost) = self.remove_front(Loss::Age, |_, hub_time, _| hub_time < cutoff) {
+            c.dropped_age.fetch_add(lost, Ordering::Relaxed);
+            if lost > 0 {
+                self.warn(
+                    "journal records older than journal.max_age dropped before they were forwarded",
+                );
+            }
         }
+    }
+
+    /// Removes the leading records (at most one chunk) for which `remove(seq, hub_time,
+    /// size)` holds, and returns how many of them some consumer will never forward, or
+    /// `None` if nothing was removed; each consumer's own count of `why` grows by those
+    /// it lacked. The consumers stay locked from the count to the removal, so no read
+    /// hands one of these records over in between: each is either held by a consumer or
+    /// counted for it, never both.
+    fn remove_front(
+        &self,
+        why: Loss,
+        mut remove: impl FnMut(u64, u64, u64) -> bool,
+    ) -> Option<u64> {
+        let mut consumers = lock(&self.shared.consumers);
+        let mut batch = sled::Batch::default();
+        // Per consumer, in the map's order: the removed records it lacks.
+        let mut lacking = vec![0u64; consumers.len()];
+        let (mut removed, mut bytes, mut lost) = (0u64, 0u64, 0u64);
+        for item in self.shared.records.iter() {
+            let Ok((k, v)) = item else { break };
+            let seq = record::seq_of(&k);
+            let size = (k.len() + v.len()) as u64;
+            if removed >= REMOVAL_CHUNK || !remove(seq, record::hub_time_of(&v), size) {
+                break;
+            }
+            let mut anyone = consumers.is_empty();
+            for (n, reader) in lacking.iter_mut().zip(consumers.values()) {
+                if !reader.has(seq) {
+                    *n += 1;
+                    anyone = true;
+                }
+            }
+            // Counted once however many consumers lack it; with none registered nobody
+            // has it.
+            lost += u64::from(anyone);
+            bytes += size;
+            batch.remove(k);
+            removed += 1;
+        }
+        if !self.apply_removal(batch, removed, bytes) {
+            return None;
+        }
+        for (reader, n) in consumers.values_mut().zip(lacking) {
+            match why {
+                Loss::Full => reader.dropped_full += n,
+                Loss::Age => reader.dropped_age += n,
+            }
+        }
+        Some(lost)
     }
 
     /// The leading records for which `remove(seq, hub_time)` holds.
