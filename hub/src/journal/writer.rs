@@ -51,6 +51,7 @@ pub(super) fn spawn(
                 last,
                 warned_at: None,
                 holes: Holes::default(),
+                failing: Failing::default(),
             };
             runtime.block_on(writer.run(rx));
         })
@@ -73,6 +74,54 @@ struct Writer {
     last: u64,
     warned_at: Option<Instant>,
     holes: Holes,
+    failing: Failing,
+}
+
+/// A run of failed writes: logged when it starts, summarised every minute while it lasts
+/// and when it ends, so that a full disk under a flood of telemetry does not write an
+/// error line per group commit (devices are told each time: they get an Error).
+#[derive(Debug, Default)]
+struct Failing {
+    since: Option<Instant>,
+    reported_at: Option<Instant>,
+    failed: u64,
+}
+
+/// How often a run of failed writes is summarised while it lasts.
+const FAILING_REPORT: Duration = Duration::from_secs(60);
+
+impl Failing {
+    /// A write failed at `now`: whether to log it, and how.
+    fn failed(&mut self, now: Instant) -> Option<FailingReport> {
+        self.failed += 1;
+        let Some(since) = self.since else {
+            self.since = Some(now);
+            self.reported_at = Some(now);
+            return Some(FailingReport::Started);
+        };
+        if self.reported_at.is_some_and(|at| now < at + FAILING_REPORT) {
+            return None;
+        }
+        self.reported_at = Some(now);
+        Some(FailingReport::Still {
+            failed: self.failed,
+            since: now - since,
+        })
+    }
+
+    /// A write succeeded at `now`: the failed writes and for how long, if a run ended.
+    fn succeeded(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let ended = self.since.map(|since| (self.failed, now - since));
+        *self = Failing::default();
+        ended
+    }
+}
+
+/// What to log about a run of failed writes.
+#[derive(Debug, PartialEq, Eq)]
+enum FailingReport {
+    Started,
+    Still { failed: u64, since: Duration },
 }
 
 /// The first record of each device session that was refused or failed to be written,
@@ -241,6 +290,9 @@ impl Writer {
             .and_then(|()| self.shared.db.flush().map(|_| ()));
         match written {
             Ok(()) => {
+                if let Some((failed, over)) = self.failing.succeeded(Instant::now()) {
+                    tracing::info!(failed_writes = failed, failed_for = ?over, "journal writes work again");
+                }
                 c.flushes.fetch_add(1, Ordering::Relaxed);
                 c.appended
                     .fetch_add(accepted.len() as u64, Ordering::Relaxed);
@@ -254,7 +306,16 @@ impl Writer {
             }
             Err(error) => {
                 // Nothing is acknowledged: devices keep their data and resend it.
-                tracing::error!(dir = %self.shared.dir.display(), %error, "journal write failed; telemetry is refused until it works again");
+                let dir = self.shared.dir.display();
+                match self.failing.failed(Instant::now()) {
+                    Some(FailingReport::Started) => {
+                        tracing::error!(%dir, %error, "journal write failed; telemetry is refused until it works again (check the disk: df, dmesg)")
+                    }
+                    Some(FailingReport::Still { failed, since }) => {
+                        tracing::error!(%dir, %error, failed_writes = failed, failing_for = ?since, "journal writes still failing; telemetry is refused")
+                    }
+                    None => {}
+                }
                 for a in accepted {
                     self.holes.refused(&a);
                     let _ = a.reply.send(Err(AppendError::Closed));
@@ -417,5 +478,34 @@ impl Writer {
             max_bytes = self.config.max_bytes,
             "{what}"
         );
+    }
+}
+
+#[cfg(test)]
+mod failing_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failed_writes_is_logged_when_it_starts_once_a_minute_and_when_it_ends() {
+        let mut failing = Failing::default();
+        let t0 = Instant::now();
+        assert_eq!(failing.failed(t0), Some(FailingReport::Started));
+        // A flood of group commits failing on a full disk: no line each.
+        for ms in 1..1000 {
+            assert_eq!(failing.failed(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(
+            failing.failed(t0 + FAILING_REPORT),
+            Some(FailingReport::Still {
+                failed: 1001,
+                since: FAILING_REPORT
+            })
+        );
+        assert_eq!(failing.failed(t0 + FAILING_REPORT * 3 / 2), None);
+        let later = t0 + FAILING_REPORT * 2;
+        assert_eq!(failing.succeeded(later), Some((1002, FAILING_REPORT * 2)));
+        // Writes that work log nothing; the next failure starts a new run.
+        assert_eq!(failing.succeeded(later), None);
+        assert_eq!(failing.failed(later), Some(FailingReport::Started));
     }
 }
