@@ -13,6 +13,8 @@ pub mod config;
 pub mod data_dir;
 pub mod devices;
 pub mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod logging;
 pub mod metrics;

@@ -5,14 +5,14 @@
 //! else, and each of those steps has a deadline. Admitted MQTT clients are relayed to the
 //! embedded broker with the ACL applied to every PUBLISH and SUBSCRIBE.
 
-mod admit;
+pub(crate) mod admit;
 mod aliases;
 mod conns;
-mod custody;
+pub(crate) mod custody;
 pub mod packet;
 pub mod policy;
 mod relay;
-mod session;
+pub(crate) mod session;
 pub mod settings;
 pub mod stats;
 mod traffic;
