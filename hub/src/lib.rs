@@ -13,6 +13,8 @@ pub mod config;
 pub mod data_dir;
 pub mod devices;
 pub mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
@@ -281,8 +283,16 @@ impl Hub {
         });
         let serial_gateway = gateway.clone();
         let serial_ports = config.serial.clone();
-        device_stages.spawn("serial ports", move |token| {
-            serial::run(serial_ports, serial_gateway, token)
+        // Serial ports are device connections: they close in the first wave, with the
+        // WebSocket ones, when the gateway's shutdown is cancelled (the wave waits for
+        // them), not when this stage is drained after it.
+        device_stages.spawn("serial ports", move |_drained| {
+            let stop = serial_gateway.shutdown.clone();
+            serial::run(serial_ports, serial_gateway, stop)
+        });
+        let log_gateway = gateway.clone();
+        device_stages.spawn("device log summaries", move |token| async move {
+            log_gateway.stats.log.run(token).await;
         });
         let stats_gateway = gateway.clone();
         let interval = config.hub.stats_interval;

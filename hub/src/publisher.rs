@@ -321,7 +321,9 @@ pub async fn feed(
         if shutdown.is_cancelled() {
             return;
         }
-        let batch = match journal.read(cursor, FEED_BATCH) {
+        // Held for the feed: the disk budget may remove the batch while it is being
+        // published without counting it dropped, since it goes out from here.
+        let batch = match journal.read_for(JOURNAL_CONSUMER, cursor, u64::MAX, FEED_BATCH) {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "journal: read failed");
@@ -361,6 +363,11 @@ pub async fn feed(
             .fetch_add(bytes, Ordering::Relaxed);
         if fed < batch.len() as u64 {
             // The publisher stopped: the rest waits in the journal for the next start.
+            let rest = batch.iter().skip(fed as usize).map(|(seq, _)| *seq);
+            let lost = journal.release(JOURNAL_CONSUMER, rest);
+            if lost > 0 {
+                tracing::warn!(lost, "journal: records the disk budget removed while the local feed held them are lost with this stop");
+            }
             return;
         }
         if let Err(error) = journal.commit(JOURNAL_CONSUMER, cursor) {

@@ -103,7 +103,7 @@ pub async fn serve<S>(
     if let Err(why) = may_attach(&policy.acl, &cert.id) {
         gateway.stats.violation(Violation::Identity);
         gateway.stats.acl_denied.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("device refused: {why}");
+        crate::info_limited!(gateway.stats.log, "device refused", "device refused: {why}");
         let error = Message::Error(ErrorMsg::new(ErrorCode::IdentityMismatch, why));
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = tx.send(WsMessage::binary(error.to_vec())).await;
@@ -186,7 +186,7 @@ pub async fn serve<S>(
             _ = silence.tick() => {
                 if link.device().is_none() && Instant::now() > hello_deadline {
                     gateway.stats.violation(Violation::HelloRequired);
-                    tracing::info!(timeout = ?limits.connect_timeout, "no Hello within the connect timeout");
+                    crate::info_limited!(gateway.stats.log, "no Hello in time", timeout = ?limits.connect_timeout, "no Hello within the connect timeout");
                     break 'conn ("timeout", Some(close(CloseCode::Policy, "no Hello in time")));
                 }
                 if link.is_silent() {
@@ -218,7 +218,7 @@ pub async fn serve<S>(
                     let message = match next {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
-                            tracing::info!(error = %e, "device connection failed");
+                            crate::info_limited!(gateway.stats.log, "device connection failed", error = %e, "device connection failed");
                             let frame = matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
                                 .then(|| close(CloseCode::Size, "message too big"));
                             break 'conn ("lost", frame);
@@ -296,7 +296,12 @@ pub async fn serve<S>(
         }
     })
     .await;
-    tracing::info!(reason, "device connection closed");
+    crate::info_limited!(
+        gateway.stats.log,
+        "device connection closed",
+        reason,
+        "device connection closed"
+    );
 }
 
 fn close(code: CloseCode, reason: &'static str) -> WsMessage {

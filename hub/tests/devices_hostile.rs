@@ -567,3 +567,54 @@ async fn a_device_that_connects_and_never_says_hello_is_closed_after_the_connect
         "it never came online"
     );
 }
+
+#[tokio::test]
+async fn two_hundred_devices_closed_for_garbage_log_a_few_lines_and_are_all_counted() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut edgehub = support::RunningHub::with_listeners(
+        dir.path(),
+        "device-flood",
+        "[limits]\nconnection_rate = 1000000\n\n[devices]\nmax_violations = 1\nmessage_rate = 100000\n",
+    );
+    let wss = edgehub.listener_addr("wss");
+    let admin = edgehub.admin_addr();
+    edgehub.line(support::READY);
+    support::admin::wait_ready(admin).await;
+    let quiet_before = edgehub.lines().len();
+
+    // Each connection opens, says Hello, sends one message that is not CBOR and is closed
+    // for it: four lines each without a limit (session started, closed for violations,
+    // offline, connection closed).
+    for _ in 0..N {
+        let mut device = Device::of_process(dir.path(), wss, "device-0001").await;
+        device
+            .hello("device-0001", new_session(), false)
+            .await
+            .expect("welcomed");
+        device.send_raw(vec![0xff, 0x00, 0x13, 0x37]);
+        device.ended().await;
+    }
+    let closed = support::admin::scrape_until(
+        admin,
+        "edgehub_device_closed_for_violations_total",
+        &[],
+        N as f64,
+    )
+    .await;
+    assert_eq!(
+        closed.value("edgehub_device_closed_for_violations_total", &[]),
+        N as f64
+    );
+    let during: Vec<String> = edgehub.lines()[quiet_before..].to_vec();
+    assert!(
+        during.len() < 60,
+        "{} lines for {N} devices closed for garbage:\n{}",
+        during.len(),
+        during.join("\n")
+    );
+    let mut good = Device::of_process(dir.path(), wss, GOOD).await;
+    good.hello(GOOD, new_session(), false)
+        .await
+        .expect("a good device is still welcomed");
+}

@@ -321,3 +321,31 @@ async fn a_silent_serial_sensor_goes_offline_and_must_say_hello_again() {
     sensor.expect_ack(2).await;
     watcher.status(PUMP, "online").await;
 }
+
+#[tokio::test]
+async fn a_hub_with_a_serial_sensor_stops_cleanly_and_closes_the_port_with_the_devices() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut edgehub =
+        support::RunningHub::with_listeners(dir.path(), "test-hub", &ports.config(""));
+    edgehub.line(support::READY);
+    welcomed(&mut sensor, PUMP, new_session()).await;
+
+    edgehub.signal(support::Signal::SIGTERM);
+    let (status, stderr) = tokio::task::spawn_blocking(move || edgehub.wait_for_exit())
+        .await
+        .expect("no panic");
+    // The port is a device connection: it closes in the first wave, with the others,
+    // not when the grace period runs out and takes the later waves' time with it.
+    assert!(
+        !stderr.contains("still open at the end of the grace period"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("serial port closed reason=\"hub stopped\""),
+        "{stderr}"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("edgehub stopped cleanly"), "{stderr}");
+}

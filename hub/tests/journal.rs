@@ -1,7 +1,7 @@
 //! The journal through the `edgehub` process: its promise under the worst stop there is
 //! (`kill -9` while a device streams: every record the hub acknowledged is held after a
-//! restart, and the device, told what the hub holds, resends only the rest), and the
-//! operator's `edgehub journal` commands.
+//! restart, and the device, told what the hub holds, resends only the rest), the
+//! operator's `edgehub journal` commands, and its size on disk in the metrics.
 
 mod support;
 
@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use firmware_proto::Message;
+use support::admin::{scrape, scrape_until};
 use support::device::{new_session, sample_readings, Device};
-use support::{edgehub, RunningHub, Signal};
+use support::{edgehub, free_port, RunningHub, Signal};
 
 const D1: &str = "device-0001";
 
@@ -398,4 +399,72 @@ async fn with_the_journals_disk_full_no_ack_is_sent_for_what_did_not_reach_it() 
     again.expect_ack(SENT).await;
     drop(hub);
     drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journals_size_on_disk_is_a_gauge_that_grows_as_records_are_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An uplink that never connects keeps every record in the journal.
+    let down = free_port();
+    let (mut hub, addr) = tokio::task::block_in_place(|| {
+        RunningHub::with_devices(
+            dir.path(),
+            "disk",
+            &format!("[[uplinks]]\nname = \"down\"\nurl = \"mqtt://127.0.0.1:{down}\"\n"),
+        )
+    });
+    let admin = tokio::task::block_in_place(|| hub.admin_addr());
+    let first = scrape(admin).await;
+    assert_eq!(
+        first
+            .families
+            .get("edgehub_journal_disk_bytes")
+            .map(String::as_str),
+        Some("gauge")
+    );
+    let before = first.value("edgehub_journal_disk_bytes", &[]);
+    assert!(before > 0.0, "sled's files take room from the start");
+
+    let mut device = device(dir.path(), addr).await;
+    device
+        .hello(D1, new_session(), true)
+        .await
+        .expect("welcomed");
+    let total = 12_000u64;
+    for seq in 1..=total {
+        device.telemetry(seq, sample_readings(seq));
+    }
+    device.expect_ack(total).await;
+    let held = scrape(admin).await.value("edgehub_journal_size_bytes", &[]);
+    assert!(held > 500_000.0, "12000 records are held: {held} bytes");
+    // Sampled once a second: it catches up with what was written, which takes at least
+    // its own bytes on disk.
+    let after = scrape_until(
+        admin,
+        "edgehub_journal_disk_bytes",
+        &[],
+        held.max(before + 1.0),
+    )
+    .await
+    .value("edgehub_journal_disk_bytes", &[]);
+    let du = du_bytes(&dir.path().join("data").join("journal"));
+    eprintln!("journal on disk: {before} bytes empty, {after} with {held} bytes of records (du now: {du})");
+    assert!(
+        after <= 2.0 * du as f64 + 1.0,
+        "the gauge ({after}) is the directory's size ({du}), give or take a sample"
+    );
+}
+
+/// Blocks allocated under `dir`, as `du` counts them.
+fn du_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .expect("read the journal directory")
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => du_bytes(&entry.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use firmware_proto::{ErrorCode, Message};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::admin::scrape;
 use support::device::{new_session, sample_readings, Device, Event as DeviceEvent, Watcher};
-use support::free_port;
 use support::hub::TestHub;
+use support::{free_port, RunningHub};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const D1: &str = "device-0001";
@@ -33,7 +34,8 @@ impl Upstream {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
-                 persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                 persistence true\npersistence_location {}/\nautosave_interval 1\n\
+                 max_queued_messages 0\n",
                 dir.display()
             ),
         )
@@ -57,6 +59,22 @@ impl Upstream {
         panic!("mosquitto did not listen on {port}");
     }
 
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered, as with an
+    /// overloaded broker or a stalled link.
+    fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets it run again (SIGCONT) after [`Upstream::freeze`].
+    fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal mosquitto");
+    }
+
     /// Stops it with SIGTERM, so it saves its sessions.
     fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -67,6 +85,7 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
+        // SIGKILL ends a frozen process too.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -211,6 +230,172 @@ async fn telemetry_reaches_the_upstream_broker_in_order_and_survives_its_outage(
         let id = v["id"].as_str().expect("a stable message id");
         assert!(id.starts_with("test-hub:"), "{v}");
     }
+}
+
+/// Records a device sends in [`stall`]: some 2.5 x the hub's 256 KiB budget.
+const STALL_SENT: u64 = 8000;
+
+/// What upstream and the metrics show after [`stall`].
+struct Stalled {
+    /// Distinct device seqs upstream received.
+    delivered: std::collections::BTreeSet<u64>,
+    /// Messages upstream received, duplicates included.
+    messages: usize,
+    /// The uplink consumer's journal_full drops.
+    dropped: u64,
+    /// edgehub_dropped_total{reason="journal_full"}.
+    total: u64,
+}
+
+/// A real hub process with a 256 KiB journal budget and an uplink (`uplink_extra` added
+/// to its entry) to Mosquitto. Ten records go up; then Mosquitto freezes with the
+/// connection open, so the uplink fills its window and the budget removes those very
+/// records (and thousands more) while they await a PUBACK; the device sends the rest and
+/// is acknowledged. With `reconnect`, the freeze lasts until the uplink gives the
+/// connection up. Then Mosquitto thaws and the uplink catches up.
+async fn stall(uplink_extra: &str, reconnect: bool) -> Stalled {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let upstream = Upstream::start(dir.path(), port);
+    let (_cloud, mut arrived) = consumer(port).await;
+    let (mut hub, addr) = tokio::task::block_in_place(|| {
+        RunningHub::with_devices(
+            dir.path(),
+            "test-hub",
+            &format!(
+                "[journal]\nmax_bytes = 262144\nwhen_full = \"drop-oldest\"\n\n\
+                 [[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+                 {uplink_extra}\n"
+            ),
+        )
+    });
+    let admin = tokio::task::block_in_place(|| hub.admin_addr());
+    let mut device = Device::of_process(dir.path(), addr, D1).await;
+    device
+        .hello(D1, new_session(), true)
+        .await
+        .expect("welcomed");
+    for seq in 1..=10 {
+        device.telemetry(seq, sample_readings(seq));
+    }
+    device.expect_ack(10).await;
+    let mut got = receive_until(&mut arrived, 10).await;
+
+    upstream.freeze();
+    for seq in 11..=STALL_SENT {
+        device.telemetry(seq, sample_readings(seq));
+    }
+    device.expect_ack(STALL_SENT).await;
+    if reconnect {
+        tokio::task::block_in_place(|| hub.wait_for_line("uplink down"));
+    }
+    upstream.thaw();
+
+    // Done once the uplink's cursor has reached the journal's newest record.
+    let lag = [("consumer", "uplink:cloud")];
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    let metrics = loop {
+        let metrics = scrape(admin).await;
+        if metrics.value("edgehub_journal_consumer_lag_records", &lag) == 0.0 {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the uplink never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    got.extend(receive_until(&mut arrived, STALL_SENT).await);
+    // Late duplicates (resends) change nothing below; let them in anyway.
+    while let Ok(Some(v)) = tokio::time::timeout(Duration::from_millis(300), arrived.recv()).await {
+        got.push(v);
+    }
+    let full = metrics.value(
+        "edgehub_journal_consumer_dropped_total",
+        &[("consumer", "uplink:cloud"), ("reason", "journal_full")],
+    );
+    let stalled = Stalled {
+        delivered: got
+            .iter()
+            .map(|v| v["seq"].as_u64().expect("seq"))
+            .collect(),
+        messages: got.len(),
+        dropped: full as u64,
+        total: metrics.value("edgehub_dropped_total", &[("reason", "journal_full")]) as u64,
+    };
+    let s = &stalled;
+    assert!(
+        s.dropped > STALL_SENT / 2,
+        "the budget holds well under half of {STALL_SENT} records, yet {} were dropped",
+        s.dropped
+    );
+    assert_eq!(
+        s.delivered.len() as u64 + s.dropped,
+        STALL_SENT,
+        "delivered {} + dropped {} != acknowledged {STALL_SENT}",
+        s.delivered.len(),
+        s.dropped
+    );
+    // Overall, a record counts once if any consumer lacks it: at least the uplink's.
+    assert!(
+        s.total >= s.dropped,
+        "journal_full overall {} < the uplink's {}",
+        s.total,
+        s.dropped
+    );
+    stalled
+}
+
+/// Delivered records the journal removed before the uplink had them acknowledged: those
+/// in flight when the stall began, forwarded from the uplink's copies. The budget keeps
+/// the newest, so they are the ones below the delivered tail.
+fn delivered_after_removal(s: &Stalled) -> Vec<u64> {
+    let mut tail = STALL_SENT;
+    while tail > 11 && s.delivered.contains(&(tail - 1)) {
+        tail -= 1;
+    }
+    s.delivered.range(11..tail).copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stalled_upstream_and_a_small_budget_delivered_plus_dropped_equals_acknowledged_exactly(
+) {
+    if mosquitto_missing() {
+        return;
+    }
+    let s = stall("", false).await;
+    let early = delivered_after_removal(&s);
+    eprintln!(
+        "stalled upstream: {} delivered ({} messages), {} dropped of {STALL_SENT}; in \
+         flight when removed, delivered and not counted: {early:?}",
+        s.delivered.len(),
+        s.messages,
+        s.dropped
+    );
+    assert!(!early.is_empty(), "the stall held records in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_removed_while_in_flight_are_resent_from_memory_after_a_reconnect_and_not_counted()
+{
+    if mosquitto_missing() {
+        return;
+    }
+    // A short keep-alive: the stall costs the uplink its connection, and it resends
+    // what was in flight on the next one, although the journal no longer has it.
+    let s = stall("keep_alive = \"5s\"", true).await;
+    let early = delivered_after_removal(&s);
+    eprintln!(
+        "stalled upstream, reconnected: {} delivered ({} messages), {} dropped of \
+         {STALL_SENT}; resent from memory: {early:?}",
+        s.delivered.len(),
+        s.messages,
+        s.dropped
+    );
+    assert!(
+        !early.is_empty(),
+        "what was in flight when the connection was given up went up on the next one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

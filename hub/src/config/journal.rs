@@ -10,7 +10,20 @@ use super::duration;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
-    /// Disk budget for journal records, in bytes.
+    /// Budget for journal records, in bytes: keys and values as written
+    /// (`edgehub_journal_size_bytes`), not the directory's size on disk. sled, a
+    /// log-structured store, keeps whole 512 KiB segments, superseded pages until it
+    /// reclaims them, and a snapshot: measured with `hub/examples/journal_disk.rs` under a
+    /// long outage, the directory peaked at 3.2 MB for 256 KiB, 13.6 MB for 4 MiB and
+    /// 135 MB for 64 MiB, about twice the budget plus a few MiB. Size the disk for
+    /// 2 x `max_bytes` + 16 MiB and watch `edgehub_journal_disk_bytes`.
+    ///
+    /// Why not a budget on the disk itself: sled frees disk lazily, segment by segment,
+    /// so removing records does not shrink the directory when it is removed; a limit on
+    /// the measured size would drop (or refuse) far more than needed and could stay
+    /// "full" with nothing left to remove. sled's segment size, which sets the fixed
+    /// part, is a testing-only setting that an existing journal refuses to change, and
+    /// its cache capacity is memory, not disk.
     pub max_bytes: u64,
     /// Records older than this are removed even if not yet forwarded.
     #[serde(deserialize_with = "duration::deserialize")]

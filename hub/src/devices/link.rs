@@ -258,7 +258,9 @@ impl Link {
                 stats.violation(reason);
                 if close.is_some() {
                     stats.closed_for_violations.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
+                    crate::info_limited!(
+                        stats.log,
+                        "device closed for violations",
                         reason = reason.as_str(),
                         code = error.code,
                         "{}; closing",
@@ -362,7 +364,9 @@ impl Link {
         };
         let replaced = gateway.registry.attach(&info.device, live);
         gateway.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
+        crate::info_limited!(
+            gateway.stats.log,
+            "device session started",
             device = %info.device,
             firmware = %info.firmware,
             session = %format_args!("{:016x}", info.session),
@@ -405,7 +409,7 @@ impl Link {
         )
         .await;
         if ours {
-            tracing::info!(%device, reason, "device offline");
+            crate::info_limited!(gateway.stats.log, "device offline", %device, reason, "device offline");
             let status = self.status(attached, "offline", Some(reason));
             let _ = gateway.publisher.status(&device, &status).await;
         } else {

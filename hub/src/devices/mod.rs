@@ -87,6 +87,9 @@ impl Gateway {
 /// Device counters, exported in `edgehub/{hub_id}/stats` and on the admin endpoint.
 #[derive(Debug, Default)]
 pub struct DeviceStats {
+    /// Lines devices can trigger at will (connections, violations), rate-limited; the
+    /// counters here count every event.
+    pub log: crate::logging::LogLimiter,
     /// Sessions started (accepted Hellos).
     pub sessions: AtomicU64,
     /// Telemetry messages accepted (durable in the journal).

@@ -120,13 +120,13 @@ impl Refused {
 /// The CONNECT of either protocol version, as parsed. One lives per connection for the
 /// length of admission, so the size difference between the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
-enum Connect {
+pub(crate) enum Connect {
     V4(v4::Connect),
     V5(v5::Connect, Option<v5::LastWill>, Option<v5::Login>),
 }
 
 impl Connect {
-    fn login(&self) -> Option<(&str, &str)> {
+    pub(crate) fn login(&self) -> Option<(&str, &str)> {
         match self {
             Connect::V4(c) => c
                 .login
@@ -138,14 +138,14 @@ impl Connect {
         }
     }
 
-    fn client_id(&self) -> &str {
+    pub(crate) fn client_id(&self) -> &str {
         match self {
             Connect::V4(c) => &c.client_id,
             Connect::V5(c, _, _) => &c.client_id,
         }
     }
 
-    fn will_topic(&self) -> Option<String> {
+    pub(crate) fn will_topic(&self) -> Option<String> {
         match self {
             Connect::V4(c) => c.last_will.as_ref().map(|w| w.topic.clone()),
             Connect::V5(_, w, _) => w
@@ -154,7 +154,7 @@ impl Connect {
         }
     }
 
-    fn ends_with_connection(&self) -> bool {
+    pub(crate) fn ends_with_connection(&self) -> bool {
         match self {
             Connect::V4(c) => c.clean_session,
             Connect::V5(c, _, _) => {
@@ -168,14 +168,14 @@ impl Connect {
         }
     }
 
-    fn receive_max(&self) -> Option<u16> {
+    pub(crate) fn receive_max(&self) -> Option<u16> {
         match self {
             Connect::V4(_) => None,
             Connect::V5(c, _, _) => c.properties.as_ref().and_then(|p| p.receive_maximum),
         }
     }
 
-    fn keep_alive(&self) -> u16 {
+    pub(crate) fn keep_alive(&self) -> u16 {
         match self {
             Connect::V4(c) => c.keep_alive,
             Connect::V5(c, _, _) => c.keep_alive,
@@ -203,26 +203,15 @@ where
     )
     .await
     .map_err(|_| Refused::Timeout(limits.connect_timeout))??;
-    if packet::packet_type(&frame) != kind::CONNECT {
-        return Err(Refused::Malformed("first packet is not CONNECT".into()));
-    }
-    let level = packet::connect_level(&frame).map_err(|e| Refused::Malformed(e.to_string()))?;
-    let mut frame_buf = frame;
-    let connect = match level {
-        4 => match v4::Packet::read(&mut frame_buf, limits.max_packet_size) {
-            Ok(v4::Packet::Connect(c)) => Connect::V4(c),
-            other => return Err(Refused::Malformed(format!("{other:?}"))),
-        },
-        5 => match v5::Packet::read(&mut frame_buf, Some(limits.max_packet_size as u32)) {
-            Ok(v5::Packet::Connect(c, will, login)) => Connect::V5(c, will, login),
-            other => return Err(Refused::Malformed(format!("{other:?}"))),
-        },
-        other => {
+    let connect = match parse_connect(frame, limits.max_packet_size) {
+        Ok(connect) => connect,
+        Err(Refused::ProtocolVersion(level)) => {
             // 3.1.1 §3.1.2.2: answer 0x01 "unacceptable protocol level" and close. A 3.1
             // client reads the same CONNACK format.
             let _ = write_connack_v4(client, v4::ConnectReturnCode::RefusedProtocolVersion).await;
-            return Err(Refused::ProtocolVersion(other));
+            return Err(Refused::ProtocolVersion(level));
         }
+        Err(refused) => return Err(refused),
     };
     let v5 = matches!(connect, Connect::V5(..));
 
@@ -401,29 +390,66 @@ async fn authenticate(
 /// MQTT but which rumqttd 0.20 refuses (`ZeroKeepAlive`, no CONNACK).
 const BROKER_KEEP_ALIVE: u16 = u16::MAX;
 
-async fn open_broker_session(
-    shared: &Shared,
+/// Reads a CONNECT frame of protocol level 4 (3.1.1) or 5. Any other level is
+/// `Refused::ProtocolVersion`, which the caller answers with a CONNACK.
+pub(crate) fn parse_connect(frame: BytesMut, max_packet_size: usize) -> Result<Connect, Refused> {
+    if packet::packet_type(&frame) != kind::CONNECT {
+        return Err(Refused::Malformed("first packet is not CONNECT".into()));
+    }
+    let level = packet::connect_level(&frame).map_err(|e| Refused::Malformed(e.to_string()))?;
+    let mut frame = frame;
+    match level {
+        4 => match v4::Packet::read(&mut frame, max_packet_size) {
+            Ok(v4::Packet::Connect(c)) => Ok(Connect::V4(c)),
+            other => Err(Refused::Malformed(format!("{other:?}"))),
+        },
+        5 => match v5::Packet::read(&mut frame, Some(max_packet_size as u32)) {
+            Ok(v5::Packet::Connect(c, will, login)) => Ok(Connect::V5(c, will, login)),
+            other => Err(Refused::Malformed(format!("{other:?}"))),
+        },
+        other => Err(Refused::ProtocolVersion(other)),
+    }
+}
+
+/// The CONNECT the hub sends the broker for an admitted client.
+pub(crate) struct BrokerConnect {
+    /// Its protocol level: the broker listens for 3.1.1 and 5 on different ports.
+    pub level: u8,
+    /// MQTT 5: the client id the hub chose for a client that sent none.
+    pub assigned: Option<String>,
+    /// The encoded packet.
+    pub bytes: BytesMut,
+}
+
+/// Re-encodes a client's CONNECT for the broker: the client id scoped by `identity`, the
+/// hub's keep-alive and the front door's login in place of the client's.
+pub(crate) fn broker_connect(
     connect: Connect,
-    subject: &Subject,
-) -> Result<(TcpStream, Bytes, BytesMut), Refused> {
+    identity: &str,
+    password: &str,
+) -> Result<BrokerConnect, Refused> {
     let broker_err = |e: &dyn std::fmt::Display| Refused::Broker(e.to_string());
     // Client ids are chosen by clients; scoping them by identity stops one client from
     // taking over (and so disconnecting) another identity's session.
     let scoped = |id: &str| {
         if id.is_empty() {
-            format!("{}|auto-{:016x}", subject.identity, rand::random::<u64>())
+            format!("{identity}|auto-{:016x}", rand::random::<u64>())
         } else {
-            format!("{}|{}", subject.identity, id)
+            format!("{identity}|{id}")
         }
     };
-    let (level, assigned, bytes) = match connect {
+    Ok(match connect {
         Connect::V4(mut c) => {
             c.client_id = scoped(&c.client_id);
             c.keep_alive = BROKER_KEEP_ALIVE;
-            c.login = Some(v4::Login::new(FRONT_DOOR_USER, shared.broker.password()));
-            let mut out = BytesMut::new();
-            c.write(&mut out).map_err(|e| broker_err(&e))?;
-            (4, None, out)
+            c.login = Some(v4::Login::new(FRONT_DOOR_USER, password));
+            let mut bytes = BytesMut::new();
+            c.write(&mut bytes).map_err(|e| broker_err(&e))?;
+            BrokerConnect {
+                level: 4,
+                assigned: None,
+                bytes,
+            }
         }
         Connect::V5(mut c, will, _) => {
             // The client learns the id unscoped, as if it had chosen it, so that reconnecting
@@ -434,14 +460,31 @@ async fn open_broker_session(
                 .then(|| format!("auto-{:016x}", rand::random::<u64>()));
             c.client_id = scoped(assigned.as_deref().unwrap_or(&c.client_id));
             c.keep_alive = BROKER_KEEP_ALIVE;
-            let login = v5::Login::new(FRONT_DOOR_USER, shared.broker.password());
-            let mut out = BytesMut::new();
-            v5::Packet::Connect(c.clone(), will, Some(login))
-                .write(&mut out, None)
+            let login = v5::Login::new(FRONT_DOOR_USER, password);
+            let mut bytes = BytesMut::new();
+            v5::Packet::Connect(c, will, Some(login))
+                .write(&mut bytes, None)
                 .map_err(|e| broker_err(&e))?;
-            (5, assigned, out)
+            BrokerConnect {
+                level: 5,
+                assigned,
+                bytes,
+            }
         }
-    };
+    })
+}
+
+async fn open_broker_session(
+    shared: &Shared,
+    connect: Connect,
+    subject: &Subject,
+) -> Result<(TcpStream, Bytes, BytesMut), Refused> {
+    let broker_err = |e: &dyn std::fmt::Display| Refused::Broker(e.to_string());
+    let BrokerConnect {
+        level,
+        assigned,
+        bytes,
+    } = broker_connect(connect, &subject.identity, shared.broker.password())?;
     let mut broker = TcpStream::connect(shared.broker.addr_for(level))
         .await
         .map_err(|e| broker_err(&e))?;

@@ -5,14 +5,14 @@
 //! else, and each of those steps has a deadline. Admitted MQTT clients are relayed to the
 //! embedded broker with the ACL applied to every PUBLISH and SUBSCRIBE.
 
-mod admit;
+pub(crate) mod admit;
 mod aliases;
 mod conns;
-mod custody;
+pub(crate) mod custody;
 pub mod packet;
 pub mod policy;
 mod relay;
-mod session;
+pub(crate) mod session;
 pub mod settings;
 pub mod stats;
 mod traffic;
@@ -552,7 +552,9 @@ where
     } else {
         Protocol::Mqtt311
     });
-    tracing::info!(
+    crate::info_limited!(
+        shared.stats.log,
+        "client connected",
         role = %admitted.subject.role,
         client_id = %admitted.subject.client_id,
         protocol = if admitted.v5 { "5" } else { "3.1.1" },
@@ -600,5 +602,10 @@ where
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);
     }
-    tracing::info!(reason = %ended, "client disconnected");
+    crate::info_limited!(
+        shared.stats.log,
+        "client disconnected",
+        reason = %ended,
+        "client disconnected"
+    );
 }

@@ -630,6 +630,27 @@ mod tests {
         );
     }
 
+    /// A v5 client's CONNACK, minimised by the mqtt_frames fuzz target (hub/fuzz), and an
+    /// UNSUBACK: both make rumqttd's MQTT 5 reader panic.
+    const CLIENT_CONNACK: [u8; 3] = [0x21, 0x01, 0x00];
+    const CLIENT_UNSUBACK: [u8; 5] = [0xB0, 0x03, 0x00, 0x01, 0x00];
+
+    #[test]
+    fn rumqttd_panics_reading_a_v5_connack_or_unsuback_which_is_why_clients_may_not_send_them() {
+        use rumqttd::protocol::Protocol;
+        for frame in [&CLIENT_CONNACK[..], &CLIENT_UNSUBACK[..]] {
+            assert!(client_packet(frame, true).is_err(), "{frame:02x?} is let through");
+            let read = std::panic::catch_unwind(|| {
+                let mut bytes = BytesMut::from(frame);
+                let _ = rumqttd::protocol::v5::V5.read_mut(&mut bytes, 1024);
+            });
+            assert!(
+                read.is_err(),
+                "rumqttd reads {frame:02x?} without panicking now: client_packet may relax"
+            );
+        }
+    }
+
     #[test]
     fn packets_only_a_server_sends_are_refused_from_a_client() {
         for (bytes, name) in [

@@ -273,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
 }
 
 /// Longest HTTP request head we read before an upgrade; browsers send well under 2 KiB.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// What the HTTP request on a WebSocket listener is.
 #[derive(Debug, PartialEq, Eq)]

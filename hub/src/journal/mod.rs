@@ -8,6 +8,7 @@
 //! single record is flushed at once. The same thread enforces the disk budget and the
 //! maximum age, and removes records behind every cursor.
 
+mod consumer;
 mod record;
 mod writer;
 
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::consumer::Reader;
 pub use self::record::Record;
 use crate::config::JournalConfig;
 use crate::front::lock;
@@ -88,12 +90,23 @@ pub struct Counters {
     pub appended: AtomicU64,
     /// Group commits (fsyncs) since start.
     pub flushes: AtomicU64,
-    /// Records removed before every consumer had them, for the disk budget.
+    /// Records removed for the disk budget that at least one consumer will never
+    /// forward: it had neither handled them nor read them into memory. Each removed
+    /// record counts once, however many consumers lose it. A record a consumer holds (an
+    /// uplink's in flight, the local feed's batch) is forwarded from its copy and not
+    /// counted. Per consumer, [`ConsumerLag::dropped_full`] is exact: forwarded (or
+    /// skipped by its filters) + dropped = appended; this total is the largest of those
+    /// when one consumer is behind all others, as an uplink usually is.
     pub dropped_full: AtomicU64,
-    /// Records removed before every consumer had them, for their age.
+    /// Records removed for their age that at least one consumer will never forward (as
+    /// above; per consumer [`ConsumerLag::dropped_age`]).
     pub dropped_age: AtomicU64,
     /// Appends refused because the journal was full.
     pub refused: AtomicU64,
+    /// Bytes the journal directory takes on disk (blocks allocated to its files), sampled
+    /// by the writer once a second: sled's own overhead on top of `bytes`, which
+    /// `max_bytes` does not bound (see [`JournalConfig::max_bytes`]).
+    pub disk_bytes: AtomicU64,
 }
 
 /// A consumer's name and its cursor: every record at or below it has been handled.
@@ -128,6 +141,8 @@ pub struct JournalStats {
     pub dropped_age: u64,
     /// Appends refused since start.
     pub refused: u64,
+    /// Bytes the journal directory takes on disk, as last sampled.
+    pub disk_bytes: u64,
 }
 
 /// How far behind one consumer is.
@@ -137,6 +152,11 @@ pub struct ConsumerLag {
     pub cursor: u64,
     /// Records after its cursor.
     pub records: u64,
+    /// Records removed for the disk budget that it will never forward (it had neither
+    /// handled nor read them) since start.
+    pub dropped_full: u64,
+    /// Records removed for their age that it will never forward, since start.
+    pub dropped_age: u64,
 }
 
 /// Key of the sessions tree's checkpoint: the sequence of the last record whose device
@@ -176,6 +196,24 @@ fn redo_sessions(records: &sled::Tree, sessions: &sled::Tree, db: &sled::Db) -> 
     Ok(read)
 }
 
+/// Blocks allocated to the files under `dir`. Unreadable entries count 0: the figure is
+/// for an operator's gauge, and a file sled removes while we walk is not an error.
+fn dir_disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => dir_disk_bytes(&entry.path()),
+            // st_blocks is in 512-byte units whatever the file system's block size.
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The pending answer for a submitted record: resolves to its sequence number once it is
 /// durable.
 pub struct Durability(oneshot::Receiver<Result<u64, AppendError>>);
@@ -206,8 +244,10 @@ struct Shared {
     cursors: sled::Tree,
     sessions: sled::Tree,
     counters: Counters,
-    /// Registered consumers; records behind all of them are removed.
-    consumers: Mutex<BTreeMap<String, u64>>,
+    /// Registered consumers; records behind all of them are removed. Held while records
+    /// are read for a consumer and while the writer removes records it has not handled,
+    /// so that a record is either handed over or counted dropped, never both.
+    consumers: Mutex<BTreeMap<String, Reader>>,
 }
 
 /// The journal. Cheap to clone.
@@ -261,6 +301,9 @@ impl Journal {
         }
         counters.records.store(count, Ordering::Relaxed);
         counters.bytes.store(bytes, Ordering::Relaxed);
+        counters
+            .disk_bytes
+            .store(dir_disk_bytes(dir), Ordering::Relaxed);
         let last = match records.last().map_err(open_err)? {
             Some((k, _)) => record::seq_of(&k),
             None => 0,
@@ -350,7 +393,10 @@ impl Journal {
             }
         };
         let mut consumers = lock(&self.shared.consumers);
-        let seq = *consumers.entry(name.to_owned()).or_insert(seq);
+        let seq = consumers
+            .entry(name.to_owned())
+            .or_insert_with(|| Reader::new(seq))
+            .cursor;
         Ok(seq)
     }
 
@@ -377,14 +423,77 @@ impl Journal {
         Ok(out)
     }
 
+    /// Like [`Journal::read`], but for `consumer`, and only records up to `through`: the
+    /// consumer keeps every record returned in memory until it has handled it (moved its
+    /// cursor past it). The disk budget may then remove them without counting them
+    /// dropped, because the consumer forwards its copy; a record the budget removed
+    /// before this read is not returned, and is counted dropped.
+    pub fn read_for(
+        &self,
+        consumer: &str,
+        after: u64,
+        through: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Record)>, JournalError> {
+        let mut consumers = lock(&self.shared.consumers);
+        let mut out = Vec::with_capacity(max.min(1024));
+        if through <= after || max == 0 {
+            return Ok(out);
+        }
+        for item in self
+            .shared
+            .records
+            .range(record::key(after.saturating_add(1))..=record::key(through))
+        {
+            let (k, v) = item.map_err(|e| self.io(e))?;
+            let seq = record::seq_of(&k);
+            match Record::decode(&v) {
+                Some(r) => out.push((seq, r)),
+                None => tracing::error!(seq, "journal record cannot be decoded; skipped"),
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        if let (Some(reader), Some(&(last, _))) = (consumers.get_mut(consumer), out.last()) {
+            reader.read(after, last);
+        }
+        Ok(out)
+    }
+
+    /// `consumer` no longer holds the records [`Journal::read_for`] gave it (it is
+    /// stopping): from now on removing them is a loss for it again. `unforwarded` are
+    /// the ones it held and did not forward; returns how many of them the journal
+    /// removed meanwhile, lost for good (the journal did not count them when it removed
+    /// them, because the consumer had a copy then).
+    pub fn release(&self, consumer: &str, unforwarded: impl IntoIterator<Item = u64>) -> u64 {
+        let mut consumers = lock(&self.shared.consumers);
+        let Some(reader) = consumers.get_mut(consumer) else {
+            return 0;
+        };
+        let held = reader.release();
+        let first = self
+            .shared
+            .records
+            .first()
+            .ok()
+            .flatten()
+            .map_or(u64::MAX, |(k, _)| record::seq_of(&k));
+        // Removal is from the front only: a held record below the first one is gone.
+        unforwarded
+            .into_iter()
+            .filter(|&seq| seq < first && held.iter().any(|&(a, t)| a < seq && seq <= t))
+            .count() as u64
+    }
+
     /// Moves `consumer`'s cursor to `seq` (persisted with the next flush).
     pub fn commit(&self, consumer: &str, seq: u64) -> Result<(), JournalError> {
         self.shared
             .cursors
             .insert(consumer, &seq.to_be_bytes())
             .map_err(|e| self.io(e))?;
-        if let Some(c) = lock(&self.shared.consumers).get_mut(consumer) {
-            *c = (*c).max(seq);
+        if let Some(reader) = lock(&self.shared.consumers).get_mut(consumer) {
+            reader.commit(seq);
         }
         Ok(())
     }
@@ -392,7 +501,7 @@ impl Journal {
     /// How far `consumer` is behind: the records after its cursor, and the hub time (ms)
     /// of the oldest of them, if any.
     pub fn lag(&self, consumer: &str) -> (u64, Option<u64>) {
-        let Some(cursor) = lock(&self.shared.consumers).get(consumer).copied() else {
+        let Some(cursor) = lock(&self.shared.consumers).get(consumer).map(|r| r.cursor) else {
             return (0, None);
         };
         let next = self
@@ -434,31 +543,41 @@ impl Journal {
         };
         let oldest = edge(self.shared.records.first());
         let newest = edge(self.shared.records.last());
-        // Persisted cursors (every consumer that ever ran), newer in-memory ones on top.
-        let mut cursors: BTreeMap<String, u64> = self
+        // Persisted cursors (every consumer that ever ran), the running ones on top.
+        let mut readers: BTreeMap<String, Reader> = self
             .shared
             .cursors
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), record::seq_of(&v)))
+            .map(|(k, v)| {
+                let name = String::from_utf8_lossy(&k).into_owned();
+                (name, Reader::new(record::seq_of(&v)))
+            })
             .collect();
-        cursors.extend(
+        readers.extend(
             lock(&self.shared.consumers)
                 .iter()
-                .map(|(k, v)| (k.clone(), *v)),
+                .map(|(k, r)| (k.clone(), r.clone())),
         );
         // Records are removed only from the front, so those held are contiguous and a
         // consumer's lag is a subtraction, not a scan.
-        let consumers = cursors
-            .iter()
-            .map(|(name, &cursor)| {
+        let consumers = readers
+            .into_iter()
+            .map(|(name, reader)| {
+                let cursor = reader.cursor;
                 let records = match (oldest, newest) {
                     (Some((first, _)), Some((last, _))) => {
                         last.saturating_sub(cursor.max(first.saturating_sub(1)))
                     }
                     _ => 0,
                 };
-                (name.clone(), ConsumerLag { cursor, records })
+                let lag = ConsumerLag {
+                    cursor,
+                    records,
+                    dropped_full: reader.dropped_full,
+                    dropped_age: reader.dropped_age,
+                };
+                (name, lag)
             })
             .collect();
         JournalStats {
@@ -472,7 +591,16 @@ impl Journal {
             dropped_full: load(&c.dropped_full),
             dropped_age: load(&c.dropped_age),
             refused: load(&c.refused),
+            disk_bytes: load(&c.disk_bytes),
         }
+    }
+
+    /// Measures the bytes the journal directory takes on disk now: blocks allocated to
+    /// its files, as `du` counts them, so sparse files and sled's preallocation count as
+    /// the disk sees them. One `stat` per file (a handful: sled's log, its config,
+    /// snapshots, blobs). The writer keeps [`Counters::disk_bytes`] up to date with it.
+    pub fn disk_bytes(&self) -> u64 {
+        dir_disk_bytes(&self.shared.dir)
     }
 
     /// Flushes everything written so far, cursors included. Blocking.

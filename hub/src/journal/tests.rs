@@ -129,14 +129,18 @@ async fn records_are_removed_only_once_every_consumer_is_past_them() {
         stats.consumers["uplink"],
         ConsumerLag {
             cursor: 4,
-            records: 7
+            records: 7,
+            dropped_full: 0,
+            dropped_age: 0,
         }
     );
     assert_eq!(
         stats.consumers["broker"],
         ConsumerLag {
             cursor: 10,
-            records: 1
+            records: 1,
+            dropped_full: 0,
+            dropped_age: 0,
         }
     );
     assert_eq!(stats.records, 7);
@@ -341,4 +345,49 @@ async fn after_a_refusal_later_records_of_that_session_are_refused_until_it_is_r
         Ok(3)
     );
     assert_eq!(journal.session("d"), Some((7, 2)));
+}
+
+#[tokio::test]
+async fn a_record_removed_for_the_budget_counts_dropped_only_for_consumers_that_neither_handled_nor_hold_it(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 8 + record("d", 1).encode().len() as u64 + 8;
+    let config = JournalConfig {
+        max_bytes: size * 10,
+        ..config()
+    };
+    let journal = open(dir.path(), &config);
+    journal.consumer("uplink").unwrap();
+    journal.consumer("broker").unwrap();
+    append_n(&journal, "d", 1..=5).await;
+    // The uplink has 1..=3 in flight; the broker forwarded all five.
+    let held: Vec<u64> = journal
+        .read_for("uplink", 0, u64::MAX, 3)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(held, [1, 2, 3]);
+    journal.commit("broker", 5).unwrap();
+    append_n(&journal, "d", 6..=25).await;
+
+    let first = journal.read(0, 1).unwrap()[0].0;
+    let removed = first - 1;
+    assert!(
+        removed > 5,
+        "the budget removed past what both had: {removed}"
+    );
+    let stats = journal.stats();
+    assert_eq!(stats.consumers["uplink"].dropped_full, removed - 3);
+    assert_eq!(stats.consumers["broker"].dropped_full, removed - 5);
+    // Once per record that some consumer lacks: 4 and 5 the uplink lacks, 1..=3 nobody.
+    assert_eq!(stats.dropped_full, removed - 3);
+    // A read after the removal gets only what is left, and counts nothing more.
+    assert_eq!(
+        journal.read_for("uplink", 3, u64::MAX, 1).unwrap()[0].0,
+        first
+    );
+    assert_eq!(journal.stats().dropped_full, removed - 3);
+    // Stopping with 2 and 3 not forwarded: both were removed while held, so are lost.
+    assert_eq!(journal.release("uplink", [2, 3, first]), 2);
 }

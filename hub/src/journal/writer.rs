@@ -51,10 +51,20 @@ pub(super) fn spawn(
                 last,
                 warned_at: None,
                 holes: Holes::default(),
+                failing: Failing::default(),
             };
             runtime.block_on(writer.run(rx));
         })
         .map_err(JournalError::Thread)
+}
+
+/// Why records are removed before every consumer handled them.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// The disk budget (`max_bytes`, drop-oldest).
+    Full,
+    /// Their age (`max_age`).
+    Age,
 }
 
 struct Writer {
@@ -64,6 +74,54 @@ struct Writer {
     last: u64,
     warned_at: Option<Instant>,
     holes: Holes,
+    failing: Failing,
+}
+
+/// A run of failed writes: logged when it starts, summarised every minute while it lasts
+/// and when it ends, so that a full disk under a flood of telemetry does not write an
+/// error line per group commit (devices are told each time: they get an Error).
+#[derive(Debug, Default)]
+struct Failing {
+    since: Option<Instant>,
+    reported_at: Option<Instant>,
+    failed: u64,
+}
+
+/// How often a run of failed writes is summarised while it lasts.
+const FAILING_REPORT: Duration = Duration::from_secs(60);
+
+impl Failing {
+    /// A write failed at `now`: whether to log it, and how.
+    fn failed(&mut self, now: Instant) -> Option<FailingReport> {
+        self.failed += 1;
+        let Some(since) = self.since else {
+            self.since = Some(now);
+            self.reported_at = Some(now);
+            return Some(FailingReport::Started);
+        };
+        if self.reported_at.is_some_and(|at| now < at + FAILING_REPORT) {
+            return None;
+        }
+        self.reported_at = Some(now);
+        Some(FailingReport::Still {
+            failed: self.failed,
+            since: now - since,
+        })
+    }
+
+    /// A write succeeded at `now`: the failed writes and for how long, if a run ended.
+    fn succeeded(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        let ended = self.since.map(|since| (self.failed, now - since));
+        *self = Failing::default();
+        ended
+    }
+}
+
+/// What to log about a run of failed writes.
+#[derive(Debug, PartialEq, Eq)]
+enum FailingReport {
+    Started,
+    Still { failed: u64, since: Duration },
 }
 
 /// The first record of each device session that was refused or failed to be written,
@@ -138,6 +196,10 @@ impl Writer {
                 }
                 _ = tick.tick() => {
                     self.clean();
+                    // Sampled here, not per append: a few stats a second, off the async
+                    // workers, for the operator's gauge.
+                    let disk = super::dir_disk_bytes(&self.shared.dir);
+                    self.shared.counters.disk_bytes.store(disk, Ordering::Relaxed);
                     // Persist cursors moved since the last group commit.
                     if let Err(error) = self.shared.db.flush() {
                         tracing::error!(%error, "journal: flush failed");
@@ -228,6 +290,9 @@ impl Writer {
             .and_then(|()| self.shared.db.flush().map(|_| ()));
         match written {
             Ok(()) => {
+                if let Some((failed, over)) = self.failing.succeeded(Instant::now()) {
+                    tracing::info!(failed_writes = failed, failed_for = ?over, "journal writes work again");
+                }
                 c.flushes.fetch_add(1, Ordering::Relaxed);
                 c.appended
                     .fetch_add(accepted.len() as u64, Ordering::Relaxed);
@@ -241,7 +306,16 @@ impl Writer {
             }
             Err(error) => {
                 // Nothing is acknowledged: devices keep their data and resend it.
-                tracing::error!(dir = %self.shared.dir.display(), %error, "journal write failed; telemetry is refused until it works again");
+                let dir = self.shared.dir.display();
+                match self.failing.failed(Instant::now()) {
+                    Some(FailingReport::Started) => {
+                        tracing::error!(%dir, %error, "journal write failed; telemetry is refused until it works again (check the disk: df, dmesg)")
+                    }
+                    Some(FailingReport::Still { failed, since }) => {
+                        tracing::error!(%dir, %error, failed_writes = failed, failing_for = ?since, "journal writes still failing; telemetry is refused")
+                    }
+                    None => {}
+                }
                 for a in accepted {
                     self.holes.refused(&a);
                     let _ = a.reply.send(Err(AppendError::Closed));
@@ -255,23 +329,25 @@ impl Writer {
         let shared = self.shared.clone();
         let c = &shared.counters;
         let budget = self.config.max_bytes;
-        if c.bytes.load(Ordering::Relaxed) + incoming <= budget {
+        let held = c.bytes.load(Ordering::Relaxed);
+        if held + incoming <= budget {
             return;
         }
-        let mut removed = 0u64;
-        let mut batch = sled::Batch::default();
-        let mut bytes = c.bytes.load(Ordering::Relaxed);
-        for item in self.shared.records.iter() {
-            if bytes + incoming <= budget {
-                break;
+        let mut excess = held + incoming - budget;
+        let mut lost = 0;
+        while excess > 0 {
+            let removed = self.remove_front(Loss::Full, |_, _, size| {
+                let take = excess > 0;
+                excess = excess.saturating_sub(size);
+                take
+            });
+            match removed {
+                Some(n) => lost += n,
+                None => break,
             }
-            let Ok((k, v)) = item else { break };
-            bytes = bytes.saturating_sub((k.len() + v.len()) as u64);
-            batch.remove(k);
-            removed += 1;
         }
-        if self.apply_removal(batch, removed, c.bytes.load(Ordering::Relaxed) - bytes) {
-            c.dropped_full.fetch_add(removed, Ordering::Relaxed);
+        c.dropped_full.fetch_add(lost, Ordering::Relaxed);
+        if lost > 0 {
             self.warn("journal disk budget reached: dropping the oldest records not yet forwarded (journal.max_bytes)");
         }
     }
@@ -280,7 +356,10 @@ impl Writer {
     fn clean(&mut self) {
         let shared = self.shared.clone();
         let c = &shared.counters;
-        let consumed = lock(&self.shared.consumers).values().copied().min();
+        let consumed = lock(&self.shared.consumers)
+            .values()
+            .map(|r| r.cursor)
+            .min();
         if let Some(min) = consumed.filter(|&m| m > 0) {
             for _ in 0..REMOVAL_CHUNKS {
                 let (batch, removed, bytes) = self.collect(|seq, _| seq <= min);
@@ -291,13 +370,63 @@ impl Writer {
         }
         let max_age = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = crate::devices::wall_ms().saturating_sub(max_age);
-        let (batch, removed, bytes) = self.collect(|_, hub_time| hub_time < cutoff);
-        if self.apply_removal(batch, removed, bytes) {
-            c.dropped_age.fetch_add(removed, Ordering::Relaxed);
-            self.warn(
-                "journal records older than journal.max_age dropped before they were forwarded",
-            );
+        if let Some(lost) = self.remove_front(Loss::Age, |_, hub_time, _| hub_time < cutoff) {
+            c.dropped_age.fetch_add(lost, Ordering::Relaxed);
+            if lost > 0 {
+                self.warn(
+                    "journal records older than journal.max_age dropped before they were forwarded",
+                );
+            }
         }
+    }
+
+    /// Removes the leading records (at most one chunk) for which `remove(seq, hub_time,
+    /// size)` holds, and returns how many of them some consumer will never forward, or
+    /// `None` if nothing was removed; each consumer's own count of `why` grows by those
+    /// it lacked. The consumers stay locked from the count to the removal, so no read
+    /// hands one of these records over in between: each is either held by a consumer or
+    /// counted for it, never both.
+    fn remove_front(
+        &self,
+        why: Loss,
+        mut remove: impl FnMut(u64, u64, u64) -> bool,
+    ) -> Option<u64> {
+        let mut consumers = lock(&self.shared.consumers);
+        let mut batch = sled::Batch::default();
+        // Per consumer, in the map's order: the removed records it lacks.
+        let mut lacking = vec![0u64; consumers.len()];
+        let (mut removed, mut bytes, mut lost) = (0u64, 0u64, 0u64);
+        for item in self.shared.records.iter() {
+            let Ok((k, v)) = item else { break };
+            let seq = record::seq_of(&k);
+            let size = (k.len() + v.len()) as u64;
+            if removed >= REMOVAL_CHUNK || !remove(seq, record::hub_time_of(&v), size) {
+                break;
+            }
+            let mut anyone = consumers.is_empty();
+            for (n, reader) in lacking.iter_mut().zip(consumers.values()) {
+                if !reader.has(seq) {
+                    *n += 1;
+                    anyone = true;
+                }
+            }
+            // Counted once however many consumers lack it; with none registered nobody
+            // has it.
+            lost += u64::from(anyone);
+            bytes += size;
+            batch.remove(k);
+            removed += 1;
+        }
+        if !self.apply_removal(batch, removed, bytes) {
+            return None;
+        }
+        for (reader, n) in consumers.values_mut().zip(lacking) {
+            match why {
+                Loss::Full => reader.dropped_full += n,
+                Loss::Age => reader.dropped_age += n,
+            }
+        }
+        Some(lost)
     }
 
     /// The leading records for which `remove(seq, hub_time)` holds.
@@ -349,5 +478,34 @@ impl Writer {
             max_bytes = self.config.max_bytes,
             "{what}"
         );
+    }
+}
+
+#[cfg(test)]
+mod failing_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failed_writes_is_logged_when_it_starts_once_a_minute_and_when_it_ends() {
+        let mut failing = Failing::default();
+        let t0 = Instant::now();
+        assert_eq!(failing.failed(t0), Some(FailingReport::Started));
+        // A flood of group commits failing on a full disk: no line each.
+        for ms in 1..1000 {
+            assert_eq!(failing.failed(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(
+            failing.failed(t0 + FAILING_REPORT),
+            Some(FailingReport::Still {
+                failed: 1001,
+                since: FAILING_REPORT
+            })
+        );
+        assert_eq!(failing.failed(t0 + FAILING_REPORT * 3 / 2), None);
+        let later = t0 + FAILING_REPORT * 2;
+        assert_eq!(failing.succeeded(later), Some((1002, FAILING_REPORT * 2)));
+        // Writes that work log nothing; the next failure starts a new run.
+        assert_eq!(failing.succeeded(later), None);
+        assert_eq!(failing.failed(later), Some(FailingReport::Started));
     }
 }

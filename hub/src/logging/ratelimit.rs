@@ -28,6 +28,26 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
+/// Logs an INFO event while `limiter` lets lines of `kind` through, and the same event at
+/// DEBUG past that: routine lines a peer can repeat at will (a connection opened or
+/// closed) stay in the log in normal operation, a flood of them is summarised, and
+/// `RUST_LOG=hub=debug` still shows every one.
+///
+/// ```
+/// let log = hub::logging::LogLimiter::default();
+/// hub::info_limited!(log, "client connected", peer = "127.0.0.1:4000", "client connected");
+/// ```
+#[macro_export]
+macro_rules! info_limited {
+    ($limiter:expr, $kind:expr, $($event:tt)+) => {
+        if $limiter.allow($kind, ::tracing::Level::INFO) {
+            ::tracing::info!($($event)+);
+        } else {
+            ::tracing::debug!($($event)+);
+        }
+    };
+}
+
 /// Lines logged per kind and interval before the rest are only counted.
 pub const DEFAULT_BURST: u32 = 5;
 /// How long a kind's budget of lines lasts.

@@ -253,7 +253,8 @@ fn traffic_families(
         "edgehub_dropped_total",
         Kind::Counter,
         "Messages dropped or refused, by reason: journal_full and journal_age (records removed \
-         before every consumer had them, when_full = drop-oldest and max_age), journal_refused \
+         that at least one consumer will never forward, each once, when_full = drop-oldest and \
+         max_age; per consumer: edgehub_journal_consumer_dropped_total), journal_refused \
          (telemetry refused with Busy when the journal is full under refuse-new, or closed), \
          command_router_busy, uplink_refused (records an upstream refused; not resent).",
     );
@@ -412,6 +413,14 @@ fn journal_families(e: &mut Exposition, g: &Gateway, now_ms: u64) {
         "Bytes of records held in the journal (keys and values).",
     )
     .value(j.bytes);
+    e.family(
+        "edgehub_journal_disk_bytes",
+        Kind::Gauge,
+        "Bytes the journal directory takes on disk (blocks allocated, as du counts them), \
+         sampled every second: sled's segments, snapshots and free space on top of \
+         edgehub_journal_size_bytes, which is what [journal] max_bytes bounds.",
+    )
+    .value(j.disk_bytes);
     let age = j
         .oldest
         .map_or(0.0, |(_, t)| now_ms.saturating_sub(t) as f64 / 1000.0);
@@ -440,6 +449,24 @@ fn journal_families(e: &mut Exposition, g: &Gateway, now_ms: u64) {
     );
     for (name, lag) in &j.consumers {
         f.sample(&[("consumer", name)], lag.records);
+    }
+    let mut f = e.family(
+        "edgehub_journal_consumer_dropped_total",
+        Kind::Counter,
+        "Records each consumer will never forward, by reason: journal_full (removed for \
+         max_bytes) and journal_age (for max_age) before it handled or read them. Exact per \
+         consumer: forwarded (or skipped by its filters) + dropped = appended. A record \
+         removed while in flight is forwarded from memory and not counted.",
+    );
+    for (name, lag) in &j.consumers {
+        f.sample(
+            &[("consumer", name), ("reason", "journal_full")],
+            lag.dropped_full,
+        )
+        .sample(
+            &[("consumer", name), ("reason", "journal_age")],
+            lag.dropped_age,
+        );
     }
 }
 

@@ -579,7 +579,7 @@ async fn websocket(
 }
 
 /// Checks the CONNACK frame and extracts what the caller needs.
-fn read_connack(
+pub(crate) fn read_connack(
     endpoint: &Arc<str>,
     frame: BytesMut,
     v5: bool,
@@ -701,7 +701,7 @@ impl Reader {
 }
 
 /// Decodes one complete packet received after CONNACK.
-fn decode(
+pub(crate) fn decode(
     endpoint: &Arc<str>,
     mut frame: BytesMut,
     v5: bool,
@@ -810,6 +810,25 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer connected to nothing, whose encodings stay in its buffer (tests, fuzzing).
+    pub(crate) fn offline(v5: bool) -> Writer {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let (_read, io) = tokio::io::split(Box::pin(ours) as BoxedTransport);
+        Writer {
+            io,
+            buf: BytesMut::new(),
+            v5,
+            max_packet_size: MAX_REMAINING_LENGTH + 5,
+            endpoint: "offline".into(),
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Takes the bytes buffered so far, as [`Writer::flush`] would send them.
+    pub(crate) fn take_buffered(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+
     /// Buffers a PUBLISH with our packet id (ignored for QoS 0). User properties are sent
     /// in MQTT 5 only. Nothing is sent until [`Writer::flush`].
     pub fn publish(
@@ -1586,20 +1605,6 @@ mod tests {
         assert_eq!(reason_v5(0x97), "quota exceeded");
     }
 
-    /// A writer over a sink, to check encodings without a broker.
-    fn offline_writer(v5: bool) -> Writer {
-        let (ours, _theirs) = tokio::io::duplex(64);
-        let (_read, write) = tokio::io::split(Box::pin(ours) as BoxedTransport);
-        Writer {
-            io: write,
-            buf: BytesMut::new(),
-            v5,
-            max_packet_size: MAX_REMAINING_LENGTH + 5,
-            endpoint: "test".into(),
-            last_flush: Instant::now(),
-        }
-    }
-
     #[test]
     fn our_publish_encoding_decodes_with_rumqttc_in_3_1_1_and_5() {
         let props = vec![
@@ -1608,7 +1613,7 @@ mod tests {
         ];
         let payload = vec![0xAB; 300];
 
-        let mut writer = offline_writer(false);
+        let mut writer = Writer::offline(false);
         writer
             .publish("a/b", &payload, 65535, true, &props)
             .expect("encodes");
@@ -1630,7 +1635,7 @@ mod tests {
         );
         assert!(writer.buf.is_empty());
 
-        let mut writer = offline_writer(true);
+        let mut writer = Writer::offline(true);
         writer
             .publish("a/b", &payload, 7, true, &props)
             .expect("encodes");
@@ -1648,7 +1653,7 @@ mod tests {
 
     #[test]
     fn publishes_over_the_brokers_packet_limit_or_with_packet_id_0_are_not_encoded() {
-        let mut writer = offline_writer(true);
+        let mut writer = Writer::offline(true);
         writer.max_packet_size = 100;
         let error = writer
             .publish("t", &[0; 100], 1, true, &[])

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::client::{self, ConnectOptions, Endpoint, Event};
+use super::copies::Copies;
 use super::status::UplinkStatus;
-use super::window::{Refused, Window};
+use super::window::{Refused, Transmit, Window};
 use crate::acl::{validate_topic, TopicPattern};
 use crate::config::{Backlog, TelemetryFormat, UplinkConfig};
 use crate::devices::payload::TelemetryPayload;
@@ -227,13 +228,42 @@ pub async fn run(
         }
     };
     let mut window = Window::with_pkids(cursor, uplink.max_inflight, LOW_PKIDS);
+    // Across sessions: a record in flight when the connection dropped is resent from its
+    // copy, whether or not the journal still has it.
+    let mut copies = Copies::new(&consumer);
+    forward(
+        &uplink,
+        &journal,
+        &publisher,
+        &mut window,
+        &mut copies,
+        &consumer,
+        &shutdown,
+    )
+    .await;
+    let lost = copies.release(&journal);
+    if lost > 0 {
+        tracing::warn!(uplink = %uplink.name, lost, "records the journal's disk budget or max_age removed while they were in flight are lost with this stop");
+    }
+}
+
+/// Connects, forwards and reconnects until `shutdown`.
+async fn forward(
+    uplink: &Uplink,
+    journal: &Journal,
+    publisher: &Publisher,
+    window: &mut Window,
+    copies: &mut Copies,
+    consumer: &str,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = session(&uplink, &journal, &publisher, &mut window, &consumer, &shutdown) => outcome,
+            outcome = session(uplink, journal, publisher, window, copies, consumer, shutdown) => outcome,
         };
         window.on_disconnect();
         match outcome {
@@ -268,6 +298,7 @@ async fn session(
     journal: &Journal,
     publisher: &Publisher,
     window: &mut Window,
+    copies: &mut Copies,
     consumer: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
@@ -323,33 +354,20 @@ async fn session(
     loop {
         // Resends first, in journal order; then live records (live-first), then the
         // backlog or, in order, everything, while the windows have room.
+        let mut source = Source::new(journal, copies, Some(consumer));
         while let Some(t) = window.next_resend() {
             uplink.status.resent();
-            publish(
-                uplink,
-                journal,
-                window,
-                &mut writer,
-                t.seq,
-                t.pkid,
-                consumer,
-            )?;
+            source.resend(uplink, window, &mut writer, t)?;
         }
         if let Some(lane) = lane.as_mut() {
-            fill(uplink, journal, &mut lane.window, &mut writer, None, None)?;
+            Source::new(journal, copies, None).fill(uplink, &mut lane.window, &mut writer, None)?;
         }
         let through = lane.as_ref().map(|l| l.split);
-        fill(
-            uplink,
-            journal,
-            window,
-            &mut writer,
-            through,
-            Some(consumer),
-        )?;
+        Source::new(journal, copies, Some(consumer)).fill(uplink, window, &mut writer, through)?;
         backlog_through(
             uplink, journal, consumer, window, &mut lane, &mut drain, limit,
         )?;
+        copies.retain(|seq| needed(seq, window, lane.as_ref()));
         uplink
             .status
             .in_flight(window.in_flight() + lane.as_ref().map_or(0, |l| l.window.in_flight()));
@@ -471,50 +489,107 @@ fn other_half(window: &Window) -> std::ops::RangeInclusive<u16> {
     }
 }
 
-/// Offers `window` new journal records (up to `through`, if given) while it has room.
-/// `consumer` is given for the window whose cursor is persisted.
-fn fill(
-    uplink: &Uplink,
-    journal: &Journal,
-    window: &mut Window,
-    writer: &mut client::Writer,
-    through: Option<u64>,
-    consumer: Option<&str>,
-) -> Result<(), String> {
-    while window.can_offer() && through.is_none_or(|t| window.next_read() < t) {
-        let batch = journal
-            .read(window.next_read(), READ_BATCH.min(window_room(window)))
-            .map_err(|e| e.to_string())?;
-        if batch.is_empty() {
-            break;
-        }
-        for (seq, record) in &batch {
-            if let Some(t) = through.filter(|t| seq > t) {
-                // Nothing left up to `t` (retention may have removed the rest).
-                if let (Some(cursor), Some(consumer)) = (window.skip(t), consumer) {
-                    journal
-                        .commit(consumer, cursor)
-                        .map_err(|e| e.to_string())?;
-                }
-                return Ok(());
-            }
-            if !uplink.forwards(&record.device) {
-                uplink.status.skipped();
-                if let (Some(cursor), Some(consumer)) = (window.skip(*seq), consumer) {
-                    journal
-                        .commit(consumer, cursor)
-                        .map_err(|e| e.to_string())?;
-                }
-                continue;
-            }
-            match window.offer(*seq, Instant::now()) {
-                Ok(t) => write_record(uplink, writer, t.seq, t.pkid, record)?,
-                Err(Refused::Full { .. }) | Err(Refused::ResendPending) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            }
+/// Whether the copy of record `seq` may still be sent: the window it belongs to (the live
+/// lane's, above the split) has it in flight or waiting to be resent, or has not reached
+/// it yet. Acknowledged and skipped records are let go, so copies stay within the windows.
+fn needed(seq: u64, window: &Window, lane: Option<&LiveLane>) -> bool {
+    let owner = match lane {
+        Some(l) if seq > l.split => &l.window,
+        _ => window,
+    };
+    owner.unfinished(seq) || seq > owner.next_read()
+}
+
+/// Reads records for a window, from the journal and the uplink's copies.
+struct Source<'a> {
+    journal: &'a Journal,
+    copies: &'a mut Copies,
+    /// The consumer whose cursor the window moves, for the window whose cursor is
+    /// persisted; `None` for a live lane.
+    commit: Option<&'a str>,
+}
+
+impl<'a> Source<'a> {
+    fn new(journal: &'a Journal, copies: &'a mut Copies, commit: Option<&'a str>) -> Self {
+        Source {
+            journal,
+            copies,
+            commit,
         }
     }
-    Ok(())
+
+    /// Offers `window` new records (up to `through`, if given) while it has room.
+    fn fill(
+        &mut self,
+        uplink: &Uplink,
+        window: &mut Window,
+        writer: &mut client::Writer,
+        through: Option<u64>,
+    ) -> Result<(), String> {
+        while window.can_offer() && through.is_none_or(|t| window.next_read() < t) {
+            let batch = self
+                .copies
+                .read(
+                    self.journal,
+                    window.next_read(),
+                    through,
+                    READ_BATCH.min(window_room(window)),
+                )
+                .map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                // Nothing left up to `through`: retention removed the rest.
+                if let Some(t) = through {
+                    let cursor = window.skip(t);
+                    self.moved(cursor)?;
+                }
+                break;
+            }
+            for (seq, record) in &batch {
+                if !uplink.forwards(&record.device) {
+                    uplink.status.skipped();
+                    let cursor = window.skip(*seq);
+                    self.moved(cursor)?;
+                    continue;
+                }
+                match window.offer(*seq, Instant::now()) {
+                    Ok(t) => write_record(uplink, writer, t.seq, t.pkid, record)?,
+                    Err(Refused::Full { .. }) | Err(Refused::ResendPending) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a record again (after a reconnect) from the uplink's copy, which it
+    /// keeps while the record is unfinished even if the journal removed it meanwhile.
+    fn resend(
+        &mut self,
+        uplink: &Uplink,
+        window: &mut Window,
+        writer: &mut client::Writer,
+        t: Transmit,
+    ) -> Result<(), String> {
+        if let Some(record) = self.copies.get(t.seq) {
+            return write_record(uplink, writer, t.seq, t.pkid, record);
+        }
+        // Not reachable: every record a window takes is read into the copies.
+        tracing::error!(uplink = %uplink.name, seq = t.seq, "no copy of a record to resend; skipped");
+        uplink.status.skipped();
+        let cursor = window.skip(t.seq);
+        self.moved(cursor)
+    }
+
+    /// Persists the window's new cursor, if it moved and is the persisted one.
+    fn moved(&self, cursor: Option<u64>) -> Result<(), String> {
+        match (cursor, self.commit) {
+            (Some(cursor), Some(consumer)) => self
+                .journal
+                .commit(consumer, cursor)
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Records worth reading for `window` at once.
@@ -523,35 +598,6 @@ fn window_room(window: &Window) -> usize {
         .max_inflight()
         .saturating_sub(window.in_flight())
         .max(1)
-}
-
-/// Publishes record `seq` again (after a reconnect), or skips it if retention removed it.
-fn publish(
-    uplink: &Uplink,
-    journal: &Journal,
-    window: &mut Window,
-    writer: &mut client::Writer,
-    seq: u64,
-    pkid: u16,
-    consumer: &str,
-) -> Result<(), String> {
-    match journal
-        .read(seq.saturating_sub(1), 1)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .next()
-    {
-        Some((found, record)) if found == seq => write_record(uplink, writer, seq, pkid, &record),
-        _ => {
-            uplink.status.skipped();
-            if let Some(cursor) = window.skip(seq) {
-                journal
-                    .commit(consumer, cursor)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
-    }
 }
 
 fn write_record(

@@ -261,6 +261,11 @@ impl Window {
         usize::from(self.max_inflight)
     }
 
+    /// Whether record `seq` was taken and is not yet acknowledged or skipped.
+    pub fn unfinished(&self, seq: u64) -> bool {
+        self.entries.contains_key(&seq)
+    }
+
     /// Records published and awaiting a PUBACK.
     pub fn in_flight(&self) -> usize {
         self.pkids.len()
