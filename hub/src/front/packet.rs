@@ -639,7 +639,10 @@ mod tests {
     fn rumqttd_panics_reading_a_v5_connack_or_unsuback_which_is_why_clients_may_not_send_them() {
         use rumqttd::protocol::Protocol;
         for frame in [&CLIENT_CONNACK[..], &CLIENT_UNSUBACK[..]] {
-            assert!(client_packet(frame, true).is_err(), "{frame:02x?} is let through");
+            assert!(
+                client_packet(frame, true).is_err(),
+                "{frame:02x?} is let through"
+            );
             let read = std::panic::catch_unwind(|| {
                 let mut bytes = BytesMut::from(frame);
                 let _ = rumqttd::protocol::v5::V5.read_mut(&mut bytes, 1024);
