@@ -431,17 +431,7 @@ async fn a_publish_before_connect_is_closed_and_never_reaches_subscribers() {
     wait_for_rejects(&hub, Reject::Malformed, 1).await;
     good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
     // The good client's message (devices/good-.../cmd) is the first the watcher sees.
-    let first = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match seen.recv().await {
-                Some(rumqttc::Packet::Publish(p)) => return p.topic,
-                Some(_) => {}
-                None => panic!("the watcher was disconnected"),
-            }
-        }
-    })
-    .await
-    .expect("the good client's message within the deadline");
+    let first = first_publish_topic(&mut seen).await;
     assert!(first.starts_with("devices/good-"), "{first}");
 }
 
@@ -782,17 +772,7 @@ async fn a_publish_to_a_wildcard_or_nul_topic_ends_the_session_and_reaches_no_su
     }
     good_client_exchanges_a_message(&hub.pki(), hub.addr(MQTTS), Via::Tls).await;
     // The good client's message (devices/good-.../cmd) is the first the watcher sees.
-    let first = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match seen.recv().await {
-                Some(rumqttc::Packet::Publish(p)) => return p.topic,
-                Some(_) => {}
-                None => panic!("the watcher was disconnected"),
-            }
-        }
-    })
-    .await
-    .expect("the good client's message within the deadline");
+    let first = first_publish_topic(&mut seen).await;
     assert!(first.starts_with("devices/good-"), "{first:?}");
 }
 
@@ -1044,4 +1024,21 @@ async fn five_hundred_failed_tls_handshakes_log_a_few_lines_and_are_all_counted(
         .map(|n| n.parse::<usize>().expect("suppressed=N"))
         .sum();
     assert_eq!(logged + summarised, N, "{stderr}");
+}
+
+/// The topic of the first PUBLISH the watcher's event stream `seen` delivers.
+async fn first_publish_topic(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>,
+) -> String {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match seen.recv().await {
+                Some(rumqttc::Packet::Publish(p)) => return p.topic,
+                Some(_) => {}
+                None => panic!("the watcher was disconnected"),
+            }
+        }
+    })
+    .await
+    .expect("the good client's message within the deadline")
 }
