@@ -8,26 +8,12 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use firmware_proto::{Reading, Telemetry};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hub::config::JournalConfig;
-use hub::journal::{Journal, Record};
+use hub::journal::Journal;
 
-fn record(device: &str, seq: u64) -> Record {
-    Record {
-        hub_time: hub::devices::wall_ms(),
-        device: device.into(),
-        session: 7,
-        transport: "wss".into(),
-        telemetry: Telemetry {
-            seq,
-            time: None,
-            readings: (0..4)
-                .map(|i| Reading::new("temperature", 20.0 + i as f32).with_unit("Cel"))
-                .collect(),
-        },
-    }
-}
+mod support;
+use support::record;
 
 struct Run {
     appends: u64,

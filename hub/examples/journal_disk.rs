@@ -10,29 +10,15 @@
 
 use std::time::Instant;
 
-use firmware_proto::{Reading, Telemetry};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hub::config::{JournalConfig, WhenFull};
-use hub::journal::{Journal, Record};
+use hub::journal::Journal;
+
+mod support;
+use support::record;
 
 /// Appends in flight at once, as a few busy device connections keep them.
 const IN_FLIGHT: usize = 512;
-
-fn record(seq: u64) -> Record {
-    Record {
-        hub_time: hub::devices::wall_ms(),
-        device: format!("device-{:04}", seq % 100),
-        session: 7,
-        transport: "wss".into(),
-        telemetry: Telemetry {
-            seq,
-            time: None,
-            readings: (0..4)
-                .map(|i| Reading::new("temperature", 20.0 + i as f32).with_unit("Cel"))
-                .collect(),
-        },
-    }
-}
 
 async fn run(budget: u64, rounds: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -44,7 +30,7 @@ async fn run(budget: u64, rounds: u64) {
     let journal = Journal::open(dir.path(), &config).expect("journal opens");
     journal.consumer("broker").expect("broker consumer");
     journal.consumer("uplink:cloud").expect("uplink consumer");
-    let size = record(1).encode().len() as u64 + 8;
+    let size = record("device-0001", 1).encode().len() as u64 + 8;
     let total = budget * rounds / size;
     let start = Instant::now();
     let (mut peak, mut seq) = (0u64, 0u64);
@@ -52,7 +38,10 @@ async fn run(budget: u64, rounds: u64) {
     while seq < total || !pending.is_empty() {
         while seq < total && pending.len() < IN_FLIGHT {
             seq += 1;
-            let durable = journal.submit(&record(seq), None).await.expect("submit");
+            let durable = journal
+                .submit(&record(&format!("device-{:04}", seq % 100), seq), None)
+                .await
+                .expect("submit");
             pending.push(durable);
         }
         if let Some(result) = pending.next().await {

@@ -408,19 +408,7 @@ async fn garbage_instead_of_connect_on_plain_mqtt_is_closed_without_an_answer() 
 #[tokio::test]
 async fn a_publish_before_connect_is_closed_and_never_reaches_subscribers() {
     let hub = TestHub::start("").await;
-    let (watcher, watcher_events) = support::mqtt::connect_v4(support::mqtt::options_v4(
-        "watcher",
-        hub.addr(MQTT),
-        Via::Tcp,
-        None,
-    ))
-    .await;
-    let mut seen = support::mqtt::spawn_events(watcher_events);
-    watcher
-        .subscribe("devices/+/cmd", rumqttc::QoS::AtMostOnce)
-        .await
-        .expect("subscribe");
-    while !matches!(seen.recv().await, Some(rumqttc::Packet::SubAck(_))) {}
+    let (_watcher, mut seen) = subscribed_watcher(&hub, "devices/+/cmd").await;
 
     let mut tcp = TcpStream::connect(hub.addr(MQTT)).await.expect("connect");
     let publish =
@@ -725,19 +713,7 @@ async fn a_publish_to_a_wildcard_or_nul_topic_ends_the_session_and_reaches_no_su
     let hub = TestHub::start("").await;
     // The anonymous loopback client may publish to devices/+/cmd: each topic below would
     // pass the ACL if the hub took it as a topic.
-    let (watcher, watcher_events) = support::mqtt::connect_v4(support::mqtt::options_v4(
-        "watcher",
-        hub.addr(MQTT),
-        Via::Tcp,
-        None,
-    ))
-    .await;
-    let mut seen = support::mqtt::spawn_events(watcher_events);
-    watcher
-        .subscribe("devices/#", QoS::AtMostOnce)
-        .await
-        .expect("subscribe");
-    while !matches!(seen.recv().await, Some(rumqttc::Packet::SubAck(_))) {}
+    let (_watcher, mut seen) = subscribed_watcher(&hub, "devices/#").await;
 
     let cases = [
         ("devices/+/cmd", DisconnectReasonCode::TopicNameInvalid),
@@ -1041,4 +1017,29 @@ async fn first_publish_topic(
     })
     .await
     .expect("the good client's message within the deadline")
+}
+
+/// A 3.1.1 client on the plain MQTT listener subscribed to `filter` at QoS 0, and the
+/// packets it receives after its SUBACK. Keep the client: dropping it disconnects.
+async fn subscribed_watcher(
+    hub: &TestHub,
+    filter: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>,
+) {
+    let (watcher, events) = support::mqtt::connect_v4(support::mqtt::options_v4(
+        "watcher",
+        hub.addr(MQTT),
+        Via::Tcp,
+        None,
+    ))
+    .await;
+    let mut seen = support::mqtt::spawn_events(events);
+    watcher
+        .subscribe(filter, rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    while !matches!(seen.recv().await, Some(rumqttc::Packet::SubAck(_))) {}
+    (watcher, seen)
 }
