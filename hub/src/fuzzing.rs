@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 pub use crate::front::session::{Answer, SubscribeOutcome};
 pub use crate::uplink::client::{ClientError, ConnAckInfo, Event};
@@ -13,14 +13,11 @@ pub use crate::uplink::client::{ClientError, ConnAckInfo, Event};
 use crate::acl::Subject;
 use crate::config::Config;
 use crate::front::admit;
-use crate::front::custody::Custody;
 use crate::front::policy::{Login, Policy};
 use crate::front::session::{Admission, Session};
 use crate::front::FrontStats;
+use crate::mqtt;
 use crate::uplink::client::{self, Writer};
-
-/// The password the fuzzed front door presents to the broker.
-pub const BROKER_PASSWORD: &str = "fuzz-broker-password";
 
 /// The default access rules and limits, built once: every input is judged by the same.
 fn policy() -> Arc<Policy> {
@@ -49,9 +46,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of `role` ("device", "dashboard", "admin") named `identity`; `clean`
-    /// gives it the relay's QoS 1 custody, as a clean session gets.
-    pub fn new(v5: bool, role: &str, identity: &str, clean: bool) -> Client {
+    /// A client of `role` ("device", "dashboard", "admin") named `identity`.
+    pub fn new(v5: bool, role: &str, identity: &str) -> Client {
         let admission = Admission {
             subject: Subject {
                 identity: identity.to_owned(),
@@ -71,77 +67,28 @@ impl Client {
             "fuzz".into(),
             stats(),
             0,
-            clean.then(|| Custody::new(None)),
         );
         Client { session }
     }
 
-    /// Applies the ACL to a SUBSCRIBE frame, as the relay's up half does.
-    pub fn filter_subscribe(&self, frame: BytesMut) -> Result<SubscribeOutcome, String> {
-        self.session.filter_subscribe(frame)
+    /// Applies the ACL to a SUBSCRIBE, as the relay's up half does.
+    pub fn filter_subscribe(
+        &self,
+        subscribe: mqtt::Subscribe,
+        properties: Option<mqtt::SubscribeProperties>,
+    ) -> SubscribeOutcome {
+        self.session.filter_subscribe(subscribe, properties)
     }
 
-    /// Notes an UNSUBSCRIBE frame, as the relay's up half does before forwarding it.
-    pub fn note_unsubscribe(&self, frame: &BytesMut) -> Result<(), String> {
-        self.session.note_unsubscribe(frame)
-    }
-
-    /// Merges the broker's SUBACK with the hub's answers, as the relay's down half does.
-    pub fn merge_suback(&self, frame: BytesMut, codes: &[Answer]) -> Result<Bytes, String> {
-        self.session.merge_suback(frame, codes)
-    }
-
-    /// The relay's answer to a PUBLISH the ACL denied.
-    pub fn publish_denied_reply(&self, qos: u8, pkid: u16) -> Option<Bytes> {
-        self.session.publish_denied_reply(qos, pkid)
+    /// Merges the router's SUBACK with the hub's answers, as the relay's down half does.
+    pub fn merge_suback(&self, ack: &mqtt::SubAck, codes: &[Answer]) -> mqtt::Packet {
+        self.session.merge_suback(ack, codes)
     }
 }
 
-/// What admission read from a CONNECT, and what it sends the broker in its place.
-#[derive(Debug)]
-pub struct Connect {
-    /// MQTT 5 (else 3.1.1).
-    pub v5: bool,
-    /// The client id as the client sent it.
-    pub client_id: String,
-    /// User name and password.
-    pub login: Option<(String, String)>,
-    /// The topic the ACL judges the will by.
-    pub will_topic: Option<String>,
-    /// Seconds.
-    pub keep_alive: u16,
-    /// Whether the relay takes QoS 1 custody.
-    pub ends_with_connection: bool,
-    /// MQTT 5 receive maximum.
-    pub receive_max: Option<u16>,
-    /// The broker's CONNECT: protocol level, the id assigned to a v5 client that sent
-    /// none, and the bytes; or why it could not be encoded.
-    pub for_broker: Result<(u8, Option<String>, BytesMut), String>,
-}
-
-/// Parses a CONNECT frame as admission does and encodes the broker's CONNECT for a
-/// client proven to be `identity`.
-pub fn connect(frame: BytesMut, max_packet_size: usize, identity: &str) -> Result<Connect, String> {
-    let parsed = admit::parse_connect(frame, max_packet_size).map_err(|e| e.to_string())?;
-    let login = parsed
-        .login()
-        .map(|(user, password)| (user.to_owned(), password.to_owned()));
-    let summary = Connect {
-        v5: matches!(parsed, admit::Connect::V5(..)),
-        client_id: parsed.client_id().to_owned(),
-        login,
-        will_topic: parsed.will_topic(),
-        keep_alive: parsed.keep_alive(),
-        ends_with_connection: parsed.ends_with_connection(),
-        receive_max: parsed.receive_max(),
-        for_broker: Err(String::new()),
-    };
-    Ok(Connect {
-        for_broker: admit::broker_connect(parsed, identity, BROKER_PASSWORD)
-            .map(|b| (b.level, b.assigned, b.bytes))
-            .map_err(|e| e.to_string()),
-        ..summary
-    })
+/// The router's client id for a client proven to be `identity` that sent `client_id`.
+pub fn session_id(identity: &str, client_id: &str) -> String {
+    admit::session_id(identity, client_id)
 }
 
 fn endpoint() -> Arc<str> {
@@ -192,49 +139,44 @@ pub fn uplink_puback(v5: bool, pkid: u16) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::mqttbytes::v4;
-    use rumqttc::QoS;
 
     #[test]
-    fn a_connect_is_read_as_admission_reads_it_and_re_encoded_for_the_broker() {
-        let mut connect = v4::Connect::new("c1");
-        connect.set_login("u", "p");
-        connect.last_will = Some(v4::LastWill::new(
-            "devices/d1/status",
-            "off",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let mut frame = BytesMut::new();
-        connect.write(&mut frame).unwrap();
-        let read = self::connect(frame, 1024, "d1").unwrap();
-        assert_eq!(
-            (read.v5, read.client_id.as_str(), read.will_topic.as_deref()),
-            (false, "c1", Some("devices/d1/status"))
-        );
-        let (level, _, mut bytes) = read.for_broker.unwrap();
-        assert_eq!(level, 4);
-        let Ok(v4::Packet::Connect(c)) = v4::Packet::read(&mut bytes, 1024) else {
-            panic!("not a CONNECT");
-        };
-        assert_eq!(c.client_id, "d1|c1");
+    fn session_ids_keep_identities_apart_and_hold_no_character_the_router_refuses() {
+        let a = session_id("d1|x", "y");
+        let b = session_id("d1", "x|y");
+        assert_ne!(a, b);
+        let odd = session_id("a/b+c", "$d#e%");
+        assert!(!odd.contains(['/', '+', '#', '$']), "{odd}");
+        assert_eq!(session_id("d1", "c1"), "d1|c1");
     }
 
     #[test]
-    fn a_partly_denied_subscribe_is_rebuilt_with_the_allowed_filters() {
-        let client = Client::new(false, "device", "d1", true);
-        let mut subscribe = v4::Subscribe::new("devices/d1/cmd", QoS::AtLeastOnce);
-        subscribe.add("devices/d2/cmd".into(), QoS::AtMostOnce);
-        subscribe.pkid = 5;
-        let mut frame = BytesMut::new();
-        subscribe.write(&mut frame).unwrap();
-        let Ok(SubscribeOutcome::Partial { pkid, codes, .. }) = client.filter_subscribe(frame)
+    fn a_partly_denied_subscribe_keeps_only_the_allowed_filters() {
+        let client = Client::new(false, "device", "d1");
+        let filter = |path: &str, qos| mqtt::Filter {
+            path: path.into(),
+            qos,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: mqtt::RetainForwardRule::OnEverySubscribe,
+        };
+        let subscribe = mqtt::Subscribe {
+            pkid: 5,
+            filters: vec![
+                filter("devices/d1/cmd", mqtt::QoS::AtLeastOnce),
+                filter("devices/d2/cmd", mqtt::QoS::AtMostOnce),
+            ],
+        };
+        let SubscribeOutcome::Partial {
+            pkid,
+            codes,
+            forward: mqtt::Packet::Subscribe(kept, _),
+        } = client.filter_subscribe(subscribe, None)
         else {
             panic!("not rebuilt");
         };
-        assert_eq!(
-            (pkid, codes),
-            (5, vec![Answer::Upgraded, Answer::Denied(0x80)])
-        );
+        assert_eq!((pkid, codes), (5, vec![Answer::Router, Answer::Denied]));
+        assert_eq!(kept.filters.len(), 1);
+        assert_eq!(kept.filters[0].path, "devices/d1/cmd");
     }
 }

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
+pub mod mqtt;
 pub mod pki;
 pub mod publisher;
 pub mod serial;
@@ -99,7 +100,7 @@ pub struct Hub {
     broker: broker::Broker,
     gateway: Arc<devices::Gateway>,
     publisher: publisher::Publisher,
-    eventloop: rumqttc::EventLoop,
+    requests: publisher::Requests,
     router_inbox: tokio::sync::mpsc::Receiver<devices::RouterInput>,
     mqtt_commands: tokio::sync::mpsc::Receiver<publisher::IncomingCommand>,
     mqtt_commands_tx: tokio::sync::mpsc::Sender<publisher::IncomingCommand>,
@@ -132,9 +133,9 @@ impl Hub {
             journal,
         } = tokio::task::spawn_blocking(move || Setup::build(&setup_config))
             .await
-            .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+            .map_err(|_| broker::BrokerError::Thread)??;
 
-        let (publisher, eventloop) = publisher::Publisher::new(&broker, config.hub.id.as_str());
+        let (publisher, requests) = publisher::Publisher::new(config.hub.id.as_str());
         let (gateway, router_inbox) = devices::Gateway::new(
             config.devices.clone(),
             config.hub.id.as_str(),
@@ -173,7 +174,7 @@ impl Hub {
             broker,
             gateway,
             publisher,
-            eventloop,
+            requests,
             router_inbox,
             mqtt_commands,
             mqtt_commands_tx,
@@ -231,7 +232,7 @@ impl Hub {
             front,
             gateway,
             publisher,
-            eventloop,
+            requests,
             router_inbox,
             mqtt_commands,
             mqtt_commands_tx,
@@ -258,9 +259,16 @@ impl Hub {
         });
         let sinks = Stages::new();
         let sink_publisher = publisher.clone();
+        let session_broker = self.broker.clone();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         sinks.spawn("broker publisher", move |_token| {
-            publisher::run(sink_publisher, eventloop, mqtt_commands_tx, ready_tx)
+            publisher::run(
+                sink_publisher,
+                requests,
+                session_broker,
+                mqtt_commands_tx,
+                ready_tx,
+            )
         });
         // Serve nobody before commands can be routed and telemetry published: clients
         // that connect meanwhile wait in the listen backlog.
@@ -515,7 +523,7 @@ impl Reloader {
         let policy =
             tokio::task::spawn_blocking(move || Policy::build(&candidate, max_connections))
                 .await
-                .map_err(|e| broker::BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+                .map_err(|_| broker::BrokerError::Thread)??;
         warn_unusable_logins(&config, &policy);
         if config.limits.max_connections > max_connections {
             tracing::warn!(

@@ -1,58 +1,144 @@
-//! The embedded broker: loopback only, and only the front door's credentials open it.
+//! The embedded broker: rumqttd's router reached through in-process links only.
 
 use std::time::Duration;
 
-use hub::broker::{Broker, BrokerSettings, FRONT_DOOR_USER};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet};
+use bytes::Bytes;
+use hub::broker::{Broker, BrokerSettings, FromRouter, Gaps, Link};
+use hub::mqtt::{
+    self, Filter, Packet, PubAck, PubAckReason, PublishProperties, QoS, RetainForwardRule,
+    Subscribe,
+};
 
-async fn connect(
-    addr: std::net::SocketAddr,
-    login: Option<(&str, &str)>,
-) -> Result<(), ConnectionError> {
-    let mut options = MqttOptions::new("probe", addr.ip().to_string(), addr.port());
-    if let Some((user, pass)) = login {
-        options.set_credentials(user, pass);
+fn filter(path: &str, qos: QoS) -> Filter {
+    Filter {
+        path: path.into(),
+        qos,
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
     }
-    let (_client, mut events) = AsyncClient::new(options, 8);
+}
+
+async fn next(link: &mut Link) -> FromRouter {
+    tokio::time::timeout(Duration::from_secs(10), link.next())
+        .await
+        .expect("the router answers within the deadline")
+        .expect("the link stays open")
+}
+
+/// Subscribes and waits for the SUBACK.
+async fn subscribe(link: &mut Link, path: &str, qos: QoS) {
+    let subscribe = Subscribe {
+        pkid: 1,
+        filters: vec![filter(path, qos)],
+    };
+    link.push(Packet::Subscribe(subscribe, None));
+    link.flush().await.expect("sent");
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), events.poll())
-            .await
-            .expect("an answer within the deadline")?
-        {
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                assert_eq!(ack.code, ConnectReturnCode::Success);
-                return Ok(());
-            }
-            _ => continue,
+        match next(link).await {
+            FromRouter::Ack(Packet::SubAck(..)) => return,
+            FromRouter::Paused => link.wake().await.expect("woken"),
+            other => panic!("expected a SUBACK, got {other:?}"),
         }
     }
 }
 
-#[tokio::test]
-async fn the_embedded_broker_listens_on_loopback_and_admits_only_the_front_door() {
-    let broker = tokio::task::spawn_blocking(|| Broker::start(&BrokerSettings::default(), 100))
-        .await
-        .expect("no panic")
-        .expect("broker starts");
-    for addr in [broker.v4_addr, broker.v5_addr] {
-        assert!(addr.ip().is_loopback(), "{addr}");
-    }
+/// The sockets this process holds.
+fn sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
 
-    let anonymous = connect(broker.v4_addr, None).await;
-    assert!(
-        matches!(
-            anonymous,
-            Err(ConnectionError::ConnectionRefused(_))
-                | Err(ConnectionError::Io(_))
-                | Err(ConnectionError::MqttState(_))
-        ),
-        "{anonymous:?}"
+#[tokio::test]
+async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_socket_is_opened() {
+    let before = sockets();
+    let broker = Broker::start(&BrokerSettings::default(), 100).expect("broker starts");
+    let mut sub = broker.open("sub", true).await.expect("link");
+    subscribe(&mut sub, "t/#", QoS::AtLeastOnce).await;
+    let mut publisher = broker.open("pub", true).await.expect("link");
+    let properties = PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some("replies/1".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    let publish = mqtt::publish::publish(
+        Bytes::from_static(b"t/x"),
+        Bytes::from_static(b"hello"),
+        QoS::AtLeastOnce,
+        false,
+        7,
+        false,
     );
-    let guessed = connect(broker.v4_addr, Some((FRONT_DOOR_USER, "guess"))).await;
-    assert!(guessed.is_err(), "{guessed:?}");
-    connect(broker.v4_addr, Some((FRONT_DOOR_USER, broker.password())))
-        .await
-        .expect("the front door's credentials are accepted");
+    publisher.push(Packet::Publish(publish, Some(properties.clone())));
+    publisher.flush().await.expect("sent");
+    let acked = loop {
+        match next(&mut publisher).await {
+            FromRouter::Ack(Packet::PubAck(ack, _)) => break ack.pkid,
+            FromRouter::Paused => publisher.wake().await.expect("woken"),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    };
+    assert_eq!(acked, 7);
+    let (publish, got) = loop {
+        match next(&mut sub).await {
+            FromRouter::Forward {
+                publish,
+                properties,
+                ..
+            } => break (publish, properties),
+            FromRouter::Paused => sub.wake().await.expect("woken"),
+            other => panic!("expected the message, got {other:?}"),
+        }
+    };
+    let meta = mqtt::publish::meta(&publish);
+    assert_eq!((&publish.topic[..], &publish.payload[..]), (&b"t/x"[..], &b"hello"[..]));
+    assert_eq!(meta.qos, QoS::AtLeastOnce);
+    assert_ne!(meta.pkid, 0);
+    assert_eq!(got, Some(properties));
+    sub.push(Packet::PubAck(
+        PubAck {
+            pkid: meta.pkid,
+            reason: PubAckReason::Success,
+        },
+        None,
+    ));
+    sub.flush().await.expect("acked");
+    assert_eq!(sockets(), before, "the broker and its links hold no socket");
+    sub.close().await;
+    publisher.close().await;
+}
+
+#[tokio::test]
+async fn a_newer_link_with_the_same_client_id_takes_the_session_over() {
+    let broker = Broker::start(&BrokerSettings::default(), 100).expect("broker starts");
+    let mut old = broker.open("same", true).await.expect("link");
+    let _new = broker.open("same", true).await.expect("link");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match old.next().await {
+                Err(e) => return e,
+                Ok(FromRouter::Paused) => old.wake().await.ok().map_or((), drop),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the old link ends");
+    assert!(ended.to_string().contains("taken over"), "{ended}");
+}
+
+#[tokio::test]
+async fn client_ids_the_router_would_never_answer_are_refused_at_once() {
+    let broker = Broker::start(&BrokerSettings::default(), 100).expect("broker starts");
+    for id in ["a/b", "a+b", "a#b", "$a"] {
+        let refused = broker.open(id, true).await.err().expect("refused");
+        assert!(refused.to_string().contains("client id"), "{refused}");
+    }
 }
 
 #[test]
@@ -67,73 +153,54 @@ fn segments_too_small_for_rumqttd_are_refused_with_the_key_named() {
     assert!(error.contains("broker.segment_size"), "{error}");
 }
 
-#[test]
-fn the_broker_password_never_appears_in_debug_output() {
-    let broker = Broker::start(&BrokerSettings::default(), 10).expect("broker starts");
-    let debug = format!("{broker:?}");
-    assert!(!debug.contains(broker.password()), "{debug}");
-}
-
 #[tokio::test]
-async fn a_subscriber_that_falls_behind_the_log_is_counted_not_silently_skipped() {
+async fn a_subscriber_that_falls_behind_the_log_shows_a_gap_that_is_counted() {
     // Two 64 KiB segments: a stalled subscriber falls off the log after ~128 KiB.
     let settings = BrokerSettings {
         segment_size: 64 * 1024,
         segment_count: 2,
         ..BrokerSettings::default()
     };
-    let broker = tokio::task::spawn_blocking(move || Broker::start(&settings, 100))
-        .await
-        .expect("no panic")
-        .expect("broker starts");
-    let options = |id: &str| {
-        let mut o = MqttOptions::new(id, "127.0.0.1", broker.v4_addr.port());
-        o.set_credentials(FRONT_DOOR_USER, broker.password());
-        o.set_max_packet_size(64 * 1024, 64 * 1024);
-        o
-    };
-
-    let (sub, mut sub_events) = AsyncClient::new(options("slow"), 16);
-    sub.subscribe("t/#", rumqttc::QoS::AtMostOnce)
-        .await
-        .expect("queued");
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(30), sub_events.poll())
-            .await
-            .expect("SUBACK within the deadline")
-            .expect("connected");
-        if let Event::Incoming(Packet::SubAck(_)) = event {
-            break;
+    let broker = Broker::start(&settings, 100).expect("broker starts");
+    let mut sub = broker.open("slow", true).await.expect("link");
+    subscribe(&mut sub, "t/#", QoS::AtMostOnce).await;
+    let mut publisher = broker.open("fast", true).await.expect("link");
+    let mut gaps = Gaps::default();
+    let filters = ["t/#"];
+    let mut gap = false;
+    let mut seen = 0;
+    // Read the first deliveries, then stall (no wake) while 2000 KiB are published.
+    for round in 0..2 {
+        for i in 0..1000u32 {
+            let publish = mqtt::publish::publish(
+                Bytes::from_static(b"t/x"),
+                Bytes::from(vec![i as u8; 1024]),
+                QoS::AtMostOnce,
+                false,
+                0,
+                false,
+            );
+            publisher.push(Packet::Publish(publish, None));
+        }
+        publisher.flush().await.expect("sent");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    // The subscriber stops reading: its socket fills and the broker's cursor stalls.
-    let (publisher, mut pub_events) = AsyncClient::new(options("fast"), 1024);
-    let flood = tokio::spawn(async move {
-        for i in 0..2000u32 {
-            publisher
-                .publish("t/x", rumqttc::QoS::AtMostOnce, false, vec![i as u8; 1024])
-                .await
-                .expect("queued");
-        }
-        publisher
-    });
-    loop {
-        tokio::select! {
-            event = pub_events.poll() => { event.expect("publisher stays up"); }
-            _ = tokio::time::sleep(Duration::from_millis(300)), if flood.is_finished() => break,
-        }
-    }
-    assert_eq!(
-        broker.stats().subscriber_fell_behind,
-        0,
-        "nothing skipped while the subscriber is stalled"
-    );
-
-    // Reading again, it finds its place gone from the log: rumqttd jumps its cursor, and
-    // the hub must see that.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while broker.stats().subscriber_fell_behind == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no skip counted");
-        let _ = tokio::time::timeout(Duration::from_millis(100), sub_events.poll()).await;
+    while !gap {
+        assert!(tokio::time::Instant::now() < deadline, "no gap seen after {seen} messages");
+        match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+            Ok(Ok(FromRouter::Forward { publish, cursor, .. })) => {
+                seen += 1;
+                let topic = std::str::from_utf8(&publish.topic).expect("utf-8");
+                gap = gaps.forwarded(filters.into_iter(), topic, cursor);
+            }
+            Ok(Ok(FromRouter::Paused)) => sub.wake().await.expect("woken"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("link ended: {e}"),
+            Err(_) => sub.wake().await.expect("woken"),
+        }
     }
+    assert!(seen < 2000, "a gap means messages were skipped: saw {seen}");
 }

@@ -8,7 +8,6 @@
 pub(crate) mod admit;
 mod aliases;
 mod conns;
-pub(crate) mod custody;
 pub mod packet;
 pub mod policy;
 mod relay;
@@ -547,7 +546,8 @@ where
         }
     };
     tracing::Span::current().record("identity", admitted.subject.identity.as_str());
-    let _open = listener.counters.session(if admitted.v5 {
+    let v5 = admitted.version == crate::mqtt::Version::V5;
+    let _open = listener.counters.session(if v5 {
         Protocol::Mqtt5
     } else {
         Protocol::Mqtt311
@@ -557,7 +557,7 @@ where
         "client connected",
         role = %admitted.subject.role,
         client_id = %admitted.subject.client_id,
-        protocol = if admitted.v5 { "5" } else { "3.1.1" },
+        protocol = if v5 { "5" } else { "3.1.1" },
         "client connected"
     );
     // An MQTT-native device answers its own commands; the command router must know.
@@ -568,12 +568,12 @@ where
     }
     let cert_expires = cert.as_ref().map(|c| c.id.not_after);
     let session = Arc::new(Session::new(
-        admitted.v5,
+        v5,
         Admission {
             subject: admitted.subject,
             login: admitted.login,
             certificate: cert.map(|c| c.chain),
-            will_topic: admitted.will_topic,
+            will_topic: admitted.will.as_ref().map(|w| w.topic()),
             policy,
             // Neither a token nor a certificate outlives itself on an open connection.
             expires_at: match (admitted.expires_at, cert_expires) {
@@ -585,15 +585,12 @@ where
         listener.name.clone(),
         shared.stats.clone(),
         admitted.keep_alive,
-        admitted
-            .ends_with_connection
-            .then(|| custody::Custody::new(admitted.receive_max)),
     ));
     let ended = relay::run(
         client,
         admitted.client_leftover,
-        admitted.broker,
-        admitted.broker_leftover,
+        admitted.link,
+        admitted.will,
         session,
         policy_changes,
         shutdown,

@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4;
-use rumqttc::v5::mqttbytes::v5;
 use tracing::Level;
 
 use super::lock;
@@ -18,54 +15,44 @@ use super::policy::{Login, Policy, Standing};
 use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
 use crate::acl::Subject;
+use crate::mqtt::{
+    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason,
+    PubRec, PubRecReason, QoS, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode,
+    Unsubscribe,
+};
 use rustls::pki_types::CertificateDer;
 
 /// What to do with a SUBSCRIBE after the ACL looked at each filter.
 #[derive(Debug)]
 pub enum SubscribeOutcome {
-    /// Every filter is allowed: forward these (original) bytes.
-    Forward(Bytes),
-    /// Some filters are denied or served at QoS 1 by the relay: forward this rebuilt
-    /// SUBSCRIBE and answer from `codes` merged with the broker's SUBACK.
+    /// Every filter is allowed: hand the router the SUBSCRIBE as it is.
+    Forward(Packet),
+    /// Some filters are denied: hand the router this SUBSCRIBE of the allowed ones, and
+    /// answer with `codes` merged with the router's SUBACK.
     Partial {
         /// The packet id shared by both.
         pkid: u16,
-        /// The rebuilt SUBSCRIBE (denied filters left out).
-        forward: Bytes,
+        /// The SUBSCRIBE without the denied filters.
+        forward: Packet,
         /// Per original filter.
         codes: Vec<Answer>,
     },
     /// Every filter is denied: answer the client with this SUBACK, forward nothing.
-    Refuse(Bytes),
+    Refuse(Packet),
 }
 
 /// How the SUBACK answers one filter of a SUBSCRIBE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// Refused by the hub with this code.
-    Denied(u8),
-    /// The broker's answer.
-    Broker,
-    /// The broker's answer, with QoS 0 granted reported as 1: the client asked for QoS 1,
-    /// the broker serves the relay at QoS 0 and the relay delivers at QoS 1 (see
-    /// `custody`).
-    Upgraded,
+    /// Refused by the hub.
+    Denied,
+    /// The router's answer.
+    Router,
 }
 
-/// A SUBSCRIBE of either protocol version.
-enum ParsedSubscribe {
-    V4(v4::Subscribe),
-    V5(v5::Subscribe),
-}
-
-/// SUBACK failure code for a denied filter: 0x80 in 3.1.1, "not authorized" 0x87 in 5.
-fn denied_code(v5: bool) -> u8 {
-    if v5 {
-        0x87
-    } else {
-        0x80
-    }
-}
+/// SUBACK failure code for a denied filter: 0x80 in 3.1.1 (the encoder maps every
+/// failure to it), "not authorized" 0x87 in 5.
+const DENIED: SubscribeReasonCode = SubscribeReasonCode::NotAuthorized;
 
 // Kinds of lines for the front door's log limiter: a client may reconnect to repeat each.
 const REFUSED: &str = "client refused mid-session";
@@ -95,8 +82,6 @@ pub struct Session {
     subscriptions: Mutex<Vec<String>>,
     stats: Arc<FrontStats>,
     keep_alive: u16,
-    /// QoS 1 deliveries in the relay's custody (clean sessions only).
-    pub custody: Option<super::custody::Custody>,
     /// The MQTT 5 reason code of the hub's DISCONNECT, should it end the session.
     goodbye: AtomicU8,
     /// Messages and bytes relayed, counted per batch by each half.
@@ -126,6 +111,44 @@ pub enum Goodbye {
     PacketTooLarge = 0x95,
     /// A per-connection limit was exceeded (the topic alias quota).
     QuotaExceeded = 0x97,
+    /// A newer connection with the same client id took the session over.
+    SessionTakenOver = 0x8E,
+}
+
+impl Goodbye {
+    fn from_code(code: u8) -> Goodbye {
+        [
+            Goodbye::ServerShuttingDown,
+            Goodbye::TokenExpired,
+            Goodbye::NotAuthorized,
+            Goodbye::MalformedPacket,
+            Goodbye::ProtocolError,
+            Goodbye::TopicNameInvalid,
+            Goodbye::TopicAliasInvalid,
+            Goodbye::PacketTooLarge,
+            Goodbye::QuotaExceeded,
+            Goodbye::SessionTakenOver,
+        ]
+        .into_iter()
+        .find(|g| *g as u8 == code)
+        .unwrap_or(Goodbye::ServerShuttingDown)
+    }
+
+    /// Its DISCONNECT reason code.
+    pub fn reason(self) -> DisconnectReasonCode {
+        match self {
+            Goodbye::ServerShuttingDown => DisconnectReasonCode::ServerShuttingDown,
+            Goodbye::TokenExpired => DisconnectReasonCode::MaximumConnectTime,
+            Goodbye::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+            Goodbye::MalformedPacket => DisconnectReasonCode::MalformedPacket,
+            Goodbye::ProtocolError => DisconnectReasonCode::ProtocolError,
+            Goodbye::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+            Goodbye::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
+            Goodbye::PacketTooLarge => DisconnectReasonCode::PacketTooLarge,
+            Goodbye::QuotaExceeded => DisconnectReasonCode::QuotaExceeded,
+            Goodbye::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
+        }
+    }
 }
 
 /// Who a session is and how it proved it, from admission.
@@ -154,7 +177,6 @@ impl Session {
         listener: Arc<str>,
         stats: Arc<FrontStats>,
         keep_alive: u16,
-        custody: Option<super::custody::Custody>,
     ) -> Session {
         let Admission {
             subject,
@@ -179,9 +201,17 @@ impl Session {
             traffic: stats.relay(),
             stats,
             keep_alive,
-            custody,
             goodbye: AtomicU8::new(Goodbye::ServerShuttingDown as u8),
             logged: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The protocol version the client speaks.
+    pub fn version(&self) -> crate::mqtt::Version {
+        if self.v5 {
+            crate::mqtt::Version::V5
+        } else {
+            crate::mqtt::Version::V311
         }
     }
 
@@ -273,86 +303,72 @@ impl Session {
     ///
     /// 3.1.1 has no way to say "denied": the message is dropped and, for QoS 1/2, still
     /// acknowledged so the client does not resend it forever (as Mosquitto does). MQTT 5
-    /// acknowledges QoS 1/2 with reason 0x87 (not authorized).
-    pub fn publish_denied_reply(&self, qos: u8, pkid: u16) -> Option<Bytes> {
-        let mut out = BytesMut::with_capacity(8);
-        match (self.v5, qos) {
-            (_, 0) => return None,
-            (false, 1) => v4::PubAck::new(pkid).write(&mut out).ok()?,
-            (false, _) => v4::PubRec::new(pkid).write(&mut out).ok()?,
-            (true, 1) => {
-                let mut ack = v5::PubAck::new(pkid, None);
-                ack.reason = v5::PubAckReason::NotAuthorized;
-                ack.write(&mut out).ok()?
-            }
-            (true, _) => {
-                let mut rec = v5::PubRec::new(pkid, None);
-                rec.reason = v5::PubRecReason::NotAuthorized;
-                rec.write(&mut out).ok()?
-            }
-        };
-        Some(out.freeze())
+    /// acknowledges QoS 1/2 with reason 0x87 (not authorized); the 3.1.1 encoder leaves
+    /// the reason out.
+    pub fn publish_denied_reply(&self, qos: QoS, pkid: u16) -> Option<Packet> {
+        match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::NotAuthorized,
+                },
+                None,
+            )),
+            QoS::ExactlyOnce => Some(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::NotAuthorized,
+                },
+                None,
+            )),
+        }
     }
 
-    /// PUBCOMP for the PUBREL of a denied 3.1.1 QoS 2 PUBLISH.
-    pub fn pubcomp(&self, pkid: u16) -> Bytes {
-        let mut out = BytesMut::with_capacity(4);
-        // Writing a 4-byte packet into a growable buffer cannot fail.
-        let _ = v4::PubComp::new(pkid).write(&mut out);
-        out.freeze()
+    /// PUBCOMP for the PUBREL of a denied QoS 2 PUBLISH.
+    pub fn pubcomp(&self, pkid: u16) -> Packet {
+        Packet::PubComp(
+            PubComp {
+                pkid,
+                reason: PubCompReason::Success,
+            },
+            None,
+        )
     }
 
     /// MQTT 5 DISCONNECT with the reason set by [`Session::set_goodbye`] ("server shutting
     /// down" unless set); 3.1.1 has no server DISCONNECT.
-    pub fn server_disconnect(&self) -> Option<Bytes> {
+    pub fn server_disconnect(&self) -> Option<Packet> {
         if !self.v5 {
             return None;
         }
-        // Written by hand: rumqttc 0.25's `Disconnect::write` without properties emits
-        // remaining length 1 followed by two bytes (reason and property length), which
-        // clients (rumqttc among them) reject as malformed. Reason, no properties.
-        let reason = self.goodbye.load(Ordering::Relaxed);
-        Some(Bytes::from(vec![0xE0, 0x02, reason, 0x00]))
+        let reason_code = Goodbye::from_code(self.goodbye.load(Ordering::Relaxed)).reason();
+        Some(Packet::Disconnect(Disconnect { reason_code }, None))
     }
 
-    /// Applies the ACL to each filter of a SUBSCRIBE frame.
-    pub fn filter_subscribe(&self, frame: BytesMut) -> Result<SubscribeOutcome, String> {
-        let original = frame.clone().freeze();
-        let mut frame = frame;
-        let max = self.limits.max_packet_size;
-        // Parsed once; kept so that a partly denied SUBSCRIBE is rebuilt from it with each
-        // kept filter's options (QoS, and in MQTT 5 no-local, retain handling, properties).
-        let mut parsed = if self.v5 {
-            match v5::Packet::read(&mut frame, Some(max as u32)) {
-                Ok(v5::Packet::Subscribe(s)) => ParsedSubscribe::V5(s),
-                other => return Err(format!("{other:?}")),
-            }
-        } else {
-            match v4::Packet::read(&mut frame, max) {
-                Ok(v4::Packet::Subscribe(s)) => ParsedSubscribe::V4(s),
-                other => return Err(format!("{other:?}")),
-            }
-        };
-        let (pkid, filters): (u16, Vec<&str>) = match &parsed {
-            ParsedSubscribe::V4(s) => (s.pkid, s.filters.iter().map(|f| f.path.as_str()).collect()),
-            ParsedSubscribe::V5(s) => (s.pkid, s.filters.iter().map(|f| f.path.as_str()).collect()),
-        };
+    /// Applies the ACL to each filter of a SUBSCRIBE.
+    pub fn filter_subscribe(
+        &self,
+        subscribe: Subscribe,
+        properties: Option<SubscribeProperties>,
+    ) -> SubscribeOutcome {
         let allowed: Vec<bool> = {
             let policy = self.policy();
-            filters
+            subscribe
+                .filters
                 .iter()
-                .map(|f| policy.acl.can_subscribe(&self.subject, f))
+                .map(|f| policy.acl.can_subscribe(&self.subject, &f.path))
                 .collect()
         };
         {
             let mut subscriptions = lock(&self.subscriptions);
-            for (f, _) in filters.iter().zip(&allowed).filter(|(_, ok)| **ok) {
-                if !subscriptions.iter().any(|s| s == f) {
-                    subscriptions.push((*f).to_owned());
+            for (f, _) in subscribe.filters.iter().zip(&allowed).filter(|(_, ok)| **ok) {
+                if !subscriptions.iter().any(|s| *s == f.path) {
+                    subscriptions.push(f.path.clone());
                 }
             }
         }
-        for (f, ok) in filters.iter().zip(&allowed) {
+        for (f, ok) in subscribe.filters.iter().zip(&allowed) {
             if !ok {
                 self.stats.reject(Reject::AclSubscribe);
                 if lock(&self.logged).insert(Reject::AclSubscribe)
@@ -360,195 +376,62 @@ impl Session {
                 {
                     tracing::warn!(
                         peer = %self.peer, identity = %self.subject.identity, role = %self.subject.role,
-                        filter = %truncate(f), "{SUBSCRIPTION_DENIED} (further denials only counted)"
+                        filter = %truncate(&f.path), "{SUBSCRIPTION_DENIED} (further denials only counted)"
                     );
                 }
             }
         }
-        // Clean sessions get QoS 1 from the relay: the broker is asked for QoS 0.
-        let mut upgraded = vec![false; allowed.len()];
-        if let Some(custody) = &self.custody {
-            let ask = |path: &str, qos: u8| custody.subscribe(path, qos) != qos;
-            let kept = allowed.iter().zip(upgraded.iter_mut());
-            match &mut parsed {
-                ParsedSubscribe::V4(s) => {
-                    for (f, (ok, up)) in s.filters.iter_mut().zip(kept) {
-                        if *ok && ask(&f.path, f.qos as u8) {
-                            f.qos = rumqttc::QoS::AtMostOnce;
-                            *up = true;
-                        }
-                    }
-                }
-                ParsedSubscribe::V5(s) => {
-                    for (f, (ok, up)) in s.filters.iter_mut().zip(kept) {
-                        if *ok && ask(&f.path, f.qos as u8) {
-                            f.qos = rumqttc::v5::mqttbytes::QoS::AtMostOnce;
-                            *up = true;
-                        }
-                    }
-                }
-            }
-        }
-        if allowed.iter().all(|a| *a) && !upgraded.contains(&true) {
-            return Ok(SubscribeOutcome::Forward(original));
+        if allowed.iter().all(|a| *a) {
+            return SubscribeOutcome::Forward(Packet::Subscribe(subscribe, properties));
         }
         let codes: Vec<Answer> = allowed
             .iter()
-            .zip(&upgraded)
-            .map(|(ok, up)| match (ok, up) {
-                (false, _) => Answer::Denied(denied_code(self.v5)),
-                (true, true) => Answer::Upgraded,
-                (true, false) => Answer::Broker,
-            })
+            .map(|ok| if *ok { Answer::Router } else { Answer::Denied })
             .collect();
+        let pkid = subscribe.pkid;
         if allowed.iter().all(|a| !*a) {
-            return Ok(SubscribeOutcome::Refuse(self.suback(pkid, &codes, &[])?));
+            return SubscribeOutcome::Refuse(suback(pkid, &codes, &[]));
         }
-        let mut out = BytesMut::with_capacity(original.len());
+        let mut subscribe = subscribe;
         let mut keep = allowed.iter();
-        let mut kept = |_: &_| *keep.next().unwrap_or(&false);
-        match &mut parsed {
-            ParsedSubscribe::V4(s) => {
-                s.filters.retain(|f| kept(&f.path));
-                s.write(&mut out).map_err(|e| e.to_string())?;
-            }
-            ParsedSubscribe::V5(s) => {
-                s.filters.retain(|f| kept(&f.path));
-                s.write(&mut out).map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(SubscribeOutcome::Partial {
+        subscribe
+            .filters
+            .retain(|_| *keep.next().unwrap_or(&false));
+        SubscribeOutcome::Partial {
             pkid,
-            forward: out.freeze(),
+            forward: Packet::Subscribe(subscribe, properties),
             codes,
+        }
+    }
+
+    /// The client unsubscribes: a reload no longer judges those filters.
+    pub fn note_unsubscribe(&self, unsubscribe: &Unsubscribe) {
+        lock(&self.subscriptions).retain(|s| !unsubscribe.filters.contains(s));
+    }
+
+    /// The filters the client holds.
+    pub fn subscriptions(&self) -> Vec<String> {
+        lock(&self.subscriptions).clone()
+    }
+
+    /// Merges the router's SUBACK for a SUBSCRIBE without the denied filters with the
+    /// hub's answers.
+    pub fn merge_suback(&self, ack: &SubAck, codes: &[Answer]) -> Packet {
+        suback(ack.pkid, codes, &ack.return_codes)
+    }
+}
+
+/// A SUBACK: per entry of `codes`, the hub's refusal or the next of `router_codes`.
+fn suback(pkid: u16, codes: &[Answer], router_codes: &[SubscribeReasonCode]) -> Packet {
+    let mut from_router = router_codes.iter();
+    let return_codes = codes
+        .iter()
+        .map(|c| match c {
+            Answer::Denied => DENIED,
+            Answer::Router => *from_router.next().unwrap_or(&SubscribeReasonCode::Unspecified),
         })
-    }
-
-    /// The client unsubscribes: a reload no longer judges those filters, and filters it
-    /// had at QoS 1 are no longer upgraded. Err when the UNSUBSCRIBE does not decode (it
-    /// is not forwarded then).
-    pub fn note_unsubscribe(&self, frame: &BytesMut) -> Result<(), String> {
-        let mut frame = frame.clone();
-        let max = self.limits.max_packet_size;
-        let filters = if self.v5 {
-            match v5::Packet::read(&mut frame, Some(max as u32)) {
-                Ok(v5::Packet::Unsubscribe(u)) => u.filters,
-                other => return Err(format!("{other:?}")),
-            }
-        } else {
-            match v4::Packet::read(&mut frame, max) {
-                Ok(v4::Packet::Unsubscribe(u)) => u.topics,
-                other => return Err(format!("{other:?}")),
-            }
-        };
-        lock(&self.subscriptions).retain(|s| !filters.contains(s));
-        if let Some(custody) = &self.custody {
-            for filter in &filters {
-                custody.unsubscribe(filter);
-            }
-        }
-        Ok(())
-    }
-
-    /// Merges the broker's SUBACK for a rebuilt SUBSCRIBE with the hub's answers.
-    pub fn merge_suback(&self, frame: BytesMut, codes: &[Answer]) -> Result<Bytes, String> {
-        let mut frame = frame;
-        let (pkid, broker_codes): (u16, Vec<u8>) = if self.v5 {
-            match v5::Packet::read(&mut frame, None) {
-                Ok(v5::Packet::SubAck(a)) => (a.pkid, a.return_codes.iter().map(v5_code).collect()),
-                other => return Err(format!("bad SUBACK: {other:?}")),
-            }
-        } else {
-            match v4::Packet::read(&mut frame, usize::MAX >> 4) {
-                Ok(v4::Packet::SubAck(a)) => (a.pkid, a.return_codes.iter().map(v4_code).collect()),
-                other => return Err(format!("bad SUBACK: {other:?}")),
-            }
-        };
-        self.suback(pkid, codes, &broker_codes)
-    }
-
-    /// Builds a SUBACK: per entry of `codes`, the hub's failure code or the next of
-    /// `broker_codes`.
-    fn suback(&self, pkid: u16, codes: &[Answer], broker_codes: &[u8]) -> Result<Bytes, String> {
-        let mut from_broker = broker_codes.iter();
-        let mut next = || *from_broker.next().unwrap_or(&denied_code(self.v5));
-        let merged: Vec<u8> = codes
-            .iter()
-            .map(|c| match c {
-                Answer::Denied(code) => *code,
-                Answer::Broker => next(),
-                Answer::Upgraded => match next() {
-                    0 => 1,
-                    other => other,
-                },
-            })
-            .collect();
-        let mut out = BytesMut::with_capacity(5 + merged.len());
-        if self.v5 {
-            let return_codes = merged.iter().map(|c| v5_from_code(*c)).collect();
-            v5::SubAck {
-                pkid,
-                return_codes,
-                properties: None,
-            }
-            .write(&mut out)
-            .map_err(|e| e.to_string())?;
-        } else {
-            let return_codes = merged
-                .iter()
-                .map(|c| {
-                    v4::SubscribeReasonCode::try_from(*c)
-                        .unwrap_or(v4::SubscribeReasonCode::Failure)
-                })
-                .collect();
-            v4::SubAck::new(pkid, return_codes)
-                .write(&mut out)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(out.freeze())
-    }
-}
-
-fn v4_code(c: &v4::SubscribeReasonCode) -> u8 {
-    match c {
-        v4::SubscribeReasonCode::Success(q) => *q as u8,
-        v4::SubscribeReasonCode::Failure => 0x80,
-    }
-}
-
-fn v5_code(c: &v5::SubscribeReasonCode) -> u8 {
-    use v5::SubscribeReasonCode as C;
-    match c {
-        C::Success(q) => *q as u8,
-        C::Failure | C::Unspecified => 0x80,
-        C::ImplementationSpecific => 0x83,
-        C::NotAuthorized => 0x87,
-        C::TopicFilterInvalid => 0x8F,
-        C::PkidInUse => 0x91,
-        C::QuotaExceeded => 0x97,
-        C::SharedSubscriptionsNotSupported => 0x9E,
-        C::SubscriptionIdNotSupported => 0xA1,
-        C::WildcardSubscriptionsNotSupported => 0xA2,
-    }
-}
-
-fn v5_from_code(c: u8) -> v5::SubscribeReasonCode {
-    use rumqttc::v5::mqttbytes::QoS;
-    use v5::SubscribeReasonCode as C;
-    match c {
-        0 => C::Success(QoS::AtMostOnce),
-        1 => C::Success(QoS::AtLeastOnce),
-        2 => C::Success(QoS::ExactlyOnce),
-        0x83 => C::ImplementationSpecific,
-        0x87 => C::NotAuthorized,
-        0x8F => C::TopicFilterInvalid,
-        0x91 => C::PkidInUse,
-        0x97 => C::QuotaExceeded,
-        0x9E => C::SharedSubscriptionsNotSupported,
-        0xA1 => C::SubscriptionIdNotSupported,
-        0xA2 => C::WildcardSubscriptionsNotSupported,
-        _ => C::Unspecified,
-    }
+        .collect();
+    Packet::SubAck(SubAck { pkid, return_codes }, None)
 }
 
 /// Token buckets for messages and bytes per second, refilled continuously, holding one

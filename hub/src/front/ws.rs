@@ -13,7 +13,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::packet::FrameError;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -233,11 +232,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
                 Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
                 Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong {
                     size,
-                    ..
+                    max_size,
                 }))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        FrameError::TooLarge(size),
+                        crate::mqtt::Error::TooLarge {
+                            size,
+                            max: max_size,
+                        },
                     )))
                 }
                 Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),

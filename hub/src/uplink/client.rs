@@ -40,7 +40,6 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::front::packet::{next_frame, FrameError};
 use crate::front::ws::{ws_config, WsBytes};
 
 /// Largest incoming packet we accept unless configured otherwise: 1 MiB.
@@ -683,7 +682,9 @@ impl Reader {
                 Ok(_) => {}
                 Err(e) => {
                     // The WebSocket adapter reports an oversized message this way.
-                    if let Some(FrameError::TooLarge(size)) = FrameError::in_io(&e) {
+                    if let Some(crate::mqtt::Error::TooLarge { size, .. }) =
+                        e.get_ref().and_then(|e| e.downcast_ref::<crate::mqtt::Error>())
+                    {
                         return Err(ClientError::PacketTooLarge {
                             endpoint: self.endpoint.to_string(),
                             size: *size,
@@ -1708,5 +1709,26 @@ mod tests {
             assert!(error.contains(bad), "{error}");
             assert!(error.contains("mqtts://HOST[:PORT]"), "{error}");
         }
+    }
+}
+
+/// A malformed or over-limit packet (placeholder until the uplink moves to `crate::mqtt`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The remaining length exceeds the configured packet limit.
+    #[error("packet of {0} bytes exceeds max_packet_size")]
+    TooLarge(usize),
+    /// The bytes do not form an MQTT packet.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+/// Splits the next complete packet off the front of `buf`.
+pub fn next_frame(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<BytesMut>, FrameError> {
+    match rumqttc::mqttbytes::check(buf.iter(), max_packet_size) {
+        Ok(header) => Ok(Some(buf.split_to(header.frame_length()))),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n)) => Err(FrameError::TooLarge(n)),
+        Err(_) => Err(FrameError::Malformed("bad remaining length")),
     }
 }

@@ -1,0 +1,211 @@
+//! The embedded MQTT broker: rumqttd's router as the hub's in-process routing core.
+//!
+//! rumqttd routes (sessions, subscriptions, shared subscriptions, retained messages, QoS
+//! state); the hub owns every edge. Its router runs on its own thread and is reached only
+//! through in-process links ([`Broker::open`]): the front door opens one per admitted
+//! client, the hub's own session one more. Nothing listens on a socket for it, so nothing
+//! but the hub can reach it.
+//!
+//! rumqttd 0.20 facts the hub builds on (see ARCHITECTURE.md, "The embedded broker"):
+//! - A link carries every packet: PUBLISH at any QoS with properties, SUBSCRIBE with its
+//!   options, the acks, PINGREQ and DISCONNECT; the router answers through the link's
+//!   notifications (forwards with properties, acks, and `Unschedule`, after which the
+//!   link must be woken to get more).
+//! - Building a link blocks its thread until the router answers, and the router never
+//!   answers a client id containing `+ $ # /` or a link over its connection limit: ids are
+//!   checked here and the limit sits above the front door's.
+//! - The router only fires a will on an event that only its own network links can send:
+//!   the hub publishes wills itself (`front::relay`).
+//! - A new link with a session's client id takes the session over: the old link's
+//!   notifications end (its receiver sees the router's side dropped).
+//! - It skips messages for a subscriber that falls behind its in-memory log (QoS 1 too),
+//!   and reports that only through alerts that need a timer its network edge runs: the
+//!   links count the gaps themselves ([`Gaps`]).
+//! - It has no shutdown API: the router thread ends with the process.
+
+mod link;
+
+pub use self::link::{FromRouter, Gaps, Link, LinkError, LinkReceiver, LinkSender};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[broker]`: sizing of the embedded broker's in-memory logs and connection limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Largest MQTT packet, in bytes, the broker accepts (publish payload and headers).
+    pub max_packet_size: usize,
+    /// Bytes in one segment of a subscription filter's in-memory log. A subscriber that
+    /// falls more than `segment_size * segment_count` bytes behind skips messages.
+    pub segment_size: usize,
+    /// Segments kept per filter; the oldest is dropped when a new one is needed.
+    pub segment_count: usize,
+    /// Most messages queued for one subscriber before the router pauses delivery to it.
+    pub max_outgoing_packets: u64,
+    /// Most QoS 1/2 messages in flight to one subscriber.
+    pub max_inflight: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            max_packet_size: 256 * 1024,
+            // 4 MiB x 4 per filter holds over a second of a busy dashboard feed, yet
+            // bounds a Pi's memory: logs grow only as far as traffic fills them.
+            segment_size: 4 * 1024 * 1024,
+            segment_count: 4,
+            max_outgoing_packets: 1000,
+            max_inflight: 100,
+        }
+    }
+}
+
+/// Why the embedded broker could not start, or could not open a link.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The router thread could not be spawned.
+    #[error("cannot start the embedded broker's router thread")]
+    Thread,
+    /// The settings are unusable.
+    #[error("broker.{key}: {message}")]
+    Invalid {
+        /// The key under `[broker]`.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A link could not be opened.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// The running embedded broker; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// Opens a link on the router. A closure, because the router's channel carries a type
+/// rumqttd does not export: only a function that captured the sender can use it.
+type Opener = dyn Fn(&str, bool) -> Result<
+        (
+            rumqttd::local::LinkTx,
+            rumqttd::local::LinkRx,
+            rumqttd::Notification,
+        ),
+        rumqttd::local::LinkError,
+    > + Send
+    + Sync;
+
+struct Inner {
+    open: Box<Opener>,
+    /// Times a subscriber's link saw the router skip messages (see [`Gaps`]).
+    skips: AtomicU64,
+}
+
+/// The embedded broker's counters, as the stats topic shows them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BrokerStats {
+    /// Times the broker skipped messages for a subscriber that fell so far behind its
+    /// in-memory log (each time may skip many).
+    pub subscriber_fell_behind: u64,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl BrokerSettings {
+    fn validate(&self) -> Result<(), BrokerError> {
+        // rumqttd panics in its router below 1 KiB segments.
+        if self.segment_size < 64 * 1024 {
+            return Err(BrokerError::Invalid {
+                key: "segment_size",
+                message: format!(
+                    "{} bytes is too small; use at least 65536",
+                    self.segment_size
+                ),
+            });
+        }
+        if self.segment_count < 2 {
+            return Err(BrokerError::Invalid {
+                key: "segment_count",
+                message: "must be at least 2".into(),
+            });
+        }
+        if self.max_packet_size < 1024 {
+            return Err(BrokerError::Invalid {
+                key: "max_packet_size",
+                message: "must be at least 1024 bytes".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// Starts rumqttd's router on its own thread.
+    pub fn start(settings: &BrokerSettings, max_connections: usize) -> Result<Broker, BrokerError> {
+        settings.validate()?;
+        let config = rumqttd::RouterConfig {
+            // The front door caps connections itself; the router's own cap must never be
+            // what refuses a link (it would not answer at all). Headroom covers the hub's
+            // own link and sessions whose links are closing.
+            max_connections: max_connections.saturating_mul(2).saturating_add(64),
+            max_outgoing_packet_count: settings.max_outgoing_packets,
+            max_segment_size: settings.segment_size,
+            max_segment_count: settings.segment_count,
+            ..Default::default()
+        };
+        let router = rumqttd::Router::new(0, config);
+        // rumqttd's `spawn` panics if the OS refuses a thread.
+        let router_tx =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || router.spawn()))
+                .map_err(|_| BrokerError::Thread)?;
+        let open = move |client_id: &str, clean: bool| {
+            rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean)
+                .dynamic_filters(true)
+                .build()
+        };
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                open: Box::new(open),
+                skips: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Opens a link for `client_id`; `clean` starts a fresh session instead of resuming
+    /// the one the id left (which a new link takes over if it is still open).
+    pub async fn open(&self, client_id: &str, clean: bool) -> Result<Link, LinkError> {
+        link::check_client_id(client_id)?;
+        let inner = self.inner.clone();
+        let id = client_id.to_owned();
+        // Building waits (blocking its thread) for the router's answer.
+        let built = tokio::task::spawn_blocking(move || (inner.open)(&id, clean));
+        let built = tokio::time::timeout(OPEN_TIMEOUT, built)
+            .await
+            .map_err(|_| LinkError::NoAnswer)?
+            .map_err(|_| LinkError::NoAnswer)?
+            .map_err(|e| LinkError::Refused(e.to_string()))?;
+        Ok(Link::new(built, self.inner.clone()))
+    }
+
+    /// The counters for the stats topic.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            subscriber_fell_behind: self.inner.skips.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How long opening a link may wait for the router (it answers in microseconds unless
+/// something is badly wrong).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
