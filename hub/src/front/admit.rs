@@ -32,6 +32,8 @@ pub struct Admitted {
     pub will: Option<Will>,
     /// The keep-alive the client asked for, in seconds.
     pub keep_alive: u16,
+    /// MQTT 5: the most QoS 1/2 messages the client will have in flight from us.
+    pub receive_max: Option<u16>,
     /// When the credential (a JWT) stops being valid.
     pub expires_at: Option<SystemTime>,
     /// The session's link on the broker, CONNACK already sent.
@@ -135,6 +137,7 @@ impl Refused {
 pub(crate) struct Connect {
     pub(crate) version: Version,
     pub(crate) connect: mqtt::Connect,
+    pub(crate) receive_max: Option<u16>,
     pub(crate) will: Option<Will>,
     pub(crate) login: Option<mqtt::Login>,
 }
@@ -262,6 +265,7 @@ where
         login,
         will: connect.will,
         keep_alive: connect.connect.keep_alive,
+        receive_max: connect.receive_max,
         expires_at,
         link,
         client_leftover: buf,
@@ -423,10 +427,11 @@ async fn read_connect<R: AsyncRead + Unpin>(
 ) -> Result<Connect, Refused> {
     loop {
         match mqtt::decode_connect(buf, max) {
-            Ok(Some((version, Packet::Connect(connect, _, will, will_props, login)))) => {
+            Ok(Some((version, Packet::Connect(connect, properties, will, will_props, login)))) => {
                 return Ok(Connect {
                     version,
                     connect,
+                    receive_max: properties.and_then(|p| p.receive_maximum),
                     will: will.map(|message| Will {
                         message,
                         properties: will_props,

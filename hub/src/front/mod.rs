@@ -591,6 +591,7 @@ where
         admitted.client_leftover,
         admitted.link,
         admitted.will,
+        admitted.receive_max,
         session,
         policy_changes,
         shutdown,

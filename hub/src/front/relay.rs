@@ -10,7 +10,7 @@
 //! reading instead of buffering for it. The hub publishes the client's will itself when
 //! the connection ends without DISCONNECT (the router cannot be asked to).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -80,12 +80,20 @@ impl std::fmt::Display for Ended {
 }
 
 /// What the two halves share: the hub's answers for SUBSCRIBEs the router sees without
-/// their denied filters, by packet id, and where the router's forwards stand per filter.
-#[derive(Default)]
+/// their denied filters, by packet id; where the router's forwards stand per filter; and
+/// the QoS 1/2 deliveries the client has not acknowledged yet.
 struct Between {
     pending: HashMap<u16, Vec<Answer>>,
     gaps: Gaps,
+    /// Deliveries sent and not yet completed (PUBACK, or PUBCOMP for QoS 2).
+    unacked: usize,
+    /// When the client last completed one.
+    last_ack: tokio::time::Instant,
 }
+
+/// rumqttd's router keeps at most this many QoS 1/2 deliveries in flight per session (a
+/// constant of its own).
+const ROUTER_INFLIGHT: usize = 100;
 
 /// Runs the relay until either side ends, then ends the session on the broker.
 pub async fn run<C>(
@@ -93,6 +101,7 @@ pub async fn run<C>(
     leftover: BytesMut,
     link: Link,
     will: Option<Will>,
+    receive_max: Option<u16>,
     session: Arc<Session>,
     mut policy: tokio::sync::watch::Receiver<Arc<Policy>>,
     shutdown: CancellationToken,
@@ -106,7 +115,16 @@ where
         receiver: link_rx,
         ..
     } = link;
-    let between = Mutex::new(Between::default());
+    let between = Mutex::new(Between {
+        pending: HashMap::new(),
+        gaps: Gaps::default(),
+        unacked: 0,
+        last_ack: tokio::time::Instant::now(),
+    });
+    let acked = tokio::sync::Notify::new();
+    // MQTT 5 §3.3.4: never more unacknowledged deliveries than the client's Receive
+    // Maximum. The router's own window is smaller than most clients' (65,535 by default).
+    let window = receive_max.map_or(ROUTER_INFLIGHT, |m| usize::from(m).min(ROUTER_INFLIGHT));
     // Answers the relay itself gives the client; tiny, as each is a reply to a packet the
     // up half just read, and up waits when it is full.
     let (inject_tx, inject_rx) = mpsc::channel::<Packet>(32);
@@ -117,6 +135,7 @@ where
         &mut link_tx,
         &session,
         &between,
+        &acked,
         inject_tx,
     );
     // `down` says goodbye to the client when the hub shuts down, when the client's token
@@ -127,6 +146,7 @@ where
         client_wr,
         &session,
         &between,
+        (window, &acked),
         inject_rx,
         stop.clone(),
     );
@@ -223,6 +243,7 @@ async fn upstream<R: AsyncRead + Unpin>(
     link: &mut LinkSender,
     session: &Session,
     between: &Mutex<Between>,
+    acked: &tokio::sync::Notify,
     inject: mpsc::Sender<Packet>,
 ) -> Ended {
     let version = session.version();
@@ -284,10 +305,17 @@ async fn upstream<R: AsyncRead + Unpin>(
                 Packet::PubRel(rel, _) if denied_qos2.remove(&rel.pkid) => {
                     Some(session.pubcomp(rel.pkid))
                 }
-                packet @ (Packet::PubAck(..)
-                | Packet::PubRec(..)
-                | Packet::PubRel(..)
-                | Packet::PubComp(..)) => {
+                packet @ (Packet::PubAck(..) | Packet::PubComp(..)) => {
+                    {
+                        let mut between = lock(between);
+                        between.unacked = between.unacked.saturating_sub(1);
+                        between.last_ack = tokio::time::Instant::now();
+                    }
+                    acked.notify_one();
+                    link.push(packet);
+                    None
+                }
+                packet @ (Packet::PubRec(..) | Packet::PubRel(..)) => {
                     link.push(packet);
                     None
                 }
@@ -426,16 +454,36 @@ async fn downstream<W: AsyncWrite + Unpin>(
     mut client: W,
     session: &Session,
     between: &Mutex<Between>,
+    (window, acked): (usize, &tokio::sync::Notify),
     mut inject: mpsc::Receiver<Packet>,
     shutdown: CancellationToken,
 ) -> Ended {
     let version = session.version();
     let write_timeout = session.limits.write_timeout;
     let mut out = BytesMut::new();
+    let mut down = Down {
+        session,
+        between,
+        window,
+        parked: VecDeque::new(),
+        published: 0,
+        paused: false,
+    };
     loop {
-        let mut published = 0u64;
-        let mut paused = false;
         let mut ended = None;
+        // A client whose window stays full without one acknowledgement for the write
+        // timeout reads but does not acknowledge: as good as not reading.
+        let stalled = async {
+            let since = {
+                let between = lock(between);
+                (between.unacked >= window).then_some(between.last_ack)
+            };
+            match since {
+                Some(at) => tokio::time::sleep_until(at + write_timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let room = down.parked.len() < PARKED_MAX;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -451,27 +499,27 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
                 return Ended::Shutdown;
             }
+            _ = acked.notified() => {}
+            _ = stalled => {
+                if lock(between).unacked >= window {
+                    session.reject(Reject::SlowConsumer);
+                    return Ended::ClientNotReading;
+                }
+            }
             reply = inject.recv() => {
                 let Some(reply) = reply else { return Ended::ClientGone(None) };
                 encode(&reply, version, &mut out);
             }
-            from = link.next() => {
-                ended = deliver(from, session, between, &link, &mut out, &mut published, &mut paused);
+            from = link.next(), if room => {
+                ended = down.deliver(from, &link, &mut out);
             }
         }
         // Everything else already waiting shares the write.
-        while ended.is_none() && out.len() < WRITE_BATCH {
+        while ended.is_none() && out.len() < WRITE_BATCH && down.parked.len() < PARKED_MAX {
             let Some(from) = link.try_next() else { break };
-            ended = deliver(
-                from,
-                session,
-                between,
-                &link,
-                &mut out,
-                &mut published,
-                &mut paused,
-            );
+            ended = down.deliver(from, &link, &mut out);
         }
+        down.release(&mut out);
         while let Ok(reply) = inject.try_recv() {
             encode(&reply, version, &mut out);
         }
@@ -482,7 +530,8 @@ async fn downstream<W: AsyncWrite + Unpin>(
             };
             match tokio::time::timeout(write_timeout, write).await {
                 Ok(Ok(())) => {
-                    session.traffic.down(published, out.len());
+                    session.traffic.down(down.published, out.len());
+                    down.published = 0;
                     out.clear();
                     if out.capacity() > 4 * WRITE_BATCH {
                         out = BytesMut::new();
@@ -507,9 +556,12 @@ async fn downstream<W: AsyncWrite + Unpin>(
             return ended;
         }
         // The router paused deliveries once its batch for us was full: what it sent is
-        // written, so ask for more.
-        if paused && link.wake().await.is_err() {
-            return Ended::TakenOver;
+        // written (or parked, within bounds), so ask for more.
+        if down.paused && down.parked.len() < PARKED_MAX {
+            down.paused = false;
+            if link.wake().await.is_err() {
+                return Ended::TakenOver;
+            }
         }
     }
 }
@@ -517,34 +569,90 @@ async fn downstream<W: AsyncWrite + Unpin>(
 /// Bytes gathered for the client before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// Encodes what the router sent into `out`; `Some` when it ends the session.
-fn deliver(
-    from: Result<FromRouter, LinkError>,
-    session: &Session,
-    between: &Mutex<Between>,
-    link: &LinkReceiver,
-    out: &mut BytesMut,
-    published: &mut u64,
-    paused: &mut bool,
-) -> Option<Ended> {
-    let version = session.version();
-    match from {
-        Err(LinkError::Closed) | Err(_) => return Some(Ended::TakenOver),
-        Ok(FromRouter::Forward {
-            publish,
-            properties,
-            cursor,
-        }) => {
-            if let Ok(topic) = std::str::from_utf8(&publish.topic) {
-                let filters = session.subscriptions();
-                if lock(between)
-                    .gaps
-                    .forwarded(filters.iter().map(String::as_str), topic, cursor)
-                {
-                    link.count_skip();
+/// Deliveries held back at most, in order, while the client's window is full; beyond
+/// them the relay stops taking the router's.
+const PARKED_MAX: usize = 1024;
+
+/// The down half's state between writes.
+struct Down<'a> {
+    session: &'a Session,
+    between: &'a Mutex<Between>,
+    window: usize,
+    /// Deliveries waiting for room in the client's window (and those behind them).
+    parked: VecDeque<(Publish, Option<PublishProperties>)>,
+    /// PUBLISH packets encoded since the last write.
+    published: u64,
+    /// The router waits to be woken.
+    paused: bool,
+}
+
+impl Down<'_> {
+    /// Encodes what the router sent into `out`; `Some` when it ends the session.
+    fn deliver(
+        &mut self,
+        from: Result<FromRouter, LinkError>,
+        link: &LinkReceiver,
+        out: &mut BytesMut,
+    ) -> Option<Ended> {
+        let version = self.session.version();
+        match from {
+            Err(_) => return Some(Ended::TakenOver),
+            Ok(FromRouter::Forward {
+                publish,
+                properties,
+                cursor,
+            }) => {
+                if let Ok(topic) = std::str::from_utf8(&publish.topic) {
+                    let filters = self.session.subscriptions();
+                    if lock(self.between)
+                        .gaps
+                        .forwarded(filters.iter().map(String::as_str), topic, cursor)
+                    {
+                        link.count_skip();
+                    }
                 }
+                self.parked.push_back((publish, properties));
+                self.release(out);
             }
-            let meta = mqtt::publish::meta(&publish);
+            Ok(FromRouter::Ack(Packet::SubAck(ack, properties))) => {
+                let codes = lock(self.between).pending.remove(&ack.pkid);
+                let packet = match codes {
+                    Some(codes) => self.session.merge_suback(&ack, &codes),
+                    None => Packet::SubAck(ack, properties),
+                };
+                encode(&packet, version, out);
+            }
+            Ok(FromRouter::Ack(packet)) => encode(&packet, version, out),
+            Ok(FromRouter::Paused) => self.paused = true,
+            Ok(FromRouter::Disconnect(disconnect, properties)) => {
+                if version == Version::V5 {
+                    encode(&Packet::Disconnect(disconnect, properties), version, out);
+                }
+                return Some(Ended::BrokerClosed);
+            }
+        }
+        None
+    }
+
+    /// Encodes parked deliveries, in order, while the client's window has room.
+    fn release(&mut self, out: &mut BytesMut) {
+        let version = self.session.version();
+        while let Some((publish, _)) = self.parked.front() {
+            let meta = mqtt::publish::meta(publish);
+            if meta.qos != QoS::AtMostOnce {
+                let mut between = lock(self.between);
+                if between.unacked >= self.window {
+                    return;
+                }
+                if between.unacked == 0 {
+                    // The window's clock starts with its first delivery.
+                    between.last_ack = tokio::time::Instant::now();
+                }
+                between.unacked += 1;
+            }
+            let Some((publish, properties)) = self.parked.pop_front() else {
+                return;
+            };
             let properties = properties.as_ref().filter(|_| version == Version::V5);
             if let Err(e) = mqtt::encode_publish(
                 &publish.topic,
@@ -559,26 +667,9 @@ fn deliver(
             ) {
                 tracing::warn!(error = %e, "a message for this client cannot be encoded; skipped");
             }
-            *published += 1;
-        }
-        Ok(FromRouter::Ack(Packet::SubAck(ack, properties))) => {
-            let codes = lock(between).pending.remove(&ack.pkid);
-            let packet = match codes {
-                Some(codes) => session.merge_suback(&ack, &codes),
-                None => Packet::SubAck(ack, properties),
-            };
-            encode(&packet, version, out);
-        }
-        Ok(FromRouter::Ack(packet)) => encode(&packet, version, out),
-        Ok(FromRouter::Paused) => *paused = true,
-        Ok(FromRouter::Disconnect(disconnect, properties)) => {
-            if version == Version::V5 {
-                encode(&Packet::Disconnect(disconnect, properties), version, out);
-            }
-            return Some(Ended::BrokerClosed);
+            self.published += 1;
         }
     }
-    None
 }
 
 /// Encodes a packet the hub built or the router sent; those always encode.

@@ -124,6 +124,19 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
             if let Packet::Publish(_, props) = &mut packet {
                 *props = None;
             }
+            if let Packet::SubAck(ack, _) = &mut packet {
+                for code in &mut ack.return_codes {
+                    if !matches!(
+                        code,
+                        SubscribeReasonCode::Success(_)
+                            | SubscribeReasonCode::QoS0
+                            | SubscribeReasonCode::QoS1
+                            | SubscribeReasonCode::QoS2
+                    ) {
+                        *code = SubscribeReasonCode::Failure;
+                    }
+                }
+            }
             v4::V4.write(packet, out)
         }
         Version::V5 => v5::V5.write(packet, out),
