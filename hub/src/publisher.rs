@@ -130,8 +130,7 @@ impl Publisher {
             })
             .collect();
         let (done, taken) = oneshot::channel();
-        self.request(Request::Publish(messages, Some(done)))
-            .await?;
+        self.request(Request::Publish(messages, Some(done))).await?;
         taken.await.map_err(|_| Stopped)
     }
 
@@ -459,7 +458,9 @@ pub async fn feed(
             cursor = *seq;
         }
         let counters = &publisher.counters;
-        counters.fed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters
+            .fed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         counters.fed_bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Err(error) = journal.commit(JOURNAL_CONSUMER, cursor) {
             tracing::error!(%error, "journal: cannot move the broker's cursor");

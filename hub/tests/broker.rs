@@ -96,7 +96,10 @@ async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_
         }
     };
     let meta = mqtt::publish::meta(&publish);
-    assert_eq!((&publish.topic[..], &publish.payload[..]), (&b"t/x"[..], &b"hello"[..]));
+    assert_eq!(
+        (&publish.topic[..], &publish.payload[..]),
+        (&b"t/x"[..], &b"hello"[..])
+    );
     assert_eq!(meta.qos, QoS::AtLeastOnce);
     assert_ne!(meta.pkid, 0);
     assert_eq!(got, Some(properties));
@@ -108,7 +111,12 @@ async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_
         None,
     ));
     sub.flush().await.expect("acked");
-    assert_eq!(sockets(), before, "the broker and its links hold no socket");
+    // Inherited descriptors may close meanwhile; none may open.
+    let after = sockets();
+    assert!(
+        after <= before,
+        "the broker and its links opened sockets: {before} -> {after}"
+    );
     sub.close().await;
     publisher.close().await;
 }
@@ -189,9 +197,14 @@ async fn a_subscriber_that_falls_behind_the_log_shows_a_gap_that_is_counted() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !gap {
-        assert!(tokio::time::Instant::now() < deadline, "no gap seen after {seen} messages");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no gap seen after {seen} messages"
+        );
         match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
-            Ok(Ok(FromRouter::Forward { publish, cursor, .. })) => {
+            Ok(Ok(FromRouter::Forward {
+                publish, cursor, ..
+            })) => {
                 seen += 1;
                 let topic = std::str::from_utf8(&publish.topic).expect("utf-8");
                 gap = gaps.forwarded(filters.into_iter(), topic, cursor);

@@ -91,7 +91,10 @@ pub struct Broker {
 
 /// Opens a link on the router. A closure, because the router's channel carries a type
 /// rumqttd does not export: only a function that captured the sender can use it.
-type Opener = dyn Fn(&str, bool) -> Result<
+type Opener = dyn Fn(
+        &str,
+        bool,
+    ) -> Result<
         (
             rumqttd::local::LinkTx,
             rumqttd::local::LinkRx,

@@ -450,10 +450,12 @@ async fn read_connect<R: AsyncRead + Unpin>(
         match io.read_buf(buf).await {
             Ok(0) => return Err(Refused::Closed),
             Err(e) => {
-                return Err(match e.get_ref().and_then(|e| e.downcast_ref::<mqtt::Error>()) {
-                    Some(too_large) => Refused::TooLarge(too_large.clone()),
-                    None => Refused::Closed,
-                })
+                return Err(
+                    match e.get_ref().and_then(|e| e.downcast_ref::<mqtt::Error>()) {
+                        Some(too_large) => Refused::TooLarge(too_large.clone()),
+                        None => Refused::Closed,
+                    },
+                )
             }
             Ok(_) => {}
         }

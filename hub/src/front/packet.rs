@@ -102,4 +102,3 @@ pub fn truncate(s: &str) -> &str {
         None => s,
     }
 }
-

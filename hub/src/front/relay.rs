@@ -64,9 +64,9 @@ impl std::fmt::Display for Ended {
             Ended::ClientGone(None) => f.write_str("client closed the connection"),
             Ended::ClientGone(Some(e)) => write!(f, "connection lost: {e}"),
             Ended::BrokerClosed => f.write_str("session ended by the broker"),
-            Ended::TakenOver => f.write_str(
-                "session taken over by a newer connection with the same client id",
-            ),
+            Ended::TakenOver => {
+                f.write_str("session taken over by a newer connection with the same client id")
+            }
             Ended::KeepAliveExpired => f.write_str("keep-alive expired"),
             Ended::ClientNotReading => f.write_str("client stopped reading; disconnected"),
             Ended::Protocol(e) => write!(f, "protocol violation: {e}"),
@@ -549,7 +549,8 @@ async fn downstream<W: AsyncWrite + Unpin>(
                 session.set_goodbye(Goodbye::SessionTakenOver);
                 if let Some(bye) = session.server_disconnect() {
                     encode(&bye, version, &mut out);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&out)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), client.write_all(&out)).await;
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
@@ -604,10 +605,11 @@ impl Down<'_> {
             }) => {
                 if let Ok(topic) = std::str::from_utf8(&publish.topic) {
                     let filters = self.session.subscriptions();
-                    if lock(self.between)
-                        .gaps
-                        .forwarded(filters.iter().map(String::as_str), topic, cursor)
-                    {
+                    if lock(self.between).gaps.forwarded(
+                        filters.iter().map(String::as_str),
+                        topic,
+                        cursor,
+                    ) {
                         link.count_skip();
                     }
                 }

@@ -16,9 +16,8 @@ use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
 use crate::acl::Subject;
 use crate::mqtt::{
-    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason,
-    PubRec, PubRecReason, QoS, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode,
-    Unsubscribe,
+    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, QoS, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, Unsubscribe,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -362,7 +361,12 @@ impl Session {
         };
         {
             let mut subscriptions = lock(&self.subscriptions);
-            for (f, _) in subscribe.filters.iter().zip(&allowed).filter(|(_, ok)| **ok) {
+            for (f, _) in subscribe
+                .filters
+                .iter()
+                .zip(&allowed)
+                .filter(|(_, ok)| **ok)
+            {
                 if !subscriptions.iter().any(|s| *s == f.path) {
                     subscriptions.push(f.path.clone());
                 }
@@ -394,9 +398,7 @@ impl Session {
         }
         let mut subscribe = subscribe;
         let mut keep = allowed.iter();
-        subscribe
-            .filters
-            .retain(|_| *keep.next().unwrap_or(&false));
+        subscribe.filters.retain(|_| *keep.next().unwrap_or(&false));
         SubscribeOutcome::Partial {
             pkid,
             forward: Packet::Subscribe(subscribe, properties),
@@ -428,7 +430,9 @@ fn suback(pkid: u16, codes: &[Answer], router_codes: &[SubscribeReasonCode]) -> 
         .iter()
         .map(|c| match c {
             Answer::Denied => DENIED,
-            Answer::Router => *from_router.next().unwrap_or(&SubscribeReasonCode::Unspecified),
+            Answer::Router => *from_router
+                .next()
+                .unwrap_or(&SubscribeReasonCode::Unspecified),
         })
         .collect();
     Packet::SubAck(SubAck { pkid, return_codes }, None)

@@ -72,10 +72,19 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, Error> {
 }
 
 /// Decodes one packet from the front of `buf`.
-pub fn decode(buf: &mut BytesMut, version: Version, max_size: usize) -> Result<Option<Packet>, Error> {
-    let Some(len) = frame_len(buf)? else { return Ok(None) };
+pub fn decode(
+    buf: &mut BytesMut,
+    version: Version,
+    max_size: usize,
+) -> Result<Option<Packet>, Error> {
+    let Some(len) = frame_len(buf)? else {
+        return Ok(None);
+    };
     if len > max_size {
-        return Err(Error::TooLarge { size: len, max: max_size });
+        return Err(Error::TooLarge {
+            size: len,
+            max: max_size,
+        });
     }
     if buf.len() < len {
         return Ok(None);
@@ -91,10 +100,18 @@ pub fn decode(buf: &mut BytesMut, version: Version, max_size: usize) -> Result<O
 }
 
 /// Decodes the first packet of a connection, a CONNECT.
-pub fn decode_connect(buf: &mut BytesMut, max_size: usize) -> Result<Option<(Version, Packet)>, Error> {
-    let Some(len) = frame_len(buf)? else { return Ok(None) };
+pub fn decode_connect(
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Option<(Version, Packet)>, Error> {
+    let Some(len) = frame_len(buf)? else {
+        return Ok(None);
+    };
     if len > max_size {
-        return Err(Error::TooLarge { size: len, max: max_size });
+        return Err(Error::TooLarge {
+            size: len,
+            max: max_size,
+        });
     }
     if buf.len() < len {
         return Ok(None);
@@ -104,7 +121,9 @@ pub fn decode_connect(buf: &mut BytesMut, max_size: usize) -> Result<Option<(Ver
     }
     let at = {
         let mut i = 1;
-        while buf[i] & 0x80 != 0 { i += 1; }
+        while buf[i] & 0x80 != 0 {
+            i += 1;
+        }
         i + 1
     };
     let level = buf.get(at + 6).copied().unwrap_or(0);
@@ -124,6 +143,18 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
             if let Packet::Publish(_, props) = &mut packet {
                 *props = None;
             }
+            if let Packet::ConnAck(ack, _) = &mut packet {
+                if !matches!(
+                    ack.code,
+                    ConnectReturnCode::Success
+                        | ConnectReturnCode::RefusedProtocolVersion
+                        | ConnectReturnCode::BadUserNamePassword
+                        | ConnectReturnCode::NotAuthorized
+                        | ConnectReturnCode::ServiceUnavailable
+                ) {
+                    ack.code = ConnectReturnCode::NotAuthorized;
+                }
+            }
             if let Packet::SubAck(ack, _) = &mut packet {
                 for code in &mut ack.return_codes {
                     if !matches!(
@@ -139,7 +170,28 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
             }
             v4::V4.write(packet, out)
         }
-        Version::V5 => v5::V5.write(packet, out),
+        Version::V5 => {
+            if let Packet::Disconnect(d, None) = &packet {
+                use DisconnectReasonCode as R;
+                let code = match d.reason_code {
+                    R::NormalDisconnection => 0x00,
+                    R::ServerShuttingDown => 0x8B,
+                    R::MaximumConnectTime => 0xA0,
+                    R::NotAuthorized => 0x87,
+                    R::MalformedPacket => 0x81,
+                    R::ProtocolError => 0x82,
+                    R::TopicNameInvalid => 0x90,
+                    R::TopicAliasInvalid => 0x94,
+                    R::PacketTooLarge => 0x95,
+                    R::QuotaExceeded => 0x97,
+                    R::SessionTakenOver => 0x8E,
+                    _ => 0x80,
+                };
+                out.extend_from_slice(&[0xE0, 0x02, code, 0x00]);
+                return Ok(());
+            }
+            v5::V5.write(packet, out)
+        }
     };
     r.map(drop).map_err(|e| Error::Malformed(e.to_string()))
 }
@@ -171,8 +223,21 @@ pub fn encode_publish(
 /// The packet type's name.
 pub fn packet_name(first_byte: u8) -> &'static str {
     [
-        "reserved", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP",
-        "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP", "DISCONNECT",
+        "reserved",
+        "CONNECT",
+        "CONNACK",
+        "PUBLISH",
+        "PUBACK",
+        "PUBREC",
+        "PUBREL",
+        "PUBCOMP",
+        "SUBSCRIBE",
+        "SUBACK",
+        "UNSUBSCRIBE",
+        "UNSUBACK",
+        "PINGREQ",
+        "PINGRESP",
+        "DISCONNECT",
         "AUTH",
     ][usize::from(first_byte >> 4)]
 }

@@ -16,7 +16,14 @@ pub struct Meta {
 }
 
 /// A PUBLISH with every field set.
-pub fn publish(topic: Bytes, payload: Bytes, qos: QoS, retain: bool, pkid: u16, dup: bool) -> Publish {
+pub fn publish(
+    topic: Bytes,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+    pkid: u16,
+    dup: bool,
+) -> Publish {
     let first = 0x30 | u8::from(retain) | ((qos as u8) << 1) | (u8::from(dup) << 3);
     let [hi, lo] = pkid.to_be_bytes();
     let mut p = Publish::deserialize(Bytes::copy_from_slice(&[first, hi, lo, 0, 0]));

@@ -682,8 +682,9 @@ impl Reader {
                 Ok(_) => {}
                 Err(e) => {
                     // The WebSocket adapter reports an oversized message this way.
-                    if let Some(crate::mqtt::Error::TooLarge { size, .. }) =
-                        e.get_ref().and_then(|e| e.downcast_ref::<crate::mqtt::Error>())
+                    if let Some(crate::mqtt::Error::TooLarge { size, .. }) = e
+                        .get_ref()
+                        .and_then(|e| e.downcast_ref::<crate::mqtt::Error>())
                     {
                         return Err(ClientError::PacketTooLarge {
                             endpoint: self.endpoint.to_string(),
@@ -1724,7 +1725,10 @@ pub enum FrameError {
 }
 
 /// Splits the next complete packet off the front of `buf`.
-pub fn next_frame(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<BytesMut>, FrameError> {
+pub fn next_frame(
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+) -> Result<Option<BytesMut>, FrameError> {
     match rumqttc::mqttbytes::check(buf.iter(), max_packet_size) {
         Ok(header) => Ok(Some(buf.split_to(header.frame_length()))),
         Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
