@@ -37,8 +37,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
-    /// Largest MQTT packet, in bytes, the broker accepts (publish payload and headers).
-    pub max_packet_size: usize,
+    /// No longer used: packet sizes are `[limits] max_packet_size`, which the front door
+    /// enforces. Accepted so that configuration files written for earlier versions load.
+    pub max_packet_size: Option<u64>,
     /// Bytes in one segment of a subscription filter's in-memory log. A subscriber that
     /// falls more than `segment_size * segment_count` bytes behind skips messages.
     pub segment_size: usize,
@@ -46,20 +47,21 @@ pub struct BrokerSettings {
     pub segment_count: usize,
     /// Most messages queued for one subscriber before the router pauses delivery to it.
     pub max_outgoing_packets: u64,
-    /// Most QoS 1/2 messages in flight to one subscriber.
-    pub max_inflight: usize,
+    /// No longer used: QoS 1/2 deliveries in flight are at most the router's 100 and the
+    /// client's Receive Maximum. Accepted like `max_packet_size`.
+    pub max_inflight: Option<u64>,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
-            max_packet_size: 256 * 1024,
+            max_packet_size: None,
             // 4 MiB x 4 per filter holds over a second of a busy dashboard feed, yet
             // bounds a Pi's memory: logs grow only as far as traffic fills them.
             segment_size: 4 * 1024 * 1024,
             segment_count: 4,
             max_outgoing_packets: 1000,
-            max_inflight: 100,
+            max_inflight: None,
         }
     }
 }
@@ -100,7 +102,7 @@ type Opener = dyn Fn(
             rumqttd::local::LinkRx,
             rumqttd::Notification,
         ),
-        rumqttd::local::LinkError,
+        String,
     > + Send
     + Sync;
 
@@ -142,11 +144,13 @@ impl BrokerSettings {
                 message: "must be at least 2".into(),
             });
         }
-        if self.max_packet_size < 1024 {
-            return Err(BrokerError::Invalid {
-                key: "max_packet_size",
-                message: "must be at least 1024 bytes".into(),
-            });
+        for (key, set) in [
+            ("max_packet_size", self.max_packet_size.is_some()),
+            ("max_inflight", self.max_inflight.is_some()),
+        ] {
+            if set {
+                tracing::warn!("broker.{key} is no longer used (the embedded broker is reached in process; see the commented configuration); remove it");
+            }
         }
         Ok(())
     }
@@ -176,6 +180,8 @@ impl Broker {
                 .clean_session(clean)
                 .dynamic_filters(true)
                 .build()
+                // rumqttd's error holds a whole router event: keep only what it says.
+                .map_err(|e| e.to_string())
         };
         Ok(Broker {
             inner: Arc::new(Inner {
@@ -197,7 +203,7 @@ impl Broker {
             .await
             .map_err(|_| LinkError::NoAnswer)?
             .map_err(|_| LinkError::NoAnswer)?
-            .map_err(|e| LinkError::Refused(e.to_string()))?;
+            .map_err(LinkError::Refused)?;
         Ok(Link::new(built, self.inner.clone()))
     }
 

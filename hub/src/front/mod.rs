@@ -589,9 +589,11 @@ where
     let ended = relay::run(
         client,
         admitted.client_leftover,
-        admitted.link,
-        admitted.will,
-        admitted.receive_max,
+        relay::Opened {
+            link: admitted.link,
+            will: admitted.will,
+            receive_max: admitted.receive_max,
+        },
         session,
         policy_changes,
         shutdown,

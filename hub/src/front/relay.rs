@@ -95,13 +95,25 @@ struct Between {
 /// constant of its own).
 const ROUTER_INFLIGHT: usize = 100;
 
+/// A client's session on the broker, as admission opened it.
+pub struct Opened {
+    /// Its link.
+    pub link: Link,
+    /// Its will.
+    pub will: Option<Will>,
+    /// MQTT 5: the most QoS 1/2 deliveries it will have unacknowledged.
+    pub receive_max: Option<u16>,
+}
+
 /// Runs the relay until either side ends, then ends the session on the broker.
 pub async fn run<C>(
     client: C,
     leftover: BytesMut,
-    link: Link,
-    will: Option<Will>,
-    receive_max: Option<u16>,
+    Opened {
+        link,
+        will,
+        receive_max,
+    }: Opened,
     session: Arc<Session>,
     mut policy: tokio::sync::watch::Receiver<Arc<Policy>>,
     shutdown: CancellationToken,

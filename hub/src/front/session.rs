@@ -367,7 +367,7 @@ impl Session {
                 .zip(&allowed)
                 .filter(|(_, ok)| **ok)
             {
-                if !subscriptions.iter().any(|s| *s == f.path) {
+                if !subscriptions.contains(&f.path) {
                     subscriptions.push(f.path.clone());
                 }
             }
