@@ -1,6 +1,6 @@
 //! The topic aliases an MQTT 5 client sets (MQTT §3.3.2.3.4), resolved by the relay: it
-//! checks the ACL against the topic an alias stands for and forwards publishes to the
-//! broker with that topic and without properties (see `packet::strip_v5_properties`).
+//! checks the ACL against the topic an alias stands for and hands publishes to the router
+//! with that topic and without the alias.
 //!
 //! What a connection may hold is bounded twice: by the number of aliases, announced in
 //! the CONNACK, and by the bytes of the topics they stand for, which the CONNACK cannot
