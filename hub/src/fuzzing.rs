@@ -16,7 +16,7 @@ use crate::front::admit;
 use crate::front::policy::{Login, Policy};
 use crate::front::session::{Admission, Session};
 use crate::front::FrontStats;
-use crate::mqtt;
+use crate::mqtt::{self, Version};
 use crate::uplink::client::{self, Writer};
 
 /// The default access rules and limits, built once: every input is judged by the same.
@@ -96,23 +96,41 @@ fn endpoint() -> Arc<str> {
     NAME.get_or_init(|| "fuzz".into()).clone()
 }
 
-/// Decodes one complete frame from an upstream broker, as the uplink's reader does after
-/// CONNACK.
-pub fn uplink_decode(
-    frame: BytesMut,
-    v5: bool,
-    max_packet_size: usize,
-) -> Result<Event, ClientError> {
-    client::decode(&endpoint(), frame, v5, max_packet_size)
+fn version(v5: bool) -> Version {
+    if v5 {
+        Version::V5
+    } else {
+        Version::V311
+    }
 }
 
-/// Checks a CONNACK frame as the uplink does when it connects with `keep_alive`.
+/// Decodes the next packet of an upstream broker's stream (removing it) as the uplink's
+/// reader does after CONNACK: `None` while it is incomplete.
+pub fn uplink_decode(
+    buf: &mut BytesMut,
+    v5: bool,
+    max_packet_size: usize,
+) -> Result<Option<Event>, ClientError> {
+    let endpoint = endpoint();
+    match client::next_packet(&endpoint, buf, version(v5), max_packet_size)? {
+        Some(packet) => client::event(&endpoint, packet, version(v5)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads the broker's first packet from its stream and checks it as the uplink does when
+/// it connects with `keep_alive`: `None` while it is incomplete.
 pub fn uplink_connack(
-    frame: BytesMut,
+    buf: &mut BytesMut,
     v5: bool,
     keep_alive: u16,
-) -> Result<ConnAckInfo, ClientError> {
-    client::read_connack(&endpoint(), frame, v5, keep_alive)
+    max_packet_size: usize,
+) -> Result<Option<ConnAckInfo>, ClientError> {
+    let endpoint = endpoint();
+    match client::next_packet(&endpoint, buf, version(v5), max_packet_size)? {
+        Some(packet) => client::read_connack(&endpoint, packet, version(v5), keep_alive).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Encodes a PUBLISH as the uplink's writer does.

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
+/// The MQTT 3.1.1 and 5 codec shared by the front door, the broker session and the uplink.
 pub mod mqtt;
 pub mod pki;
 pub mod publisher;

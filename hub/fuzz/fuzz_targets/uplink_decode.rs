@@ -1,20 +1,20 @@
 //! Feeds arbitrary bytes, as an upstream broker would send them, to the uplink client's
-//! decoder: framed by `next_frame` as its reader frames them, the first frame optionally
-//! read as the CONNACK.
+//! decoder, packet by packet as its reader decodes them, the first optionally read as the
+//! CONNACK; the stream ends where the reader would close the connection.
 //!
-//! Input layout: byte 0 bit 0 = MQTT 5, bit 1 = the first frame is the CONNACK; byte 1
+//! Input layout: byte 0 bit 0 = MQTT 5, bit 1 = the first packet is the CONNACK; byte 1
 //! picks the packet size limit; bytes 2-3 are a packet id for a PUBACK round trip; the
 //! rest is the broker's byte stream.
 //!
-//! Checks: no panic; each event matches its frame's type and packet id; a PUBLISH decoded
-//! re-encodes with the uplink's own encoder to a frame that decodes to the same message
-//! (the retain flag aside: the uplink never publishes retained), and that encoding is a
-//! fixed point; the uplink's PUBACK decodes to its packet id.
+//! Checks: no panic; an incomplete packet is left buffered; each event matches the type
+//! and packet id of the bytes it consumed; a PUBLISH decoded re-encodes with the uplink's
+//! own encoder to a frame that decodes to the same message (the retain flag aside: the
+//! uplink never publishes retained), and that encoding is a fixed point; the uplink's
+//! PUBACK decodes to its packet id.
 
 #![no_main]
 
 use bytes::BytesMut;
-use hub::front::packet::{next_frame, packet_type};
 use hub::fuzzing::{
     uplink_connack, uplink_decode, uplink_puback, uplink_publish, ClientError, Event,
 };
@@ -50,11 +50,10 @@ fn round_trip(v5: bool, event: &Event) {
         Err(e) => panic!("a decoded PUBLISH does not re-encode: {e}"),
     };
     let mut buf = encoded.clone();
-    let frame = next_frame(&mut buf, NO_LIMIT)
-        .expect("our PUBLISH frames")
-        .expect("a whole frame");
-    assert!(buf.is_empty(), "one frame");
-    let again = uplink_decode(frame, v5, NO_LIMIT).expect("our PUBLISH decodes");
+    let again = uplink_decode(&mut buf, v5, NO_LIMIT)
+        .expect("our PUBLISH decodes")
+        .expect("a whole packet");
+    assert!(buf.is_empty(), "one packet");
     let Event::Publish {
         topic: t,
         payload: p,
@@ -76,7 +75,7 @@ fn round_trip(v5: bool, event: &Event) {
 }
 
 fn check_event(frame: &[u8], v5: bool, event: &Event) {
-    let kind = packet_type(frame);
+    let kind = frame[0] >> 4;
     match event {
         Event::PubAck { pkid, refused } => {
             assert_eq!(kind, 4);
@@ -108,28 +107,45 @@ fuzz_target!(|data: &[u8]| {
     let max = 2 + usize::from(*limit) * usize::from(*limit);
 
     let pkid = u16::from_be_bytes([*id_hi, *id_lo]);
-    match uplink_decode(uplink_puback(v5, pkid), v5, NO_LIMIT) {
-        Ok(Event::PubAck { pkid: got, refused }) => assert_eq!((got, refused), (pkid, None)),
+    let mut ours = uplink_puback(v5, pkid);
+    match uplink_decode(&mut ours, v5, NO_LIMIT) {
+        Ok(Some(Event::PubAck { pkid: got, refused })) => {
+            assert_eq!((got, refused), (pkid, None));
+            assert!(ours.is_empty());
+        }
         other => panic!("our PUBACK decodes as {other:?}"),
     }
 
     let mut buf = BytesMut::from(stream);
-    let mut first = flags & 2 == 2;
-    while let Ok(Some(frame)) = next_frame(&mut buf, max) {
-        if std::mem::take(&mut first) {
-            if let Ok(info) = uplink_connack(frame.clone(), v5, 30) {
-                assert_eq!(packet_type(&frame), 2);
-                assert!(!v5 || body(&frame)[1] < 0x80);
-                assert!(v5 || body(&frame)[1] == 0);
+    if flags & 2 == 2 {
+        let before = buf.clone();
+        match uplink_connack(&mut buf, v5, 30, max) {
+            Ok(Some(info)) => {
+                let frame = &before[..before.len() - buf.len()];
+                assert_eq!(frame[0] >> 4, 2);
+                assert!(!v5 || body(frame)[1] < 0x80);
+                assert!(v5 || body(frame)[1] == 0);
                 if !v5 {
                     assert_eq!(info.keep_alive, std::time::Duration::from_secs(30));
                 }
             }
-            continue;
+            Ok(None) => assert_eq!(buf, before, "an incomplete CONNACK was touched"),
+            Err(_) => {}
         }
-        let copy = frame.clone();
-        if let Ok(event) = uplink_decode(frame, v5, max) {
-            check_event(&copy, v5, &event);
+    }
+    loop {
+        let before = buf.clone();
+        match uplink_decode(&mut buf, v5, max) {
+            Ok(Some(event)) => {
+                let frame = &before[..before.len() - buf.len()];
+                assert!(frame.len() <= max);
+                check_event(frame, v5, &event);
+            }
+            Ok(None) => {
+                assert_eq!(buf, before, "an incomplete packet was touched");
+                return;
+            }
+            Err(_) => return,
         }
     }
 });

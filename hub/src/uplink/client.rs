@@ -1,11 +1,10 @@
 //! A minimal MQTT client connection for the uplink: connect, publish, subscribe, read.
 //!
-//! We drive MQTT ourselves instead of using rumqttc's `EventLoop`, because the uplink's
+//! We drive MQTT ourselves instead of using a client library's event loop, because the uplink's
 //! in-flight [`Window`](super::window::Window) must choose the packet ids put on the wire,
-//! and a PUBACK must never outlive the connection it arrived on. rumqttc's packet codecs
-//! do the CONNECT, CONNACK properties, SUBSCRIBE and incoming PUBLISH; PUBLISH out and
-//! PUBACK/SUBACK in are encoded and read here, since they are the hot path and we need
-//! the raw reason codes that rumqttc maps into enums (or refuses).
+//! and a PUBACK must never outlive the connection it arrived on. Packets are read and
+//! written by the hub's own codec, [`crate::mqtt`]; the events keep the raw reason codes,
+//! which is what the caller logs and judges refusals by.
 //!
 //! There is no reconnect logic: [`connect`] makes one connection (TCP, TLS, WebSocket,
 //! CONNECT, CONNACK) under one deadline, and the caller reconnects with backoff when any
@@ -31,9 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use rumqttc::mqttbytes::{v4, QoS as QoS4};
-use rumqttc::v5::mqttbytes::{v5, QoS as QoS5};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
@@ -41,19 +38,17 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::front::ws::{ws_config, WsBytes};
+use crate::mqtt::{self, codes, Packet, QoS, Version};
+
+/// The meaning of an MQTT 5 reason code (CONNACK, PUBACK, SUBACK, DISCONNECT).
+pub use crate::mqtt::codes::reason_name as reason_v5;
 
 /// Largest incoming packet we accept unless configured otherwise: 1 MiB.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 
-/// Largest remaining length MQTT can encode (four varint bytes).
-const MAX_REMAINING_LENGTH: usize = 268_435_455;
-
 /// At most this many bytes go into one write, so that over WebSocket one batch becomes
 /// messages tungstenite will buffer.
 const MAX_WRITE: usize = 256 * 1024;
-
-/// MQTT 5 user property identifier.
-const USER_PROPERTY: u8 = 0x26;
 
 /// How the upstream broker is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +335,7 @@ pub enum ClientError {
     PacketTooLarge {
         /// The broker.
         endpoint: String,
-        /// Its remaining length.
+        /// Its size, fixed header included (as MQTT 5's maximum packet size counts it).
         size: usize,
         /// Our limit.
         max: usize,
@@ -512,19 +507,24 @@ async fn connect_inner(
         stream
     };
 
+    let version = if options.v5 {
+        Version::V5
+    } else {
+        Version::V311
+    };
     let (read, write) = tokio::io::split(stream);
     let mut reader = Reader {
         io: read,
         buf: BytesMut::with_capacity(8 * 1024),
-        v5: options.v5,
+        version,
         max_packet_size: options.max_packet_size,
         endpoint: name.clone(),
     };
     let mut writer = Writer {
         io: write,
         buf: BytesMut::with_capacity(8 * 1024),
-        v5: options.v5,
-        max_packet_size: MAX_REMAINING_LENGTH + 5,
+        version,
+        max_packet_size: mqtt::MAX_PACKET_SIZE,
         endpoint: name.clone(),
         last_flush: Instant::now(),
     };
@@ -532,8 +532,8 @@ async fn connect_inner(
     let keep_alive = u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX);
     writer.encode_connect(options, keep_alive)?;
     writer.flush().await?;
-    let frame = reader.next_frame().await?;
-    let connack = read_connack(&name, frame, options.v5, keep_alive)?;
+    let packet = reader.next_packet().await?;
+    let connack = read_connack(&name, packet, version, keep_alive)?;
     if let Some(max) = connack.max_packet_size {
         writer.max_packet_size = max as usize;
     }
@@ -577,67 +577,73 @@ async fn websocket(
     Ok(WsBytes::new(ws))
 }
 
-/// Checks the CONNACK frame and extracts what the caller needs.
+/// Checks the broker's first packet, which must be a successful CONNACK, and extracts
+/// what the caller needs.
 pub(crate) fn read_connack(
     endpoint: &Arc<str>,
-    frame: BytesMut,
-    v5: bool,
+    packet: Packet,
+    version: Version,
     keep_alive: u16,
 ) -> Result<ConnAckInfo, ClientError> {
-    let protocol = |detail: String| ClientError::Protocol {
-        endpoint: endpoint.to_string(),
-        detail,
+    let Packet::ConnAck(ack, props) = packet else {
+        return Err(ClientError::Protocol {
+            endpoint: endpoint.to_string(),
+            detail: format!("expected CONNACK, got a {} packet", mqtt::name(&packet)),
+        });
     };
-    let kind = frame[0] >> 4;
-    if kind != 2 {
-        return Err(protocol(format!(
-            "expected CONNACK, got a {} packet",
-            packet_name(kind)
-        )));
-    }
-    let body = &frame[body_offset(&frame).map_err(|e| protocol(e.to_string()))?..];
-    let (&flags, &code) = match body {
-        [flags, code, ..] => (flags, code),
-        _ => return Err(protocol("CONNACK shorter than 2 bytes".into())),
-    };
-    let refused = if v5 { code >= 0x80 } else { code != 0 };
-    if refused {
+    if ack.code != mqtt::ConnectReturnCode::Success {
+        let code = codes::connack_code(ack.code, version);
         return Err(ClientError::Refused {
             endpoint: endpoint.to_string(),
             code,
-            reason: connack_reason(v5, code),
+            reason: match version {
+                Version::V5 => codes::reason_name(code),
+                Version::V311 => codes::return_code_name(code),
+            },
         });
     }
     let mut info = ConnAckInfo {
-        session_present: flags & 1 == 1,
+        session_present: ack.session_present,
         keep_alive: Duration::from_secs(keep_alive.into()),
         receive_maximum: None,
         max_packet_size: None,
     };
-    if v5 {
-        let mut frame = frame;
-        match v5::Packet::read(&mut frame, None) {
-            Ok(v5::Packet::ConnAck(ack)) => {
-                if let Some(props) = ack.properties {
-                    info.receive_maximum = props.receive_max;
-                    info.max_packet_size = props.max_packet_size;
-                    if let Some(secs) = props.server_keep_alive {
-                        info.keep_alive = Duration::from_secs(secs.into());
-                    }
-                }
-            }
-            Ok(other) => return Err(protocol(format!("expected CONNACK, got {other:?}"))),
-            Err(e) => return Err(protocol(format!("malformed CONNACK: {e}"))),
+    if let Some(props) = props {
+        info.receive_maximum = props.receive_max;
+        info.max_packet_size = props.max_packet_size;
+        if let Some(secs) = props.server_keep_alive {
+            info.keep_alive = Duration::from_secs(secs.into());
         }
     }
     Ok(info)
+}
+
+/// Decodes the next complete packet in `buf` (removing it); `None` while it is
+/// incomplete, `buf` untouched.
+pub(crate) fn next_packet(
+    endpoint: &Arc<str>,
+    buf: &mut BytesMut,
+    version: Version,
+    max_packet_size: usize,
+) -> Result<Option<Packet>, ClientError> {
+    mqtt::decode(buf, version, max_packet_size).map_err(|e| match e {
+        mqtt::Error::TooLarge { size, max } => ClientError::PacketTooLarge {
+            endpoint: endpoint.to_string(),
+            size,
+            max,
+        },
+        e => ClientError::Protocol {
+            endpoint: endpoint.to_string(),
+            detail: e.to_string(),
+        },
+    })
 }
 
 /// The reading half: decodes incoming packets.
 pub struct Reader {
     io: ReadHalf<BoxedTransport>,
     buf: BytesMut,
-    v5: bool,
+    version: Version,
     max_packet_size: usize,
     endpoint: Arc<str>,
 }
@@ -646,28 +652,22 @@ impl Reader {
     /// The next packet from the broker. Cancel safe: a partly received packet stays
     /// buffered for the next call. Any error means the connection is unusable.
     pub async fn next_event(&mut self) -> Result<Event, ClientError> {
-        let frame = self.next_frame().await?;
-        decode(&self.endpoint, frame, self.v5, self.max_packet_size)
+        let packet = self.next_packet().await?;
+        event(&self.endpoint, packet, self.version)
     }
 
-    async fn next_frame(&mut self) -> Result<BytesMut, ClientError> {
+    async fn next_packet(&mut self) -> Result<Packet, ClientError> {
         loop {
-            match next_frame(&mut self.buf, self.max_packet_size) {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => {}
-                Err(FrameError::TooLarge(size)) => {
-                    return Err(ClientError::PacketTooLarge {
-                        endpoint: self.endpoint.to_string(),
-                        size,
-                        max: self.max_packet_size,
-                    })
-                }
-                Err(e) => {
-                    return Err(ClientError::Protocol {
-                        endpoint: self.endpoint.to_string(),
-                        detail: e.to_string(),
-                    })
-                }
+            // The codec leaves an incomplete packet in the buffer, so cancelling the
+            // read below loses nothing.
+            let decoded = next_packet(
+                &self.endpoint,
+                &mut self.buf,
+                self.version,
+                self.max_packet_size,
+            )?;
+            if let Some(packet) = decoded {
+                return Ok(packet);
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
@@ -682,13 +682,10 @@ impl Reader {
                 Ok(_) => {}
                 Err(e) => {
                     // The WebSocket adapter reports an oversized message this way.
-                    if let Some(crate::mqtt::Error::TooLarge { size, .. }) = e
-                        .get_ref()
-                        .and_then(|e| e.downcast_ref::<crate::mqtt::Error>())
-                    {
+                    if let Some(&mqtt::Error::TooLarge { size, .. }) = mqtt::Error::in_io(&e) {
                         return Err(ClientError::PacketTooLarge {
                             endpoint: self.endpoint.to_string(),
-                            size: *size,
+                            size,
                             max: self.max_packet_size,
                         });
                     }
@@ -702,100 +699,68 @@ impl Reader {
     }
 }
 
-/// Decodes one complete packet received after CONNACK.
-pub(crate) fn decode(
+/// What a packet received after CONNACK means to the uplink.
+pub(crate) fn event(
     endpoint: &Arc<str>,
-    mut frame: BytesMut,
-    v5: bool,
-    max_packet_size: usize,
+    packet: Packet,
+    version: Version,
 ) -> Result<Event, ClientError> {
     let protocol = |detail: String| ClientError::Protocol {
         endpoint: endpoint.to_string(),
         detail,
     };
-    let kind = frame[0] >> 4;
-    let body = &frame[body_offset(&frame).map_err(|e| protocol(e.to_string()))?..];
-    match kind {
-        // PUBACK: packet id, then (MQTT 5, optional) reason code and properties.
-        4 => {
-            let pkid =
-                read_pkid(body).ok_or_else(|| protocol("PUBACK without a packet id".into()))?;
-            let code = if v5 { body.get(2).copied() } else { None };
+    match packet {
+        Packet::PubAck(ack, _) => {
+            let code = codes::puback_code(ack.reason);
             Ok(Event::PubAck {
-                pkid,
-                refused: code.filter(|&c| c >= 0x80),
+                pkid: ack.pkid,
+                refused: (code >= 0x80).then_some(code),
             })
         }
-        // SUBACK: packet id, (MQTT 5) properties, one code per filter.
-        9 => {
-            let pkid =
-                read_pkid(body).ok_or_else(|| protocol("SUBACK without a packet id".into()))?;
-            let mut at = 2;
-            if v5 {
-                let (len, after) = read_varint(body, at)
-                    .ok_or_else(|| protocol("SUBACK with bad properties".into()))?;
-                at = after + len;
+        Packet::SubAck(ack, _) => Ok(Event::SubAck {
+            pkid: ack.pkid,
+            codes: ack
+                .return_codes
+                .iter()
+                .map(|&code| codes::suback_code(code, version))
+                .collect(),
+        }),
+        Packet::PingResp(_) => Ok(Event::PingResp),
+        Packet::Publish(p, props) => {
+            let meta = mqtt::publish::meta(&p);
+            if meta.qos == QoS::ExactlyOnce {
+                return Err(protocol("QoS 2 PUBLISH, but we subscribe at QoS 1".into()));
             }
-            let codes = body
-                .get(at..)
-                .filter(|codes| !codes.is_empty())
-                .ok_or_else(|| protocol("SUBACK without reason codes".into()))?
-                .to_vec();
-            Ok(Event::SubAck { pkid, codes })
+            if p.topic.is_empty() {
+                return Err(protocol(match version {
+                    Version::V5 => "PUBLISH with a topic alias we never allowed".into(),
+                    Version::V311 => "PUBLISH without a topic".into(),
+                }));
+            }
+            // The codec checked the topic is UTF-8; this only makes it a String.
+            let topic = std::str::from_utf8(&p.topic)
+                .map_err(|_| protocol("PUBLISH topic is not UTF-8".into()))?
+                .to_owned();
+            Ok(Event::Publish {
+                topic,
+                payload: p.payload,
+                qos: meta.qos as u8,
+                pkid: meta.pkid,
+                retain: p.retain,
+                user_properties: props.map(|p| p.user_properties).unwrap_or_default(),
+            })
         }
-        13 => Ok(Event::PingResp),
-        3 if v5 => match v5::Packet::read(&mut frame, Some(max_packet_size as u32)) {
-            Ok(v5::Packet::Publish(p)) => {
-                if p.qos == QoS5::ExactlyOnce {
-                    return Err(protocol("QoS 2 PUBLISH, but we subscribe at QoS 1".into()));
-                }
-                let topic = String::from_utf8(p.topic.to_vec())
-                    .map_err(|_| protocol("PUBLISH topic is not UTF-8".into()))?;
-                if topic.is_empty() {
-                    return Err(protocol(
-                        "PUBLISH with a topic alias we never allowed".into(),
-                    ));
-                }
-                Ok(Event::Publish {
-                    topic,
-                    payload: p.payload,
-                    qos: p.qos as u8,
-                    pkid: p.pkid,
-                    retain: p.retain,
-                    user_properties: p.properties.map(|p| p.user_properties).unwrap_or_default(),
-                })
-            }
-            Ok(other) => Err(protocol(format!("expected PUBLISH, decoded {other:?}"))),
-            Err(e) => Err(protocol(format!("malformed PUBLISH: {e}"))),
-        },
-        3 => match v4::Packet::read(&mut frame, max_packet_size) {
-            Ok(v4::Packet::Publish(p)) => {
-                if p.qos == QoS4::ExactlyOnce {
-                    return Err(protocol("QoS 2 PUBLISH, but we subscribe at QoS 1".into()));
-                }
-                Ok(Event::Publish {
-                    topic: p.topic,
-                    payload: p.payload,
-                    qos: p.qos as u8,
-                    pkid: p.pkid,
-                    retain: p.retain,
-                    user_properties: Vec::new(),
-                })
-            }
-            Ok(other) => Err(protocol(format!("expected PUBLISH, decoded {other:?}"))),
-            Err(e) => Err(protocol(format!("malformed PUBLISH: {e}"))),
-        },
-        14 if v5 => {
-            let code = body.first().copied().unwrap_or(0);
+        Packet::Disconnect(disconnect, _) if version == Version::V5 => {
+            let code = codes::disconnect_code(disconnect.reason_code);
             Err(ClientError::Disconnected {
                 endpoint: endpoint.to_string(),
                 code,
-                reason: reason_v5(code),
+                reason: codes::reason_name(code),
             })
         }
         other => Err(protocol(format!(
             "unexpected {} packet from the broker",
-            packet_name(other)
+            mqtt::name(&other)
         ))),
     }
 }
@@ -804,7 +769,7 @@ pub(crate) fn decode(
 pub struct Writer {
     io: WriteHalf<BoxedTransport>,
     buf: BytesMut,
-    v5: bool,
+    version: Version,
     /// The broker's limit on a whole packet (MQTT 5 CONNACK), or MQTT's.
     max_packet_size: usize,
     endpoint: Arc<str>,
@@ -819,8 +784,8 @@ impl Writer {
         Writer {
             io,
             buf: BytesMut::new(),
-            v5,
-            max_packet_size: MAX_REMAINING_LENGTH + 5,
+            version: if v5 { Version::V5 } else { Version::V311 },
+            max_packet_size: mqtt::MAX_PACKET_SIZE,
             endpoint: "offline".into(),
             last_flush: Instant::now(),
         }
@@ -841,88 +806,59 @@ impl Writer {
         qos1: bool,
         user_properties: &[(String, String)],
     ) -> Result<(), ClientError> {
-        let mut props_len = 0;
-        if self.v5 {
-            for (key, value) in user_properties {
-                self.check_string(key)?;
-                self.check_string(value)?;
-                props_len += 1 + 2 + key.len() + 2 + value.len();
+        let props = (self.version == Version::V5 && !user_properties.is_empty()).then(|| {
+            mqtt::PublishProperties {
+                user_properties: user_properties.to_vec(),
+                ..mqtt::PublishProperties::default()
             }
-        }
-        self.check_string(topic)?;
-        let mut len = 2 + topic.len() + payload.len();
-        if qos1 {
-            len += 2;
-        }
-        if self.v5 {
-            len += varint_len(props_len) + props_len;
-        }
-        self.check_size(len)?;
-        if qos1 && pkid == 0 {
-            return Err(ClientError::Encode {
-                endpoint: self.endpoint.to_string(),
-                detail: "a QoS 1 PUBLISH needs a packet id other than 0 (a bug in the caller)"
-                    .into(),
-            });
-        }
-
-        let buf = &mut self.buf;
-        buf.reserve(1 + 4 + len);
-        buf.put_u8(if qos1 { 0x32 } else { 0x30 });
-        put_varint(buf, len);
-        buf.put_u16(topic.len() as u16);
-        buf.put_slice(topic.as_bytes());
-        if qos1 {
-            buf.put_u16(pkid);
-        }
-        if self.v5 {
-            put_varint(buf, props_len);
-            for (key, value) in user_properties {
-                buf.put_u8(USER_PROPERTY);
-                buf.put_u16(key.len() as u16);
-                buf.put_slice(key.as_bytes());
-                buf.put_u16(value.len() as u16);
-                buf.put_slice(value.as_bytes());
-            }
-        }
-        buf.put_slice(payload);
-        Ok(())
+        });
+        let qos = if qos1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        let start = self.buf.len();
+        let encoded = mqtt::encode_publish(
+            topic.as_bytes(),
+            payload,
+            qos,
+            false,
+            false,
+            pkid,
+            props.as_ref(),
+            self.version,
+            &mut self.buf,
+        );
+        self.encoded(start, encoded, "PUBLISH")
     }
 
     /// Buffers a SUBSCRIBE for `filters`, each at QoS 1.
     pub fn subscribe(&mut self, filters: &[&str], pkid: u16) -> Result<(), ClientError> {
-        let result = if self.v5 {
-            let filters = filters
-                .iter()
-                .map(|f| v5::Filter::new(*f, QoS5::AtLeastOnce));
-            let mut subscribe = v5::Subscribe::new_many(filters, None);
-            subscribe.pkid = pkid;
-            self.check_size(subscribe.size())?;
-            subscribe.write(&mut self.buf).map_err(|e| e.to_string())
-        } else {
-            let filters = filters
-                .iter()
-                .map(|f| v4::SubscribeFilter::new(f.to_string(), QoS4::AtLeastOnce));
-            let mut subscribe = v4::Subscribe::new_many(filters);
-            subscribe.pkid = pkid;
-            self.check_size(subscribe.size())?;
-            subscribe.write(&mut self.buf).map_err(|e| e.to_string())
-        };
-        result
-            .map(drop)
-            .map_err(|e| self.encode_error(format!("cannot encode SUBSCRIBE: {e}")))
+        let filters = filters
+            .iter()
+            .map(|path| mqtt::Filter {
+                path: path.to_string(),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: mqtt::RetainForwardRule::OnEverySubscribe,
+            })
+            .collect();
+        let subscribe = Packet::Subscribe(mqtt::Subscribe { pkid, filters }, None);
+        let start = self.buf.len();
+        let encoded = mqtt::encode(&subscribe, self.version, &mut self.buf);
+        self.encoded(start, encoded, "SUBSCRIBE")
     }
 
     /// Buffers the PUBACK for an incoming QoS 1 PUBLISH.
     pub fn puback(&mut self, pkid: u16) {
-        // Same bytes in 3.1.1 and 5 (reason Success with no properties may be omitted).
-        self.buf.put_slice(&[0x40, 0x02]);
-        self.buf.put_u16(pkid);
+        let reason = mqtt::PubAckReason::Success;
+        self.encode_fixed(&Packet::PubAck(mqtt::PubAck { pkid, reason }, None));
     }
 
     /// Buffers a PINGREQ (see the module docs for when to send one).
     pub fn ping(&mut self) {
-        self.buf.put_slice(&[0xC0, 0x00]);
+        self.encode_fixed(&Packet::PingReq(mqtt::PingReq));
     }
 
     /// Bytes buffered and not yet written.
@@ -959,7 +895,8 @@ impl Writer {
 
     /// Sends DISCONNECT after anything buffered and closes the connection.
     pub async fn disconnect(mut self) -> Result<(), ClientError> {
-        self.buf.put_slice(&[0xE0, 0x00]);
+        let reason_code = mqtt::DisconnectReasonCode::NormalDisconnection;
+        self.encode_fixed(&Packet::Disconnect(mqtt::Disconnect { reason_code }, None));
         self.flush().await?;
         self.io.shutdown().await.map_err(|source| ClientError::Io {
             endpoint: self.endpoint.to_string(),
@@ -975,189 +912,73 @@ impl Writer {
         let username = options.username.clone().unwrap_or_default();
         let password = options.password.clone().unwrap_or_default();
         let has_login = !username.is_empty() || !password.is_empty();
-        let result = if self.v5 {
-            let mut properties = v5::ConnectProperties::new();
-            properties.max_packet_size = u32::try_from(options.max_packet_size).ok();
-            let connect = v5::Connect {
-                keep_alive,
-                client_id: options.client_id.clone(),
-                clean_start: true,
-                properties: Some(properties),
-            };
-            let login = has_login.then(|| v5::Login::new(username, password));
-            connect
-                .write(&None, &login, &mut self.buf)
-                .map_err(|e| e.to_string())
-        } else {
-            let mut connect = v4::Connect::new(options.client_id.clone());
-            connect.keep_alive = keep_alive;
-            connect.clean_session = true;
-            if has_login {
-                connect.set_login(username, password);
-            }
-            connect.write(&mut self.buf).map_err(|e| e.to_string())
+        // Announced so that an MQTT 5 broker never sends what the reader would refuse.
+        let properties = mqtt::ConnectProperties {
+            session_expiry_interval: None,
+            receive_maximum: None,
+            max_packet_size: u32::try_from(options.max_packet_size).ok(),
+            topic_alias_max: None,
+            request_response_info: None,
+            request_problem_info: None,
+            user_properties: Vec::new(),
+            authentication_method: None,
+            authentication_data: None,
         };
-        result
-            .map(drop)
-            .map_err(|e| self.encode_error(format!("cannot encode CONNECT: {e}")))
+        let connect = mqtt::Connect {
+            keep_alive,
+            client_id: options.client_id.clone(),
+            clean_session: true,
+        };
+        let login = has_login.then_some(mqtt::Login { username, password });
+        let packet = Packet::Connect(connect, Some(properties), None, None, login);
+        let start = self.buf.len();
+        let encoded = mqtt::encode(&packet, self.version, &mut self.buf);
+        self.encoded(start, encoded, "CONNECT")
     }
 
-    fn check_string(&self, s: &str) -> Result<(), ClientError> {
-        if s.len() > usize::from(u16::MAX) {
-            return Err(ClientError::OutgoingTooLarge {
-                endpoint: self.endpoint.to_string(),
-                size: s.len(),
-                max: usize::from(u16::MAX),
-            });
-        }
-        Ok(())
+    /// Packets with nothing variable in them, which always encode.
+    fn encode_fixed(&mut self, packet: &Packet) {
+        let encoded = mqtt::encode(packet, self.version, &mut self.buf);
+        debug_assert!(encoded.is_ok(), "{packet:?} does not encode: {encoded:?}");
     }
 
-    /// `remaining` is the remaining length (or whole size; the margin is 5 bytes).
-    fn check_size(&self, remaining: usize) -> Result<(), ClientError> {
-        let size = 1 + varint_len(remaining) + remaining;
-        let max = self.max_packet_size.min(MAX_REMAINING_LENGTH + 5);
-        if size > max || remaining > MAX_REMAINING_LENGTH {
-            return Err(ClientError::OutgoingTooLarge {
-                endpoint: self.endpoint.to_string(),
+    /// Turns the codec's verdict on the packet encoded from `start` into ours, and keeps
+    /// a packet over the broker's limit out of the buffer.
+    fn encoded(
+        &mut self,
+        start: usize,
+        encoded: Result<(), mqtt::Error>,
+        packet: &str,
+    ) -> Result<(), ClientError> {
+        let endpoint = self.endpoint.to_string();
+        match encoded {
+            Ok(()) => {
+                let size = self.buf.len() - start;
+                if size > self.max_packet_size {
+                    self.buf.truncate(start);
+                    return Err(ClientError::OutgoingTooLarge {
+                        endpoint,
+                        size,
+                        max: self.max_packet_size,
+                    });
+                }
+                Ok(())
+            }
+            Err(mqtt::Error::TooLarge { size, max }) => Err(ClientError::OutgoingTooLarge {
+                endpoint,
                 size,
-                max,
-            });
+                max: max.min(self.max_packet_size),
+            }),
+            Err(mqtt::Error::FieldTooLong { len, .. }) => Err(ClientError::OutgoingTooLarge {
+                endpoint,
+                size: len,
+                max: usize::from(u16::MAX),
+            }),
+            Err(e) => Err(ClientError::Encode {
+                endpoint,
+                detail: format!("cannot encode {packet}: {e}"),
+            }),
         }
-        Ok(())
-    }
-
-    fn encode_error(&self, detail: String) -> ClientError {
-        ClientError::Encode {
-            endpoint: self.endpoint.to_string(),
-            detail,
-        }
-    }
-}
-
-fn varint_len(value: usize) -> usize {
-    match value {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-fn put_varint(buf: &mut BytesMut, mut value: usize) {
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        buf.put_u8(byte);
-        if value == 0 {
-            return;
-        }
-    }
-}
-
-fn read_varint(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for shift in (0..28).step_by(7) {
-        let byte = *bytes.get(at)?;
-        at += 1;
-        value |= usize::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some((value, at));
-        }
-    }
-    None
-}
-
-fn read_pkid(body: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes([*body.first()?, *body.get(1)?]))
-}
-
-/// Offset of the variable header in a complete frame.
-fn body_offset(frame: &[u8]) -> Result<usize, FrameError> {
-    read_varint(frame, 1)
-        .map(|(_, at)| at)
-        .ok_or(FrameError::Malformed("bad remaining length"))
-}
-
-fn packet_name(kind: u8) -> &'static str {
-    match kind {
-        1 => "CONNECT",
-        2 => "CONNACK",
-        3 => "PUBLISH",
-        4 => "PUBACK",
-        5 => "PUBREC",
-        6 => "PUBREL",
-        7 => "PUBCOMP",
-        8 => "SUBSCRIBE",
-        9 => "SUBACK",
-        10 => "UNSUBSCRIBE",
-        11 => "UNSUBACK",
-        12 => "PINGREQ",
-        13 => "PINGRESP",
-        14 => "DISCONNECT",
-        15 => "AUTH",
-        _ => "reserved",
-    }
-}
-
-fn connack_reason(v5: bool, code: u8) -> &'static str {
-    if v5 {
-        return reason_v5(code);
-    }
-    match code {
-        1 => "unacceptable protocol version",
-        2 => "client identifier rejected",
-        3 => "server unavailable",
-        4 => "bad user name or password",
-        5 => "not authorized",
-        _ => "unknown return code",
-    }
-}
-
-/// The meaning of an MQTT 5 reason code (CONNACK, PUBACK, SUBACK, DISCONNECT).
-pub fn reason_v5(code: u8) -> &'static str {
-    match code {
-        0x00 => "success",
-        0x04 => "disconnect with will message",
-        0x10 => "no matching subscribers",
-        0x80 => "unspecified error",
-        0x81 => "malformed packet",
-        0x82 => "protocol error",
-        0x83 => "implementation specific error",
-        0x84 => "unsupported protocol version",
-        0x85 => "client identifier not valid",
-        0x86 => "bad user name or password",
-        0x87 => "not authorized",
-        0x88 => "server unavailable",
-        0x89 => "server busy",
-        0x8A => "banned",
-        0x8B => "server shutting down",
-        0x8C => "bad authentication method",
-        0x8D => "keep alive timeout",
-        0x8E => "session taken over",
-        0x8F => "topic filter invalid",
-        0x90 => "topic name invalid",
-        0x91 => "packet identifier in use",
-        0x93 => "receive maximum exceeded",
-        0x94 => "topic alias invalid",
-        0x95 => "packet too large",
-        0x96 => "message rate too high",
-        0x97 => "quota exceeded",
-        0x98 => "administrative action",
-        0x99 => "payload format invalid",
-        0x9A => "retain not supported",
-        0x9B => "QoS not supported",
-        0x9C => "use another server",
-        0x9D => "server moved",
-        0x9E => "shared subscriptions not supported",
-        0x9F => "connection rate exceeded",
-        0xA0 => "maximum connect time",
-        0xA1 => "subscription identifiers not supported",
-        0xA2 => "wildcard subscriptions not supported",
-        _ => "unknown reason code",
     }
 }
 
@@ -1516,11 +1337,9 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_incoming_packet_is_refused_before_it_is_buffered() {
         let endpoint = fake_broker(|mut socket| async move {
-            // Announce a 2 MiB PUBLISH but send only its first bytes.
-            let mut head = BytesMut::new();
-            head.put_u8(0x30);
-            put_varint(&mut head, 2 * 1024 * 1024);
-            head.put_slice(&[0, 1, b't']);
+            // Announce a 2 MiB PUBLISH (remaining length 80 80 80 01) but send only its
+            // first bytes.
+            let head = [0x30, 0x80, 0x80, 0x80, 0x01, 0, 1, b't'];
             socket.write_all(&head).await.expect("write");
             tokio::time::sleep(DEADLINE).await;
         })
@@ -1535,7 +1354,7 @@ mod tests {
             .expect_err("an error");
         assert!(
             matches!(error, ClientError::PacketTooLarge { size, max, .. }
-                if size == 2 * 1024 * 1024 && max == DEFAULT_MAX_PACKET_SIZE),
+                if size == 5 + 2 * 1024 * 1024 && max == DEFAULT_MAX_PACKET_SIZE),
             "{error:?}"
         );
     }
@@ -1607,50 +1426,100 @@ mod tests {
         assert_eq!(reason_v5(0x97), "quota exceeded");
     }
 
-    #[test]
-    fn our_publish_encoding_decodes_with_rumqttc_in_3_1_1_and_5() {
-        let props = vec![
-            ("msg-id".to_owned(), "hub:1".to_owned()),
-            ("k".to_owned(), "é".to_owned()),
-        ];
-        let payload = vec![0xAB; 300];
+    /// The events the reader makes of everything buffered in `writer`.
+    fn read_back(writer: &mut Writer) -> Vec<Event> {
+        let endpoint: Arc<str> = "test".into();
+        let mut buf = writer.take_buffered();
+        let mut events = Vec::new();
+        while let Some(packet) = next_packet(&endpoint, &mut buf, writer.version, usize::MAX)
+            .expect("our own packets decode")
+        {
+            events.push(event(&endpoint, packet, writer.version).expect("an event"));
+        }
+        assert!(buf.is_empty(), "a partial packet");
+        events
+    }
 
+    #[test]
+    fn our_publishes_are_the_bytes_mqtt_specifies_and_read_back_in_3_1_1_and_5() {
+        let props = vec![("msg-id".to_owned(), "h:1".to_owned())];
         let mut writer = Writer::offline(false);
         writer
-            .publish("a/b", &payload, 65535, true, &props)
+            .publish("a/b", b"hi", 65535, true, &props)
             .expect("encodes");
         writer.publish("a/c", b"x", 0, false, &[]).expect("encodes");
-        let Ok(v4::Packet::Publish(p)) = v4::Packet::read(&mut writer.buf, 1 << 20) else {
-            panic!("not a PUBLISH");
+        // 3.1.1: no properties, and a QoS 0 PUBLISH has no packet id.
+        let expected: &[u8] = &[
+            0x32, 9, 0, 3, b'a', b'/', b'b', 0xFF, 0xFF, b'h', b'i', //
+            0x30, 6, 0, 3, b'a', b'/', b'c', b'x',
+        ];
+        assert_eq!(&writer.buf[..], expected);
+        let publish = |topic: &str, payload: &[u8], qos, pkid, user_properties| Event::Publish {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(payload),
+            qos,
+            pkid,
+            retain: false,
+            user_properties,
         };
         assert_eq!(
-            (p.topic.as_str(), p.pkid, p.qos),
-            ("a/b", 65535, QoS4::AtLeastOnce)
+            read_back(&mut writer),
+            [
+                publish("a/b", b"hi", 1, 65535, Vec::new()),
+                publish("a/c", b"x", 0, 0, Vec::new())
+            ]
         );
-        assert_eq!(p.payload, payload);
-        let Ok(v4::Packet::Publish(p)) = v4::Packet::read(&mut writer.buf, 1 << 20) else {
-            panic!("not a PUBLISH");
-        };
-        assert_eq!(
-            (p.topic.as_str(), p.qos, &p.payload[..]),
-            ("a/c", QoS4::AtMostOnce, &b"x"[..])
-        );
-        assert!(writer.buf.is_empty());
 
         let mut writer = Writer::offline(true);
         writer
-            .publish("a/b", &payload, 7, true, &props)
+            .publish("a/b", b"hi", 7, true, &props)
             .expect("encodes");
-        let Ok(v5::Packet::Publish(p)) = v5::Packet::read(&mut writer.buf, None) else {
-            panic!("not a PUBLISH");
+        // MQTT 5: a property block of one user property (0x26, name, value).
+        let expected: &[u8] = &[
+            0x32, 24, 0, 3, b'a', b'/', b'b', 0, 7, 14, 0x26, 0, 6, b'm', b's', b'g', b'-', b'i',
+            b'd', 0, 3, b'h', b':', b'1', b'h', b'i',
+        ];
+        assert_eq!(&writer.buf[..], expected);
+        assert_eq!(read_back(&mut writer), [publish("a/b", b"hi", 1, 7, props)]);
+    }
+
+    #[test]
+    fn our_subscribe_puback_ping_and_connect_are_the_bytes_mqtt_specifies() {
+        let mut writer = Writer::offline(false);
+        writer.subscribe(&["a/#", "b"], 3).expect("encodes");
+        writer.puback(0x1234);
+        writer.ping();
+        let expected: &[u8] = &[
+            0x82, 12, 0, 3, 0, 3, b'a', b'/', b'#', 1, 0, 1, b'b', 1, //
+            0x40, 2, 0x12, 0x34, //
+            0xC0, 0,
+        ];
+        assert_eq!(&writer.take_buffered()[..], expected);
+
+        let mut writer = Writer::offline(true);
+        writer.subscribe(&["a/#"], 3).expect("encodes");
+        writer.puback(0x1234);
+        let expected: &[u8] = &[
+            0x82, 9, 0, 3, 0, 0, 3, b'a', b'/', b'#', 1, //
+            0x40, 2, 0x12, 0x34,
+        ];
+        assert_eq!(&writer.take_buffered()[..], expected);
+
+        let options = ConnectOptions {
+            username: Some("u".into()),
+            password: Some("p".into()),
+            max_packet_size: 4096,
+            v5: true,
+            ..ConnectOptions::new("c")
         };
-        assert_eq!(
-            (&p.topic[..], p.pkid, p.qos),
-            (&b"a/b"[..], 7, QoS5::AtLeastOnce)
-        );
-        assert_eq!(p.payload, payload);
-        assert_eq!(p.properties.expect("properties").user_properties, props);
-        assert!(writer.buf.is_empty());
+        writer.encode_connect(&options, 30).expect("encodes");
+        let expected: &[u8] = &[
+            0x10, 25, 0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0,
+            30, // header, flags, keep-alive
+            5, 0x27, 0, 0, 0x10, 0, // maximum packet size 4096
+            0, 1, b'c', 0, 1, b'u', 0, 1, b'p',
+        ];
+        assert_eq!(&writer.take_buffered()[..], expected);
     }
 
     #[test]
@@ -1710,29 +1579,5 @@ mod tests {
             assert!(error.contains(bad), "{error}");
             assert!(error.contains("mqtts://HOST[:PORT]"), "{error}");
         }
-    }
-}
-
-/// A malformed or over-limit packet (placeholder until the uplink moves to `crate::mqtt`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// The remaining length exceeds the configured packet limit.
-    #[error("packet of {0} bytes exceeds max_packet_size")]
-    TooLarge(usize),
-    /// The bytes do not form an MQTT packet.
-    #[error("malformed packet: {0}")]
-    Malformed(&'static str),
-}
-
-/// Splits the next complete packet off the front of `buf`.
-pub fn next_frame(
-    buf: &mut BytesMut,
-    max_packet_size: usize,
-) -> Result<Option<BytesMut>, FrameError> {
-    match rumqttc::mqttbytes::check(buf.iter(), max_packet_size) {
-        Ok(header) => Ok(Some(buf.split_to(header.frame_length()))),
-        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n)) => Err(FrameError::TooLarge(n)),
-        Err(_) => Err(FrameError::Malformed("bad remaining length")),
     }
 }

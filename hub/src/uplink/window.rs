@@ -14,9 +14,9 @@
 //! Packet ids come from one counter over 1..=65535 (or a part of it, when two windows
 //! share a connection) that is never reset, not even on a
 //! reconnect: a record resent on a new connection gets an id not used recently, so a
-//! PUBACK left over from the old connection (rumqttc 0.25 keeps already-parsed events
-//! queued across a reconnect and yields them after the new CONNACK) is reported as
-//! unknown instead of acknowledging the wrong record.
+//! PUBACK left over from the old connection (a client that keeps already-parsed events
+//! queued across a reconnect yields them after the new CONNACK, as the uplink's first
+//! client library did) is reported as unknown instead of acknowledging the wrong record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -421,7 +421,7 @@ mod tests {
         window.on_disconnect();
         let resent = window.next_resend().expect("a slot is free");
         assert_ne!(resent.pkid, old);
-        // rumqttc may still yield a PUBACK parsed on the old connection.
+        // A PUBACK parsed on the old connection may still be yielded.
         assert_eq!(window.on_puback(old, t0()), None);
         assert_eq!(window.cursor(), 0);
         assert_eq!(window.stats().unknown_pubacks, 1);
