@@ -442,11 +442,10 @@ fn publish_allowed(
     session: &Session,
     aliases: &mut Aliases,
 ) -> Result<PublishVerdict, Violation> {
-    let topic = std::str::from_utf8(&publish.topic)
-        .map_err(|_| mqtt::Error::Malformed {
-            packet: "PUBLISH",
-            detail: "topic is not UTF-8".into(),
-        })?;
+    let topic = std::str::from_utf8(&publish.topic).map_err(|_| mqtt::Error::Malformed {
+        packet: "PUBLISH",
+        detail: "topic is not UTF-8".into(),
+    })?;
     if !topic.is_empty() {
         check_topic(topic)?;
     }
