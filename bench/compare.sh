@@ -32,8 +32,9 @@
 # at a time, no session resumption, each with its MQTT CONNECT) and the memory of IDLE
 # idle connections (the broker's VmRSS, plus stunnel's on the wss rows, held minus
 # before, per connection). IDLE defaults to 10,000 where the open-file limit allows:
-# edgehub takes 3 descriptors per MQTT client, so below `ulimit -n` 30,300 it opens what
-# fits and the per-connection figure stands for the rest. The table at the end gives both brokers and the ratio
+# edgehub and Mosquitto take one descriptor per MQTT client, stunnel two (so the wss rows'
+# Mosquitto side opens what fits below `ulimit -n`, and its per-connection figure stands
+# for the rest). The table at the end gives both brokers and the ratio
 # edgehub / mosquitto; it is also written to $OUT.
 #
 #   bench/compare.sh                                 # everything, about 10 minutes
@@ -77,7 +78,8 @@ SWEEP_START_fanout=${SWEEP_START_fanout:-500}
 SWEEP_FACTOR=${SWEEP_FACTOR:-2}
 CONNECTIONS=${CONNECTIONS:-1}
 HANDSHAKES=${HANDSHAKES:-2000}
-IDLE=${IDLE:-$(fits=$(( ($(ulimit -n) - 256) / 3 - 100 )); echo $(( fits < 10000 ? fits : 10000 )))}
+IDLE=${IDLE:-$(fits=$(( $(ulimit -n) - 356 )); echo $(( fits < 10000 ? fits : 10000 )))}
+IDLE_STUNNEL=$(fits=$(( ($(ulimit -n) - 256) / 2 - 100 )); echo $(( fits < IDLE ? fits : IDLE )))
 SWEEP_STEPS=${SWEEP_STEPS:-5}
 WORK=$(mktemp -d /tmp/edgehub-compare-bench.XXXXXX)
 OUT=${OUT:-$WORK/compare.md}
@@ -518,7 +520,9 @@ if [ "$CONNECTIONS" != 0 ]; then
             stop_broker "$WORK/conns-hs-$t-$b.broker.log"
             start_broker "$b" "$t" "$WORK/conns-idle-$t-$b.broker.log"
             st0=$([ -n "$STUNNEL_PID" ] && rss_kib "$STUNNEL_PID" || echo 0)
-            idle=$(run_idle "$t" "$b" idle "$IDLE" 500 3) || die "phase 3 failed; see $WORK/sim.log"
+            n=$IDLE
+            [ "$t/$b" = wss/mosquitto ] && n=$IDLE_STUNNEL
+            idle=$(run_idle "$t" "$b" idle "$n" 500 3) || die "phase 3 failed; see $WORK/sim.log"
             st1=$(cat "$WORK/conns-idle-$t-$b.stunnel" 2>/dev/null || echo 0)
             stop_broker "$WORK/conns-idle-$t-$b.broker.log"
             printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$b" "$hs" "$idle" "$st0" "$st1" >>"$WORK/conns.tsv"
