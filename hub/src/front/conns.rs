@@ -43,28 +43,28 @@ impl Drop for ConnGuard {
 }
 
 /// Descriptors kept back for everything but client connections: listeners, the journal,
-/// serial ports, uplinks, the embedded broker's own, files opened at a reload.
+/// serial ports, uplinks, files opened at a reload.
 const RESERVED_FDS: u64 = 256;
 
-/// The most connections the process's open-file limit can hold. An MQTT client costs
-/// three descriptors: its socket, the relay's loopback connection to the embedded broker
-/// and the broker's end of it. Past the limit `accept` fails, and clients see resets
-/// instead of a clean refusal, so the cap is lowered to fit (logged) rather than left to
-/// fail. (The `edgehub` binary raises its soft limit to the hard one first.)
+/// The most connections the process's open-file limit can hold. A connection costs one
+/// descriptor, its socket (the embedded broker is reached in process). Past the limit
+/// `accept` fails, and clients see resets instead of a clean refusal, so the cap is
+/// lowered to fit (logged) rather than left to fail. (The `edgehub` binary raises its
+/// soft limit to the hard one first.)
 pub fn fit_to_open_file_limit(max_connections: usize) -> usize {
     use nix::sys::resource::{getrlimit, Resource};
     let Ok((limit, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return max_connections;
     };
-    let fits = (limit.saturating_sub(RESERVED_FDS) / 3).max(1);
+    let fits = limit.saturating_sub(RESERVED_FDS).max(1);
     let fits = usize::try_from(fits).unwrap_or(usize::MAX);
     if fits < max_connections {
         tracing::warn!(
             configured = max_connections,
             allowed = fits,
             open_file_limit = limit,
-            "limits.max_connections lowered to what the open-file limit holds (an MQTT client \
-             takes 3 descriptors); raise the limit (LimitNOFILE= in the systemd unit, \
+            "limits.max_connections lowered to what the open-file limit holds (a connection \
+             takes a descriptor); raise the limit (LimitNOFILE= in the systemd unit, \
              ulimit -n) to allow more"
         );
         return fits;

@@ -310,8 +310,10 @@ async fn serve(
         shutdown,
     };
     match (listener.tls, listener.settings.kind.is_websocket()) {
-        (None, false) => mqtt_client(tcp, None, conn).await,
-        (None, true) => websocket(tcp, None, conn).await,
+        // Each path's future is boxed: the task then holds only the path it takes, not
+        // the largest of them (the whole state machine was 24 KiB for every connection).
+        (None, false) => Box::pin(mqtt_client(tcp, None, conn)).await,
+        (None, true) => Box::pin(websocket(tcp, None, conn)).await,
         (Some(mode), ws) => {
             let Some(acceptor) = conn.policy.acceptor(mode).cloned() else {
                 tracing::error!("no TLS configuration for this listener; refusing");
@@ -363,9 +365,9 @@ async fn serve(
                 _ => None,
             };
             if ws {
-                websocket(tls, cert, conn).await
+                Box::pin(websocket(tls, cert, conn)).await
             } else {
-                mqtt_client(tls, cert, conn).await
+                Box::pin(mqtt_client(tls, cert, conn)).await
             }
         }
     }
@@ -485,7 +487,7 @@ where
         }
     };
     match decision {
-        Some(Ok(Route::Mqtt)) => mqtt_client(ws::WsBytes::new(socket), cert, conn).await,
+        Some(Ok(Route::Mqtt)) => Box::pin(mqtt_client(ws::WsBytes::new(socket), cert, conn)).await,
         Some(Ok(Route::Device)) => {
             let Some(cert) = cert else { return };
             tracing::Span::current().record("identity", cert.id.identity.as_str());
@@ -522,7 +524,8 @@ where
     let cert_id = cert.as_ref().map(|c| &c.id);
     let admitted = tokio::select! {
         _ = shutdown.cancelled() => return,
-        admitted = admit::admit(&mut client, shared, &policy, listener, cert_id, peer.ip()) => admitted,
+        // Boxed: admission's state (password checks, the CONNECT) is freed once it is done.
+        admitted = Box::pin(admit::admit(&mut client, shared, &policy, listener, cert_id, peer.ip())) => admitted,
     };
     let admitted = match admitted {
         Ok(a) => a,
@@ -586,7 +589,7 @@ where
         shared.stats.clone(),
         admitted.keep_alive,
     ));
-    let ended = relay::run(
+    let ended = Box::pin(relay::run(
         client,
         admitted.client_leftover,
         relay::Opened {
@@ -597,7 +600,7 @@ where
         session,
         policy_changes,
         shutdown,
-    )
+    ))
     .await;
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);

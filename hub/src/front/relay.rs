@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -137,9 +137,10 @@ where
     // MQTT 5 §3.3.4: never more unacknowledged deliveries than the client's Receive
     // Maximum. The router's own window is smaller than most clients' (65,535 by default).
     let window = receive_max.map_or(ROUTER_INFLIGHT, |m| usize::from(m).min(ROUTER_INFLIGHT));
-    // Answers the relay itself gives the client; tiny, as each is a reply to a packet the
-    // up half just read, and up waits when it is full.
-    let (inject_tx, inject_rx) = mpsc::channel::<Packet>(32);
+    // Answers the relay itself gives the client, encoded (a channel of packets would cost
+    // every connection a 12 KiB block); tiny, as each is a reply to a packet the up half
+    // just read, and up waits when it is full.
+    let (inject_tx, inject_rx) = mpsc::channel::<Bytes>(32);
 
     let up = upstream(
         client_rd,
@@ -256,7 +257,7 @@ async fn upstream<R: AsyncRead + Unpin>(
     session: &Session,
     between: &Mutex<Between>,
     acked: &tokio::sync::Notify,
-    inject: mpsc::Sender<Packet>,
+    inject: mpsc::Sender<Bytes>,
 ) -> Ended {
     let version = session.version();
     let max = session.limits.max_packet_size;
@@ -391,7 +392,9 @@ async fn upstream<R: AsyncRead + Unpin>(
                 }
             };
             if let Some(reply) = reply {
-                if inject.send(reply).await.is_err() {
+                let mut bytes = BytesMut::new();
+                encode(&reply, version, &mut bytes);
+                if inject.send(bytes.freeze()).await.is_err() {
                     return Ended::ClientGone(None);
                 }
             }
@@ -469,7 +472,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
     session: &Session,
     between: &Mutex<Between>,
     (window, acked): (usize, &tokio::sync::Notify),
-    mut inject: mpsc::Receiver<Packet>,
+    mut inject: mpsc::Receiver<Bytes>,
     shutdown: CancellationToken,
 ) -> Ended {
     let version = session.version();
@@ -522,7 +525,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
             }
             reply = inject.recv() => {
                 let Some(reply) = reply else { return Ended::ClientGone(None) };
-                encode(&reply, version, &mut out);
+                out.extend_from_slice(&reply);
             }
             from = link.next(), if room => {
                 ended = down.deliver(from, &link, &mut out);
@@ -535,7 +538,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
         }
         down.release(&mut out);
         while let Ok(reply) = inject.try_recv() {
-            encode(&reply, version, &mut out);
+            out.extend_from_slice(&reply);
         }
         if !out.is_empty() {
             let write = async {
