@@ -140,6 +140,41 @@ def broker_streams(v5):
         yield "disconnect", packet(0xE0, bytes([0x8B]) + props())
 
 
+def unsuback(v5, pkid, reasons):
+    return packet(0xB0, struct.pack(">H", pkid) + (props() + bytes(reasons) if v5 else b""))
+
+
+def disconnect(v5, reason=0x8B):
+    body = bytes([reason]) + props(b"\x11" + struct.pack(">I", 0), b"\x1f" + s("bye"),
+                                   user("k", "v"), b"\x1c" + s("other:1883")) if v5 else b""
+    return packet(0xE0, body)
+
+
+def every_packet(v5):
+    """Valid packets of all 14 types the codec models (both directions), alone."""
+    rich = b"\x01\x01" + b"\x02" + struct.pack(">I", 60) + b"\x23" + struct.pack(">H", 3) + \
+        b"\x08" + s("reply/to") + b"\x09" + s(b"\x01\x02") + user("k", "v") + \
+        b"\x0b" + varint(300) + b"\x0b" + varint(2) + b"\x03" + s("json")
+    yield "connect", connect(v5, will=("devices/d1/status", b"offline"), login=("u", "p"))
+    yield "connect-bare", connect(v5, client_id="", clean=False, keep_alive=0)
+    yield "connack", connack(v5)
+    yield "connack-refused", connack(v5, 0x87 if v5 else 5)
+    yield "publish0", publish(v5, "a/b", b"hello", retain=True)
+    yield "publish1", publish(v5, "a/b", b"x" * 130, qos=1, pkid=7, properties=rich if v5 else b"")
+    yield "publish2-dup", bytes([0x3C]) + publish(v5, "a/b", b"y", qos=2, pkid=9)[1:]
+    yield "puback", ack(0x40, 7, v5, 0x10)
+    yield "pubrec", ack(0x50, 9, v5, 0x80)
+    yield "pubrel", ack(0x62, 9, v5, 0x92)
+    yield "pubcomp", ack(0x70, 9)
+    yield "subscribe", subscribe(v5, 3, [("a/+/c", 0x1D if v5 else 1), ("#", 0x22 if v5 else 2)])
+    yield "suback", suback(v5, 3, [0, 1, 2, 0x80] + ([0x87, 0xA2] if v5 else []))
+    yield "unsubscribe", unsubscribe(v5, 4, ["a/+/c", "#"])
+    yield "unsuback", unsuback(v5, 4, [0x00, 0x11, 0x87])
+    yield "pingreq", packet(0xC0, b"")
+    yield "pingresp", packet(0xD0, b"")
+    yield "disconnect", disconnect(v5)
+
+
 def http(path, *headers):
     lines = [f"GET {path} HTTP/1.1", "Host: gateway:8443"] + list(headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -162,6 +197,17 @@ def main():
             first = name.startswith("connack")
             flags = v5 | (2 if first else 0)
             write("uplink_decode", f"{version}-{name}", bytes([flags]) + limit + b"\x00\x2a" + stream)
+        packets = dict(every_packet(v5))
+        stream = b"".join(packets.values())
+        packets["stream"] = stream
+        for name, data in packets.items():
+            write("mqtt_decode", f"{version}-{name}", bytes([v5]) + limit + data)
+            write("mqtt_roundtrip", f"{version}-{name}", bytes([v5]) + data)
+        # The first packet read as a connection's first: a CONNECT fixing the version.
+        session = packets["connect"] + b"".join(v for k, v in packets.items() if k != "stream")
+        write("mqtt_decode", f"{version}-session", bytes([2]) + limit + session)
+        write("mqtt_decode", f"{version}-session-small-limit", bytes([2]) + b"\x08" + session)
+        write("mqtt_roundtrip", f"{version}-session", bytes([2]) + session)
     requests = {
         "mqtt": http("/mqtt", *UPGRADE, "Sec-WebSocket-Protocol: mqtt"),
         "mqtt-origin": http("/mqtt?x=1", *UPGRADE, "Origin: https://dash.example",
