@@ -189,9 +189,8 @@ def main():
         version = "v5" if v5 else "v4"
         limit = b"\xff"
         for name, stream in client_streams(v5):
-            write("mqtt_frames", f"{version}-{name}", bytes([v5]) + limit + b"\x00\x65" + stream)
             for role in range(4):
-                flags = v5 | 2 | (role << 2)
+                flags = v5 | (role << 2)
                 write("mqtt_control", f"{version}-r{role}-{name}", bytes([flags]) + limit + b"\x5a" + stream)
         for name, stream in broker_streams(v5):
             first = name.startswith("connack")
