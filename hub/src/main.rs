@@ -17,14 +17,6 @@ use hub::service;
 use hub::shutdown::{stop_signals, supervise, Supervised};
 use hub::Config;
 
-/// jemalloc rather than glibc's allocator: a connection's large buffers (rumqttd's link
-/// queues are sized for 200 packets) cost only the pages they use, where glibc's chunk
-/// headers touch two pages of each (12 KiB against 27 KiB per idle session measured), and
-/// memory freed after a flood goes back to the system instead of staying in per-thread
-/// arenas.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Exit status for an invalid configuration or command line (clap uses 2 as well).
 const EXIT_CONFIG: u8 = 2;
 
