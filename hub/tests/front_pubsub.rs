@@ -1009,6 +1009,63 @@ async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
     hub.stop().await.expect("clean stop");
 }
 
+#[tokio::test]
+async fn a_v5_subscriber_receives_a_messages_properties_as_the_v5_publisher_sent_them() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    let hub = TestHub::start("").await;
+    let addr = hub.addr(MQTT);
+    let (sub, mut events) = rumqttc::v5::AsyncClient::new(
+        rumqttc::v5::MqttOptions::new("props-sub", "127.0.0.1", addr.port()),
+        16,
+    );
+    sub.subscribe("devices/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe request queued");
+    while !matches!(
+        poll_v5(&mut events).await,
+        rumqttc::v5::Event::Incoming(P5::SubAck(_))
+    ) {}
+
+    // Request/response: everything a responder needs travels with the message.
+    let mut dev = device(&hub, DEVICE_1, Version::V5, "dev-props5").await;
+    let Client::V5(c) = &dev.client else {
+        unreachable!()
+    };
+    let sent = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        payload_format_indicator: Some(1),
+        user_properties: vec![
+            ("unit".into(), "celsius".into()),
+            ("unit".into(), "kelvin".into()),
+        ],
+        content_type: Some("application/json".into()),
+        response_topic: Some("devices/device-0001/replies".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x00\x01req-7")),
+        ..Default::default()
+    };
+    c.publish_with_properties(
+        "devices/device-0001/telemetry",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "21.5",
+        sent.clone(),
+    )
+    .await
+    .expect("publish request queued");
+    assert_eq!(dev.ack(1).await, Some(Ack::Ok));
+    let publish = loop {
+        if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = poll_v5(&mut events).await {
+            break p;
+        }
+    };
+    assert_eq!(&publish.payload[..], b"21.5");
+    assert_eq!(
+        publish.properties,
+        Some(sent),
+        "properties unchanged, in order"
+    );
+    hub.stop().await.expect("clean stop");
+}
+
 // --- Connection churn ------------------------------------------------------------------------
 
 #[tokio::test]
