@@ -971,14 +971,15 @@ async fn poll_v5(events: &mut rumqttc::v5::EventLoop) -> rumqttc::v5::Event {
         .expect("connection stays up")
 }
 
-#[tokio::test]
-async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
+/// A raw rumqttc MQTT 5 client subscribed to `devices/#` at QoS 1, its SUBACK in.
+async fn raw_v5_subscriber(
+    hub: &TestHub,
+    id: &str,
+) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
     use rumqttc::v5::mqttbytes::v5::Packet as P5;
-    let hub = TestHub::start("").await;
-    // A raw rumqttc client, to see the properties of what arrives.
     let addr = hub.addr(MQTT);
     let (sub, mut events) = rumqttc::v5::AsyncClient::new(
-        rumqttc::v5::MqttOptions::new("raw", "127.0.0.1", addr.port()),
+        rumqttc::v5::MqttOptions::new(id, "127.0.0.1", addr.port()),
         16,
     );
     sub.subscribe("devices/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
@@ -988,6 +989,26 @@ async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
         poll_v5(&mut events).await,
         rumqttc::v5::Event::Incoming(P5::SubAck(_))
     ) {}
+    (sub, events)
+}
+
+/// The next PUBLISH a raw MQTT 5 client receives.
+async fn next_v5_publish(
+    events: &mut rumqttc::v5::EventLoop,
+) -> rumqttc::v5::mqttbytes::v5::Publish {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    loop {
+        if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = poll_v5(events).await {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
+    let hub = TestHub::start("").await;
+    // A raw rumqttc client, to see the properties of what arrives.
+    let (_sub, mut events) = raw_v5_subscriber(&hub, "raw").await;
 
     let mut dev = device(&hub, DEVICE_1, Version::V5, "dev-alias").await;
     let topic = "devices/device-0001/telemetry";
@@ -995,11 +1016,7 @@ async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
         publish_with_alias(&mut dev, topic, 7, "aliased").await,
         Some(Ack::Ok)
     );
-    let publish = loop {
-        if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = poll_v5(&mut events).await {
-            break p;
-        }
-    };
+    let publish = next_v5_publish(&mut events).await;
     assert_eq!(&publish.topic[..], topic.as_bytes());
     let alias = publish.properties.and_then(|p| p.topic_alias);
     assert_eq!(
@@ -1011,20 +1028,8 @@ async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
 
 #[tokio::test]
 async fn a_v5_subscriber_receives_a_messages_properties_as_the_v5_publisher_sent_them() {
-    use rumqttc::v5::mqttbytes::v5::Packet as P5;
     let hub = TestHub::start("").await;
-    let addr = hub.addr(MQTT);
-    let (sub, mut events) = rumqttc::v5::AsyncClient::new(
-        rumqttc::v5::MqttOptions::new("props-sub", "127.0.0.1", addr.port()),
-        16,
-    );
-    sub.subscribe("devices/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
-        .await
-        .expect("subscribe request queued");
-    while !matches!(
-        poll_v5(&mut events).await,
-        rumqttc::v5::Event::Incoming(P5::SubAck(_))
-    ) {}
+    let (_sub, mut events) = raw_v5_subscriber(&hub, "props-sub").await;
 
     // Request/response: everything a responder needs travels with the message.
     let mut dev = device(&hub, DEVICE_1, Version::V5, "dev-props5").await;
@@ -1052,11 +1057,7 @@ async fn a_v5_subscriber_receives_a_messages_properties_as_the_v5_publisher_sent
     .await
     .expect("publish request queued");
     assert_eq!(dev.ack(1).await, Some(Ack::Ok));
-    let publish = loop {
-        if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = poll_v5(&mut events).await {
-            break p;
-        }
-    };
+    let publish = next_v5_publish(&mut events).await;
     assert_eq!(&publish.payload[..], b"21.5");
     assert_eq!(
         publish.properties,

@@ -339,10 +339,7 @@ impl Block for ConnectProperties {
     }
 
     fn check(&self, c: &Cursor) -> Result<(), Error> {
-        if self.authentication_data.is_some() && self.authentication_method.is_none() {
-            return Err(c.protocol("authentication data without an authentication method"));
-        }
-        Ok(())
+        check_authentication(&self.authentication_method, &self.authentication_data, c)
     }
 }
 
@@ -511,10 +508,7 @@ impl Block for ConnAckProperties {
     }
 
     fn check(&self, c: &Cursor) -> Result<(), Error> {
-        if self.authentication_data.is_some() && self.authentication_method.is_none() {
-            return Err(c.protocol("authentication data without an authentication method"));
-        }
-        Ok(())
+        check_authentication(&self.authentication_method, &self.authentication_data, c)
     }
 }
 
@@ -703,4 +697,16 @@ impl Block for DisconnectProperties {
         put_users(o, &self.user_properties, packet)?;
         put_str(o, SERVER_REFERENCE, self.server_reference.as_ref(), packet)
     }
+}
+
+/// CONNECT and CONNACK: authentication data only comes with an authentication method.
+fn check_authentication(
+    method: &Option<String>,
+    data: &Option<bytes::Bytes>,
+    c: &Cursor,
+) -> Result<(), Error> {
+    if data.is_some() && method.is_none() {
+        return Err(c.protocol("authentication data without an authentication method"));
+    }
+    Ok(())
 }
