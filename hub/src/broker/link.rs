@@ -96,6 +96,9 @@ impl Link {
             Some(Packet::ConnAck(ack, _)) => ack.session_present,
             _ => false,
         };
+        // rumqttd gives every link a queue for 200 packets (78 KiB) before it has sent
+        // one; most clients send a few packets now and then. It grows again as needed.
+        tx.buffer().shrink_to_fit();
         Link {
             sender: LinkSender {
                 tx,
