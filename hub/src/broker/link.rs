@@ -274,7 +274,8 @@ impl Gaps {
         let Some((_, offset)) = cursor else {
             return false;
         };
-        let mut matching = filters.filter(|f| !f.starts_with("$share/") && matches(topic, f));
+        let mut matching =
+            filters.filter(|f| !f.starts_with("$share/") && crate::mqtt::matches(topic, f));
         let (Some(filter), None) = (matching.next(), matching.next()) else {
             return false;
         };
@@ -295,9 +296,4 @@ impl Gaps {
     pub fn unsubscribed(&mut self, filter: &str) {
         self.last.remove(filter);
     }
-}
-
-/// MQTT topic matching, `$` topics excluded from wildcards at the first level.
-pub fn matches(topic: &str, filter: &str) -> bool {
-    rumqttd::protocol::matches(topic, filter)
 }

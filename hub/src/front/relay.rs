@@ -620,13 +620,16 @@ impl Down<'_> {
                 properties,
                 cursor,
             }) => {
-                if let Ok(topic) = std::str::from_utf8(&publish.topic) {
-                    let filters = self.session.subscriptions();
-                    if lock(self.between).gaps.forwarded(
-                        filters.iter().map(String::as_str),
-                        topic,
-                        cursor,
-                    ) {
+                // Retained deliveries have no place in a log, and nothing to check.
+                if let (Some(_), Ok(topic)) = (cursor, std::str::from_utf8(&publish.topic)) {
+                    let gap = self.session.with_subscriptions(|filters| {
+                        lock(self.between).gaps.forwarded(
+                            filters.iter().map(String::as_str),
+                            topic,
+                            cursor,
+                        )
+                    });
+                    if gap {
                         link.count_skip();
                     }
                 }

@@ -411,9 +411,9 @@ impl Session {
         lock(&self.subscriptions).retain(|s| !unsubscribe.filters.contains(s));
     }
 
-    /// The filters the client holds.
-    pub fn subscriptions(&self) -> Vec<String> {
-        lock(&self.subscriptions).clone()
+    /// Runs `f` on the filters the client holds (under their lock: keep it short).
+    pub fn with_subscriptions<T>(&self, f: impl FnOnce(&[String]) -> T) -> T {
+        f(&lock(&self.subscriptions))
     }
 
     /// Merges the router's SUBACK for a SUBSCRIBE without the denied filters with the

@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::codes;
 use super::properties::{self, Block};
-use super::publish::{is_qos0, meta};
+use super::publish::meta;
 use super::write::{binary, varint, varint_len, Count, Out};
 use super::{
     Error, Filter, Packet, PublishProperties, QoS, RetainForwardRule, Version, MAX_PACKET_SIZE,
@@ -25,19 +25,14 @@ pub(super) struct PublishParts<'a> {
 /// See [`super::encode`].
 pub(super) fn packet(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), Error> {
     if let Packet::Publish(p, props) = packet {
-        let (qos, pkid, dup) = if is_qos0(p) {
-            (QoS::AtMostOnce, 0, false)
-        } else {
-            let m = meta(p);
-            (m.qos, m.pkid, m.dup)
-        };
+        let m = meta(p);
         let parts = PublishParts {
             topic: &p.topic,
             payload: &p.payload,
-            qos,
+            qos: m.qos,
             retain: p.retain,
-            dup,
-            pkid,
+            dup: m.dup,
+            pkid: m.pkid,
         };
         return publish(&parts, props.as_ref(), version, out);
     }

@@ -42,8 +42,16 @@ pub fn publish(
     publish
 }
 
-/// The QoS, packet id and DUP flag of `p`.
+/// The QoS, packet id and DUP flag of `p` (packet id 0 and no DUP at QoS 0, as sent).
 pub fn meta(p: &Publish) -> Meta {
+    // Most deliveries are QoS 0: their fields are known without a clone and a header.
+    if is_qos0(p) {
+        return Meta {
+            qos: QoS::AtMostOnce,
+            pkid: 0,
+            dup: false,
+        };
+    }
     let mut head = p.clone();
     head.topic = Bytes::new();
     head.payload = Bytes::new();
@@ -62,9 +70,10 @@ pub fn meta(p: &Publish) -> Meta {
     }
 }
 
-/// Whether `p` is QoS 0, without [`meta`]'s clone and allocation: rumqttd's `len`
-/// counts a packet id only for QoS 1 and 2. The encoder's fast path; a test pins it.
-pub(super) fn is_qos0(p: &Publish) -> bool {
+/// Whether `p` is QoS 0, without a clone and allocation: rumqttd's `len` counts a
+/// packet id only for QoS 1 and 2 (a QoS 0 PUBLISH never has DUP or a packet id). A test
+/// pins it.
+fn is_qos0(p: &Publish) -> bool {
     p.len() == 2 + p.topic.len() + p.payload.len()
 }
 
@@ -86,7 +95,17 @@ mod tests {
                             pkid,
                             dup,
                         );
-                        assert_eq!(meta(&p), Meta { qos, pkid, dup });
+                        // QoS 0 has neither a packet id nor DUP on the wire (and the
+                        // encoder sends neither): meta says so whatever was stored.
+                        let expected = match qos {
+                            QoS::AtMostOnce => Meta {
+                                qos,
+                                pkid: 0,
+                                dup: false,
+                            },
+                            _ => Meta { qos, pkid, dup },
+                        };
+                        assert_eq!(meta(&p), expected);
                         assert_eq!(p.retain, retain);
                         assert_eq!((&p.topic[..], &p.payload[..]), (&b"a/b"[..], &b"xyz"[..]));
                         assert_eq!(is_qos0(&p), qos == QoS::AtMostOnce, "{qos:?}");
