@@ -189,6 +189,7 @@ mod tests {
             pkid,
             codes,
             forward: mqtt::Packet::Subscribe(kept, _),
+            wanted,
         } = client.filter_subscribe(subscribe, None)
         else {
             panic!("not rebuilt");
@@ -196,5 +197,7 @@ mod tests {
         assert_eq!((pkid, codes), (5, vec![Answer::Router, Answer::Denied]));
         assert_eq!(kept.filters.len(), 1);
         assert_eq!(kept.filters[0].path, "devices/d1/cmd");
+        assert_eq!(wanted.len(), 1);
+        assert!(wanted[0].new && wanted[0].sends());
     }
 }

@@ -60,6 +60,9 @@ pub enum HubError {
     /// The embedded broker did not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The retained messages could not be read.
+    #[error(transparent)]
+    Retained(#[from] broker::retained::RetainedError),
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
@@ -479,7 +482,10 @@ impl Setup {
         for uplink in &uplinks {
             journal.consumer(&uplink.consumer())?;
         }
-        let broker = broker::Broker::start(&config.broker, config.limits.max_connections)?;
+        let retained =
+            broker::Retained::open(journal.tree("retained")?, config.broker.retained_bounds())?;
+        let broker =
+            broker::Broker::start(&config.broker, config.limits.max_connections, retained)?;
         Ok(Setup {
             uplinks,
             policy,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hub::broker::{Broker, BrokerSettings, FromRouter, Gaps, Link};
+use hub::broker::{Broker, BrokerSettings, FromRouter, Gaps, Link, Retained};
 use hub::mqtt::{
     self, Filter, Packet, PubAck, PubAckReason, PublishProperties, QoS, RetainForwardRule,
     Subscribe,
@@ -55,7 +55,7 @@ fn sockets() -> usize {
 #[tokio::test]
 async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_socket_is_opened() {
     let before = sockets();
-    let broker = Broker::start(&BrokerSettings::default(), 100).expect("broker starts");
+    let broker = Broker::start(&BrokerSettings::default(), 100, retained()).expect("broker starts");
     let mut sub = broker.open("sub", true).await.expect("link");
     subscribe(&mut sub, "t/#", QoS::AtLeastOnce).await;
     let mut publisher = broker.open("pub", true).await.expect("link");
@@ -123,7 +123,7 @@ async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_
 
 #[tokio::test]
 async fn a_newer_link_with_the_same_client_id_takes_the_session_over() {
-    let broker = Broker::start(&BrokerSettings::default(), 100).expect("broker starts");
+    let broker = Broker::start(&BrokerSettings::default(), 100, retained()).expect("broker starts");
     let mut old = broker.open("same", true).await.expect("link");
     let _new = broker.open("same", true).await.expect("link");
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
@@ -142,7 +142,7 @@ async fn a_newer_link_with_the_same_client_id_takes_the_session_over() {
 
 #[tokio::test]
 async fn client_ids_the_router_would_never_answer_are_refused_at_once() {
-    let broker = Broker::start(&BrokerSettings::default(), 100).expect("broker starts");
+    let broker = Broker::start(&BrokerSettings::default(), 100, retained()).expect("broker starts");
     for id in ["a/b", "a+b", "a#b", "$a"] {
         let refused = broker.open(id, true).await.err().expect("refused");
         assert!(refused.to_string().contains("client id"), "{refused}");
@@ -155,7 +155,7 @@ fn segments_too_small_for_rumqttd_are_refused_with_the_key_named() {
         segment_size: 512,
         ..BrokerSettings::default()
     };
-    let error = Broker::start(&settings, 10)
+    let error = Broker::start(&settings, 10, retained())
         .expect_err("refused")
         .to_string();
     assert!(error.contains("broker.segment_size"), "{error}");
@@ -169,7 +169,7 @@ async fn a_subscriber_that_falls_behind_the_log_shows_a_gap_that_is_counted() {
         segment_count: 2,
         ..BrokerSettings::default()
     };
-    let broker = Broker::start(&settings, 100).expect("broker starts");
+    let broker = Broker::start(&settings, 100, retained()).expect("broker starts");
     let mut sub = broker.open("slow", true).await.expect("link");
     subscribe(&mut sub, "t/#", QoS::AtMostOnce).await;
     let mut publisher = broker.open("fast", true).await.expect("link");
@@ -216,4 +216,9 @@ async fn a_subscriber_that_falls_behind_the_log_shows_a_gap_that_is_counted() {
         }
     }
     assert!(seen < 2000, "a gap means messages were skipped: saw {seen}");
+}
+
+/// A retained store in memory, sized as the hub's default.
+fn retained() -> Retained {
+    Retained::in_memory(BrokerSettings::default().retained_bounds())
 }

@@ -69,8 +69,12 @@ fuzz_target!(|data: &[u8]| {
         let sent = subscribe.filters.clone();
         let pkid = subscribe.pkid;
         match client.filter_subscribe(subscribe, properties) {
-            SubscribeOutcome::Forward(Packet::Subscribe(forward, _)) => {
+            SubscribeOutcome::Forward {
+                packet: Packet::Subscribe(forward, _),
+                wanted,
+            } => {
                 assert_eq!(forward.filters, sent, "handed on as it is");
+                assert_eq!(wanted.len(), sent.len(), "one retained request per filter");
             }
             SubscribeOutcome::Refuse(suback) => {
                 let denied = vec![SubscribeReasonCode::NotAuthorized; sent.len()];
@@ -80,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
                 pkid: partial_pkid,
                 forward: Packet::Subscribe(forward, _),
                 codes,
+                wanted,
             } => {
                 assert_eq!(partial_pkid, pkid);
                 assert_eq!(codes.len(), sent.len(), "one answer per filter");
@@ -91,6 +96,7 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 assert!(!kept.is_empty() && kept.len() < sent.len());
                 assert_eq!(forward.filters, kept, "exactly the allowed filters, in order");
+                assert_eq!(wanted.len(), kept.len(), "one retained request per allowed filter");
                 let from_router = router_codes(kept.len(), *seed);
                 let ack = SubAck {
                     pkid,

@@ -12,6 +12,8 @@ use rumqttd::protocol::{
 };
 use rumqttd::Notification;
 
+use super::retained::RetainedMessage;
+use super::stamp::{now_ms, Stamp};
 use super::Inner;
 
 /// Why a link could not be opened or has ended.
@@ -47,10 +49,13 @@ pub enum FromRouter {
     Forward {
         /// The message.
         publish: Publish,
-        /// Its MQTT 5 properties.
+        /// Its MQTT 5 properties, as published.
         properties: Option<PublishProperties>,
         /// Its place in the filter's log.
         cursor: Option<(u64, u64)>,
+        /// What the router did not keep: the QoS and retain flag it was published with,
+        /// who published it, when.
+        stamp: Stamp,
     },
     /// An answer to a packet the link sent (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK,
     /// UNSUBACK, PINGRESP).
@@ -79,12 +84,15 @@ pub struct LinkSender {
     /// Packets pushed since the router was last told.
     unflushed: bool,
     ended: bool,
+    origin: u64,
+    inner: Arc<Inner>,
 }
 
 /// The half of a link the router's packets arrive on.
 pub struct LinkReceiver {
     rx: LinkRx,
     inner: Arc<Inner>,
+    origin: u64,
 }
 
 impl Link {
@@ -99,15 +107,24 @@ impl Link {
         // rumqttd gives every link a queue for 200 packets (78 KiB) before it has sent
         // one; most clients send a few packets now and then. It grows again as needed.
         tx.buffer().shrink_to_fit();
+        let origin = inner.origins.fetch_add(1, Ordering::Relaxed) + 1;
         Link {
             sender: LinkSender {
                 tx,
                 unflushed: false,
                 ended: false,
+                origin,
+                inner: inner.clone(),
             },
-            receiver: LinkReceiver { rx, inner },
+            receiver: LinkReceiver { rx, inner, origin },
             session_present,
         }
+    }
+
+    /// This link's number among every link the broker opened: what
+    /// [`Stamp::origin`] says of a message it published.
+    pub fn origin(&self) -> u64 {
+        self.receiver.origin
     }
 
     /// See [`LinkSender::push`].
@@ -138,15 +155,59 @@ impl Link {
 
 impl LinkSender {
     /// Queues a packet for the router without telling it yet: push a batch, then
-    /// [`flush`](Self::flush) once.
+    /// [`flush`](Self::flush) once. A PUBLISH is stamped ([`Stamp`]) and, when retained,
+    /// kept in the hub's retained store and handed on with its retain flag cleared.
     pub fn push(&mut self, packet: Packet) {
+        let packet = match packet {
+            Packet::Publish(publish, properties) => self.ingress(publish, properties),
+            other => other,
+        };
         self.tx.buffer().push_back(packet);
         self.unflushed = true;
+    }
+
+    fn ingress(&self, mut publish: Publish, mut properties: Option<PublishProperties>) -> Packet {
+        let qos = crate::mqtt::publish::meta(&publish).qos;
+        let arrived_ms = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|_| now_ms());
+        let retain = publish.retain;
+        if retain {
+            publish.retain = false;
+            let kept = properties.as_ref().map(|p| PublishProperties {
+                topic_alias: None,
+                subscription_identifiers: Vec::new(),
+                ..p.clone()
+            });
+            self.inner.retained.set(RetainedMessage {
+                topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+                payload: publish.payload.clone(),
+                qos,
+                properties: kept,
+                arrived_ms: arrived_ms.unwrap_or_else(now_ms),
+            });
+        }
+        Stamp {
+            qos,
+            retain,
+            origin: self.origin,
+            arrived_ms,
+        }
+        .attach(&mut properties);
+        Packet::Publish(publish, properties)
     }
 
     /// Tells the router about every packet pushed since the last flush. Blocks the
     /// thread briefly if the router's event queue is full: that is its backpressure.
     pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.flush_now()
+    }
+
+    /// [`flush`](Self::flush) without an await point: rumqttd's `send` has none (it
+    /// signals with a blocking send), so it completes on its first poll. For callers
+    /// that hold a lock.
+    pub fn flush_now(&mut self) -> Result<(), LinkError> {
         if !self.unflushed {
             return Ok(());
         }
@@ -155,12 +216,10 @@ impl LinkSender {
         // and then signals: hand it the last one pushed.
         let last = self.tx.buffer().pop_back();
         match last {
-            Some(packet) => self
-                .tx
-                .send(packet)
-                .await
-                .map(drop)
-                .map_err(|_| LinkError::Closed),
+            Some(packet) => match self.tx.send(packet).now_or_never() {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(_)) | None => Err(LinkError::Closed),
+            },
             None => Ok(()),
         }
     }
@@ -214,6 +273,16 @@ impl LinkReceiver {
     pub fn count_skip(&self) {
         self.inner.skips.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// This link's number (see [`Link::origin`]).
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// The hub's retained messages.
+    pub fn retained(&self) -> &super::Retained {
+        &self.inner.retained
+    }
 }
 
 impl Drop for LinkSender {
@@ -238,7 +307,8 @@ fn disconnect() -> Packet {
 
 fn convert(notification: Notification) -> Option<FromRouter> {
     Some(match notification {
-        Notification::Forward(forward) => FromRouter::Forward {
+        Notification::Forward(mut forward) => FromRouter::Forward {
+            stamp: Stamp::detach(&mut forward.properties),
             publish: forward.publish,
             properties: forward.properties,
             cursor: forward.cursor,

@@ -24,8 +24,14 @@
 //! - It has no shutdown API: the router thread ends with the process.
 
 mod link;
+pub mod retained;
+pub mod sessions;
+pub mod stamp;
 
 pub use self::link::{FromRouter, Gaps, Link, LinkError, LinkReceiver, LinkSender};
+pub use self::retained::{Retained, RetainedMessage};
+pub use self::sessions::Ticket;
+pub use self::stamp::Stamp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +56,11 @@ pub struct BrokerSettings {
     /// No longer used: QoS 1/2 deliveries in flight are at most the router's 100 and the
     /// client's Receive Maximum. Accepted like `max_packet_size`.
     pub max_inflight: Option<u64>,
+    /// Most retained messages (topics) kept. A retained message for a new topic past
+    /// this is delivered to current subscribers but not kept, and counted.
+    pub max_retained_messages: usize,
+    /// Most bytes of retained topics and payloads kept, likewise.
+    pub max_retained_bytes: usize,
 }
 
 impl Default for BrokerSettings {
@@ -62,6 +73,10 @@ impl Default for BrokerSettings {
             segment_count: 4,
             max_outgoing_packets: 1000,
             max_inflight: None,
+            // Every device's status is retained: room for far more devices than a hub
+            // serves, in memory a Pi can spare.
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -110,6 +125,10 @@ struct Inner {
     open: Box<Opener>,
     /// Times a subscriber's link saw the router skip messages (see [`Gaps`]).
     skips: AtomicU64,
+    /// Links opened so far: the next one's [`Link::origin`].
+    origins: AtomicU64,
+    retained: Retained,
+    sessions: sessions::Sessions,
 }
 
 /// The embedded broker's counters, as the stats topic shows them.
@@ -118,6 +137,12 @@ pub struct BrokerStats {
     /// Times the broker skipped messages for a subscriber that fell so far behind its
     /// in-memory log (each time may skip many).
     pub subscriber_fell_behind: u64,
+    /// Retained messages held.
+    pub retained_messages: u64,
+    /// Retained messages not kept because the store was full.
+    pub retained_refused: u64,
+    /// Client ids whose session is connected or kept for later.
+    pub client_sessions: u64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -127,6 +152,14 @@ impl std::fmt::Debug for Broker {
 }
 
 impl BrokerSettings {
+    /// The retained store's bounds.
+    pub fn retained_bounds(&self) -> retained::Bounds {
+        retained::Bounds {
+            max_messages: self.max_retained_messages,
+            max_bytes: self.max_retained_bytes,
+        }
+    }
+
     fn validate(&self) -> Result<(), BrokerError> {
         // rumqttd panics in its router below 1 KiB segments.
         if self.segment_size < 64 * 1024 {
@@ -157,8 +190,13 @@ impl BrokerSettings {
 }
 
 impl Broker {
-    /// Starts rumqttd's router on its own thread.
-    pub fn start(settings: &BrokerSettings, max_connections: usize) -> Result<Broker, BrokerError> {
+    /// Starts rumqttd's router on its own thread; retained messages are kept in
+    /// `retained`.
+    pub fn start(
+        settings: &BrokerSettings,
+        max_connections: usize,
+        retained: Retained,
+    ) -> Result<Broker, BrokerError> {
         settings.validate()?;
         let config = rumqttd::RouterConfig {
             // The front door caps connections itself; the router's own cap must never be
@@ -187,6 +225,9 @@ impl Broker {
             inner: Arc::new(Inner {
                 open: Box::new(open),
                 skips: AtomicU64::new(0),
+                origins: AtomicU64::new(0),
+                retained,
+                sessions: sessions::Sessions::default(),
             }),
         })
     }
@@ -211,7 +252,15 @@ impl Broker {
     pub fn stats(&self) -> BrokerStats {
         BrokerStats {
             subscriber_fell_behind: self.inner.skips.load(Ordering::Relaxed),
+            retained_messages: self.inner.retained.len() as u64,
+            retained_refused: self.inner.retained.refused(),
+            client_sessions: self.inner.sessions.len() as u64,
         }
+    }
+
+    /// The hub's retained messages.
+    pub fn retained(&self) -> &Retained {
+        &self.inner.retained
     }
 }
 

@@ -13,7 +13,7 @@ use super::stats::Reject;
 use super::{AuthMethod, Shared};
 use crate::acl::Subject;
 use crate::auth::{AuthError, Locked, LoginRefused};
-use crate::broker::Link;
+use crate::broker::{Link, Ticket};
 use crate::mqtt::{
     self, ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, LastWillProperties, Packet,
     Version,
@@ -34,10 +34,16 @@ pub struct Admitted {
     pub keep_alive: u16,
     /// MQTT 5: the most QoS 1/2 messages the client will have in flight from us.
     pub receive_max: Option<u16>,
+    /// MQTT 5: the largest packet the client accepts.
+    pub max_packet_size: Option<u32>,
     /// When the credential (a JWT) stops being valid.
     pub expires_at: Option<SystemTime>,
     /// The session's link on the broker, CONNACK already sent.
     pub link: Link,
+    /// What ends the session on the broker when the connection ends.
+    pub ticket: Ticket,
+    /// Its Session Expiry Interval, in seconds, as CONNECT set it.
+    pub session_expiry: u32,
     /// Client bytes read after CONNECT.
     pub client_leftover: BytesMut,
 }
@@ -138,6 +144,8 @@ pub(crate) struct Connect {
     pub(crate) version: Version,
     pub(crate) connect: mqtt::Connect,
     pub(crate) receive_max: Option<u16>,
+    pub(crate) max_packet_size: Option<u32>,
+    pub(crate) session_expiry: Option<u32>,
     pub(crate) will: Option<Will>,
     pub(crate) login: Option<mqtt::Login>,
 }
@@ -236,9 +244,20 @@ where
     } else {
         connect.client_id().to_owned()
     };
-    let link = shared
+    // MQTT 5 §3.1.2.11.2: absent means 0, the session ends with the connection; 3.1.1's
+    // CleanSession = 0 keeps it for good.
+    let session_expiry = match version {
+        Version::V5 => connect.session_expiry.unwrap_or(0),
+        Version::V311 if clean => 0,
+        Version::V311 => crate::broker::sessions::NEVER,
+    };
+    let (link, ticket) = shared
         .broker
-        .open(&session_id(&subject.identity, &client_id), clean)
+        .open_session(
+            &session_id(&subject.identity, &client_id),
+            clean,
+            session_expiry,
+        )
         .await
         .map_err(|e| Refused::Broker(e.to_string()))?;
     let properties = (version == Version::V5).then(|| ConnAckProperties {
@@ -266,8 +285,11 @@ where
         will: connect.will,
         keep_alive: connect.connect.keep_alive,
         receive_max: connect.receive_max,
+        max_packet_size: connect.max_packet_size,
         expires_at,
         link,
+        ticket,
+        session_expiry,
         client_leftover: buf,
     })
 }
@@ -431,7 +453,9 @@ async fn read_connect<R: AsyncRead + Unpin>(
                 return Ok(Connect {
                     version,
                     connect,
-                    receive_max: properties.and_then(|p| p.receive_maximum),
+                    receive_max: properties.as_ref().and_then(|p| p.receive_maximum),
+                    max_packet_size: properties.as_ref().and_then(|p| p.max_packet_size),
+                    session_expiry: properties.as_ref().and_then(|p| p.session_expiry_interval),
                     will: will.map(|message| Will {
                         message,
                         properties: will_props,

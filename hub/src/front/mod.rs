@@ -5,6 +5,7 @@
 //! else, and each of those steps has a deadline. Admitted MQTT clients are relayed to the
 //! embedded broker with the ACL applied to every PUBLISH and SUBSCRIBE.
 
+mod acks;
 pub(crate) mod admit;
 mod aliases;
 mod conns;
@@ -589,6 +590,8 @@ where
         shared.stats.clone(),
         admitted.keep_alive,
     ));
+    let session_expiry_at_end =
+        Arc::new(std::sync::atomic::AtomicU32::new(admitted.session_expiry));
     let ended = Box::pin(relay::run(
         client,
         admitted.client_leftover,
@@ -596,12 +599,17 @@ where
             link: admitted.link,
             will: admitted.will,
             receive_max: admitted.receive_max,
+            max_packet_size: admitted.max_packet_size,
+            session_expiry: session_expiry_at_end.clone(),
         },
         session,
         policy_changes,
         shutdown,
     ))
     .await;
+    // MQTT 5 §3.14.2.2.2: DISCONNECT may change the interval.
+    let expiry = session_expiry_at_end.load(std::sync::atomic::Ordering::Relaxed);
+    shared.broker.end_session(admitted.ticket, expiry).await;
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);
     }

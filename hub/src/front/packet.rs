@@ -50,6 +50,10 @@ pub enum Violation {
         /// What they may hold.
         quota: usize,
     },
+    /// DISCONNECT giving a Session Expiry Interval to a session CONNECT said ends with the
+    /// connection (§3.14.2.2.2).
+    #[error("DISCONNECT set a session expiry interval, but CONNECT's was 0")]
+    SessionExpiryAtDisconnect,
 }
 
 impl Violation {
@@ -66,7 +70,8 @@ impl Violation {
             | Violation::SecondConnect
             | Violation::Auth
             | Violation::NoTopic
-            | Violation::AliasUnknown(_) => Goodbye::ProtocolError,
+            | Violation::AliasUnknown(_)
+            | Violation::SessionExpiryAtDisconnect => Goodbye::ProtocolError,
             Violation::WildcardTopic(_) => Goodbye::TopicNameInvalid,
             Violation::AliasOutOfRange { .. } => Goodbye::TopicAliasInvalid,
             Violation::AliasQuota { .. } => Goodbye::QuotaExceeded,

@@ -19,16 +19,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::RouterAcks;
 use super::admit::Will;
 use super::aliases::Aliases;
 use super::lock;
 use super::packet::{check_topic, Violation};
 use super::policy::Policy;
-use super::session::{Answer, Goodbye, Session, SubscribeOutcome};
+use super::session::{Answer, DeliveryOptions, Goodbye, RetainedWanted, Session, SubscribeOutcome};
 use super::stats::Reject;
-use crate::broker::{FromRouter, Gaps, Link, LinkError, LinkReceiver, LinkSender};
+use crate::broker::stamp::now_ms;
+use crate::broker::{
+    FromRouter, Gaps, Link, LinkError, LinkReceiver, LinkSender, RetainedMessage, Stamp,
+};
 use crate::mqtt::{
-    self, DisconnectReasonCode, Packet, PingResp, Publish, PublishProperties, QoS, Version,
+    self, DisconnectReasonCode, Packet, PingResp, PubRel, PubRelReason, Publish, PublishProperties,
+    QoS, SubscribeReasonCode, Version,
 };
 
 /// Why a relayed connection ended.
@@ -79,21 +84,38 @@ impl std::fmt::Display for Ended {
     }
 }
 
-/// What the two halves share: the hub's answers for SUBSCRIBEs the router sees without
-/// their denied filters, by packet id; where the router's forwards stand per filter; and
-/// the QoS 1/2 deliveries the client has not acknowledged yet.
+/// What the two halves share: the SUBSCRIBEs the router has not answered yet, by packet
+/// id; where the router's forwards stand per filter; the acknowledgements owed to the
+/// router; and the QoS 1/2 deliveries the client has not acknowledged yet.
 struct Between {
-    pending: HashMap<u16, Vec<Answer>>,
+    pending: HashMap<u16, PendingSubscribe>,
     gaps: Gaps,
+    acks: RouterAcks,
     /// Deliveries sent and not yet completed (PUBACK, or PUBCOMP for QoS 2).
     unacked: usize,
     /// When the client last completed one.
     last_ack: tokio::time::Instant,
 }
 
+/// A SUBSCRIBE handed to the router, until its SUBACK.
+struct PendingSubscribe {
+    /// The hub's answers per original filter, when it refused some.
+    answers: Option<Vec<Answer>>,
+    /// What each filter handed on wants of the retained messages.
+    wanted: Vec<RetainedWanted>,
+}
+
 /// rumqttd's router keeps at most this many QoS 1/2 deliveries in flight per session (a
-/// constant of its own).
+/// constant of its own), with packet ids 1 to 100.
 const ROUTER_INFLIGHT: usize = 100;
+
+/// The packet ids the hub gives its own deliveries (retained messages): above the
+/// router's, so an acknowledgement says whose delivery it completes.
+const HUB_PKIDS: std::ops::RangeInclusive<u16> = (ROUTER_INFLIGHT as u16 + 1)..=u16::MAX;
+
+fn is_hub_pkid(pkid: u16) -> bool {
+    HUB_PKIDS.contains(&pkid)
+}
 
 /// A client's session on the broker, as admission opened it.
 pub struct Opened {
@@ -103,6 +125,11 @@ pub struct Opened {
     pub will: Option<Will>,
     /// MQTT 5: the most QoS 1/2 deliveries it will have unacknowledged.
     pub receive_max: Option<u16>,
+    /// MQTT 5: the largest packet it accepts.
+    pub max_packet_size: Option<u32>,
+    /// Its Session Expiry Interval: what CONNECT said, changed by a DISCONNECT that says
+    /// otherwise.
+    pub session_expiry: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Runs the relay until either side ends, then ends the session on the broker.
@@ -113,6 +140,8 @@ pub async fn run<C>(
         link,
         will,
         receive_max,
+        max_packet_size,
+        session_expiry,
     }: Opened,
     session: Arc<Session>,
     mut policy: tokio::sync::watch::Receiver<Arc<Policy>>,
@@ -123,13 +152,16 @@ where
 {
     let (client_rd, client_wr) = tokio::io::split(client);
     let Link {
-        sender: mut link_tx,
+        sender: link_tx,
         receiver: link_rx,
         ..
     } = link;
+    // Both halves send the router acknowledgements (see `RouterAcks`).
+    let link_tx = Mutex::new(link_tx);
     let between = Mutex::new(Between {
         pending: HashMap::new(),
         gaps: Gaps::default(),
+        acks: RouterAcks::default(),
         unacked: 0,
         last_ack: tokio::time::Instant::now(),
     });
@@ -145,7 +177,7 @@ where
     let up = upstream(
         client_rd,
         leftover,
-        &mut link_tx,
+        (&link_tx, &session_expiry),
         &session,
         &between,
         &acked,
@@ -155,11 +187,11 @@ where
     // expires and when a reload withdraws its rights; the session's goodbye says which.
     let stop = shutdown.child_token();
     let down = downstream(
-        link_rx,
+        (link_rx, &link_tx),
         client_wr,
         &session,
         &between,
-        (window, &acked),
+        (window, &acked, max_packet_size),
         inject_rx,
         stop.clone(),
     );
@@ -244,16 +276,17 @@ where
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
         });
-        link_tx.push(Packet::Publish(publish, properties));
+        lock(&link_tx).push(Packet::Publish(publish, properties));
     }
-    link_tx.close().await;
+    // Ends the session on the router (after the will, which is queued first) as the
+    // sender is dropped with the halves that borrowed it.
     ended
 }
 
 async fn upstream<R: AsyncRead + Unpin>(
     mut client: R,
     mut buf: BytesMut,
-    link: &mut LinkSender,
+    (link, session_expiry): (&Mutex<LinkSender>, &std::sync::atomic::AtomicU32),
     session: &Session,
     between: &Mutex<Between>,
     acked: &tokio::sync::Notify,
@@ -287,7 +320,7 @@ async fn upstream<R: AsyncRead + Unpin>(
             if let Some(pause) = budget.take(len, Instant::now()) {
                 session.reject(Reject::Throttled);
                 // Over the rate: hand on what we have, then stop reading for a while.
-                if link.flush().await.is_err() {
+                if lock(link).flush_now().is_err() {
                     return Ended::TakenOver;
                 }
                 session.traffic.up(published, bytes);
@@ -299,7 +332,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                     match publish_allowed(publish, properties, session, &mut aliases) {
                         Ok(Ok(allowed)) => {
                             published += 1;
-                            link.push(allowed);
+                            lock(link).push(allowed);
                             None
                         }
                         Ok(Err((qos, pkid, topic))) => {
@@ -319,32 +352,83 @@ async fn upstream<R: AsyncRead + Unpin>(
                     Some(session.pubcomp(rel.pkid))
                 }
                 packet @ (Packet::PubAck(..) | Packet::PubComp(..)) => {
+                    let (pkid, completes) = match &packet {
+                        Packet::PubAck(a, _) => (a.pkid, false),
+                        Packet::PubComp(c, _) => (c.pkid, true),
+                        _ => (0, false),
+                    };
                     {
                         let mut between = lock(between);
                         between.unacked = between.unacked.saturating_sub(1);
                         between.last_ack = tokio::time::Instant::now();
+                        // The hub's own deliveries end here; the router's are owed to it
+                        // in its order.
+                        if !is_hub_pkid(pkid) {
+                            let mut due = Vec::new();
+                            if completes {
+                                between.acks.client_completed(pkid, packet, &mut due);
+                            } else {
+                                between.acks.client_acked(pkid, packet, &mut due);
+                            }
+                            push_all(link, due);
+                        }
                     }
                     acked.notify_one();
-                    link.push(packet);
                     None
                 }
-                packet @ (Packet::PubRec(..) | Packet::PubRel(..)) => {
-                    link.push(packet);
+                Packet::PubRec(rec, properties) => {
+                    if is_hub_pkid(rec.pkid) {
+                        Some(Packet::PubRel(
+                            PubRel {
+                                pkid: rec.pkid,
+                                reason: PubRelReason::Success,
+                            },
+                            None,
+                        ))
+                    } else {
+                        let mut between = lock(between);
+                        let mut due = Vec::new();
+                        between.acks.client_acked(
+                            rec.pkid,
+                            Packet::PubRec(rec, properties),
+                            &mut due,
+                        );
+                        push_all(link, due);
+                        None
+                    }
+                }
+                packet @ Packet::PubRel(..) => {
+                    lock(link).push(packet);
                     None
                 }
                 Packet::Subscribe(subscribe, properties) => {
+                    let pkid = subscribe.pkid;
                     match session.filter_subscribe(subscribe, properties) {
-                        SubscribeOutcome::Forward(packet) => {
-                            link.push(packet);
+                        SubscribeOutcome::Forward { packet, wanted } => {
+                            lock(between).pending.insert(
+                                pkid,
+                                PendingSubscribe {
+                                    answers: None,
+                                    wanted,
+                                },
+                            );
+                            lock(link).push(packet);
                             None
                         }
                         SubscribeOutcome::Partial {
                             pkid,
                             forward,
                             codes,
+                            wanted,
                         } => {
-                            lock(between).pending.insert(pkid, codes);
-                            link.push(forward);
+                            lock(between).pending.insert(
+                                pkid,
+                                PendingSubscribe {
+                                    answers: Some(codes),
+                                    wanted,
+                                },
+                            );
+                            lock(link).push(forward);
                             None
                         }
                         SubscribeOutcome::Refuse(suback) => Some(suback),
@@ -358,13 +442,22 @@ async fn upstream<R: AsyncRead + Unpin>(
                             between.gaps.unsubscribed(filter);
                         }
                     }
-                    link.push(Packet::Unsubscribe(unsubscribe, properties));
+                    lock(link).push(Packet::Unsubscribe(unsubscribe, properties));
                     None
                 }
                 // Answered here: the router would only echo it.
                 Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
-                Packet::Disconnect(disconnect, _) => {
-                    let _ = link.flush().await;
+                Packet::Disconnect(disconnect, properties) => {
+                    let _ = lock(link).flush_now();
+                    if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        // §3.14.2.2.2: a session that was to end with the connection
+                        // cannot be made to outlive it at DISCONNECT.
+                        if session_expiry.load(Relaxed) == 0 && expiry != 0 {
+                            return violation(session, Violation::SessionExpiryAtDisconnect);
+                        }
+                        session_expiry.store(expiry, Relaxed);
+                    }
                     session.traffic.up(published, bytes);
                     let with_will =
                         disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
@@ -399,7 +492,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                 }
             }
         }
-        if link.flush().await.is_err() {
+        if lock(link).flush_now().is_err() {
             return Ended::TakenOver;
         }
         session.traffic.up(published, bytes);
@@ -426,6 +519,18 @@ async fn upstream<R: AsyncRead + Unpin>(
             }
         }
         grow.reserve(&mut buf);
+    }
+}
+
+/// Hands the router acknowledgements, in order (the caller holds `Between`'s lock, so
+/// that the two halves' acknowledgements cannot overtake each other). The next flush
+/// tells the router.
+fn push_all(link: &Mutex<LinkSender>, due: Vec<Packet>) {
+    if !due.is_empty() {
+        let mut link = lock(link);
+        for ack in due {
+            link.push(ack);
+        }
     }
 }
 
@@ -467,11 +572,11 @@ fn publish_allowed(
 }
 
 async fn downstream<W: AsyncWrite + Unpin>(
-    mut link: LinkReceiver,
+    (mut link, link_tx): (LinkReceiver, &Mutex<LinkSender>),
     mut client: W,
     session: &Session,
     between: &Mutex<Between>,
-    (window, acked): (usize, &tokio::sync::Notify),
+    (window, acked, max_packet_size): (usize, &tokio::sync::Notify, Option<u32>),
     mut inject: mpsc::Receiver<Bytes>,
     shutdown: CancellationToken,
 ) -> Ended {
@@ -481,10 +586,15 @@ async fn downstream<W: AsyncWrite + Unpin>(
     let mut down = Down {
         session,
         between,
+        link_tx,
         window,
+        max_packet_size: max_packet_size.map_or(usize::MAX, |m| m as usize),
+        origin: link.origin(),
         parked: VecDeque::new(),
         published: 0,
         paused: false,
+        hub_pkid: *HUB_PKIDS.end(),
+        acks_due: false,
     };
     loop {
         let mut ended = None;
@@ -537,6 +647,12 @@ async fn downstream<W: AsyncWrite + Unpin>(
             ended = down.deliver(from, &link, &mut out);
         }
         down.release(&mut out);
+        if down.acks_due {
+            down.acks_due = false;
+            if lock(link_tx).flush_now().is_err() {
+                return Ended::TakenOver;
+            }
+        }
         while let Ok(reply) = inject.try_recv() {
             out.extend_from_slice(&reply);
         }
@@ -591,17 +707,54 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// them the relay stops taking the router's.
 const PARKED_MAX: usize = 1024;
 
+/// A delivery waiting for room in the client's window.
+// The router's forwards are nearly every delivery: boxing them would cost an allocation
+// each to save memory only on the rare retained ones.
+#[allow(clippy::large_enum_variant)]
+enum Parked {
+    /// A message the router forwarded.
+    Router {
+        publish: Publish,
+        properties: Option<PublishProperties>,
+        stamp: Stamp,
+        options: DeliveryOptions,
+    },
+    /// A retained message the hub sends for a SUBSCRIBE, at `qos`.
+    Retained {
+        message: Arc<RetainedMessage>,
+        qos: QoS,
+    },
+}
+
 /// The down half's state between writes.
 struct Down<'a> {
     session: &'a Session,
     between: &'a Mutex<Between>,
+    link_tx: &'a Mutex<LinkSender>,
     window: usize,
+    /// The client's Maximum Packet Size (MQTT 5; else unlimited).
+    max_packet_size: usize,
+    /// This session's link, as the stamps of its own publishes name it.
+    origin: u64,
     /// Deliveries waiting for room in the client's window (and those behind them).
-    parked: VecDeque<(Publish, Option<PublishProperties>)>,
+    parked: VecDeque<Parked>,
     /// PUBLISH packets encoded since the last write.
     published: u64,
     /// The router waits to be woken.
     paused: bool,
+    /// The packet id of the hub's last own delivery.
+    hub_pkid: u16,
+    /// Acknowledgements were handed to the router and need a flush.
+    acks_due: bool,
+}
+
+/// The lower of two QoS levels.
+fn lower(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) {
+        a
+    } else {
+        b
+    }
 }
 
 impl Down<'_> {
@@ -619,30 +772,70 @@ impl Down<'_> {
                 publish,
                 properties,
                 cursor,
+                stamp,
             }) => {
+                let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                let with_options = self.session.has_delivery_options();
                 // Retained deliveries have no place in a log, and nothing to check.
-                if let (Some(_), Ok(topic)) = (cursor, std::str::from_utf8(&publish.topic)) {
-                    let gap = self.session.with_subscriptions(|filters| {
-                        lock(self.between).gaps.forwarded(
-                            filters.iter().map(String::as_str),
+                let (gap, options) = self.session.with_subscriptions(|subs| {
+                    let gap = cursor.is_some()
+                        && lock(self.between).gaps.forwarded(
+                            subs.iter().map(|s| s.filter.as_str()),
                             topic,
                             cursor,
-                        )
-                    });
-                    if gap {
-                        link.count_skip();
-                    }
+                        );
+                    let options = if with_options {
+                        delivery_options(subs, topic)
+                    } else {
+                        DeliveryOptions::default()
+                    };
+                    (gap, options)
+                });
+                if gap {
+                    link.count_skip();
                 }
-                self.parked.push_back((publish, properties));
+                self.parked.push_back(Parked::Router {
+                    publish,
+                    properties,
+                    stamp,
+                    options,
+                });
                 self.release(out);
             }
             Ok(FromRouter::Ack(Packet::SubAck(ack, properties))) => {
-                let codes = lock(self.between).pending.remove(&ack.pkid);
-                let packet = match codes {
-                    Some(codes) => self.session.merge_suback(&ack, &codes),
-                    None => Packet::SubAck(ack, properties),
+                let pending = lock(self.between).pending.remove(&ack.pkid);
+                let packet = match pending.as_ref().and_then(|p| p.answers.as_ref()) {
+                    Some(codes) => self.session.merge_suback(&ack, codes),
+                    None => Packet::SubAck(ack.clone(), properties),
                 };
                 encode(&packet, version, out);
+                // MQTT §3.3.1.3: the retained messages follow the SUBACK, for each filter
+                // the router granted, as its Retain Handling says.
+                if let Some(pending) = pending {
+                    for (wanted, code) in pending.wanted.iter().zip(&ack.return_codes) {
+                        let granted = match code {
+                            SubscribeReasonCode::Success(q) => *q,
+                            SubscribeReasonCode::QoS0 => QoS::AtMostOnce,
+                            SubscribeReasonCode::QoS1 => QoS::AtLeastOnce,
+                            SubscribeReasonCode::QoS2 => QoS::ExactlyOnce,
+                            _ => continue,
+                        };
+                        if wanted.sends() {
+                            self.park_retained(link, &wanted.filter, granted);
+                        }
+                    }
+                }
+                self.release(out);
+            }
+            Ok(FromRouter::Ack(Packet::PubRel(rel, properties))) => {
+                let mut due = Vec::new();
+                let mut between = lock(self.between);
+                if between.acks.router_released(rel.pkid, &mut due) {
+                    encode(&Packet::PubRel(rel, properties), version, out);
+                } else {
+                    push_all(self.link_tx, due);
+                    self.acks_due = true;
+                }
             }
             Ok(FromRouter::Ack(packet)) => encode(&packet, version, out),
             Ok(FromRouter::Paused) => self.paused = true,
@@ -656,42 +849,241 @@ impl Down<'_> {
         None
     }
 
+    /// Queues the retained messages matching `filter` that the client may read.
+    fn park_retained(&mut self, link: &LinkReceiver, filter: &str, granted: QoS) {
+        for message in link.retained().matching(filter) {
+            if self.session.can_receive(&message.topic) {
+                let qos = lower(message.qos, granted);
+                self.parked.push_back(Parked::Retained { message, qos });
+            }
+        }
+    }
+
+    /// Takes a place in the client's window for a QoS 1/2 delivery; false when it is full.
+    fn take_slot(&self) -> bool {
+        let mut between = lock(self.between);
+        if between.unacked >= self.window {
+            return false;
+        }
+        if between.unacked == 0 {
+            // The window's clock starts with its first delivery.
+            between.last_ack = tokio::time::Instant::now();
+        }
+        between.unacked += 1;
+        true
+    }
+
+    fn free_slot(&self) {
+        let mut between = lock(self.between);
+        between.unacked = between.unacked.saturating_sub(1);
+    }
+
+    /// The router's delivery `pkid` at `qos` is not going to the client at that QoS: the
+    /// hub acknowledges it in the client's place.
+    fn withhold(&mut self, pkid: u16, qos: QoS) {
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        let mut due = Vec::new();
+        let mut between = lock(self.between);
+        between.acks.withheld(pkid, qos, &mut due);
+        if !due.is_empty() {
+            push_all(self.link_tx, due);
+            self.acks_due = true;
+        }
+    }
+
+    fn next_hub_pkid(&mut self) -> u16 {
+        self.hub_pkid = if self.hub_pkid >= *HUB_PKIDS.end() {
+            *HUB_PKIDS.start()
+        } else {
+            self.hub_pkid + 1
+        };
+        self.hub_pkid
+    }
+
     /// Encodes parked deliveries, in order, while the client's window has room.
     fn release(&mut self, out: &mut BytesMut) {
         let version = self.session.version();
-        while let Some((publish, _)) = self.parked.front() {
-            let meta = mqtt::publish::meta(publish);
-            if meta.qos != QoS::AtMostOnce {
-                let mut between = lock(self.between);
-                if between.unacked >= self.window {
-                    return;
+        let mut now = None;
+        while let Some(parked) = self.parked.pop_front() {
+            match parked {
+                Parked::Router {
+                    publish,
+                    mut properties,
+                    stamp,
+                    options,
+                } => {
+                    let meta = mqtt::publish::meta(&publish);
+                    // MQTT §3.8.4: never above the QoS it was published with.
+                    let qos = lower(meta.qos, stamp.qos);
+                    // MQTT §3.3.2.3.3: not after its expiry; else with the time left.
+                    let expiry = properties.as_ref().and_then(|p| p.message_expiry_interval);
+                    let left = match expiry {
+                        Some(interval) => {
+                            match stamp.expiry_left(interval, *now.get_or_insert_with(now_ms)) {
+                                Some(left) => Some(left),
+                                None => {
+                                    self.withhold(meta.pkid, meta.qos);
+                                    continue;
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    // MQTT §3.8.3.1: No Local.
+                    if options.no_local && stamp.origin == self.origin {
+                        self.withhold(meta.pkid, meta.qos);
+                        continue;
+                    }
+                    if qos != QoS::AtMostOnce && !self.take_slot() {
+                        self.parked.push_front(Parked::Router {
+                            publish,
+                            properties,
+                            stamp,
+                            options,
+                        });
+                        return;
+                    }
+                    if let (Some(left), Some(p)) = (left, properties.as_mut()) {
+                        p.message_expiry_interval = Some(left);
+                    }
+                    let properties = properties.as_ref().filter(|_| version == Version::V5);
+                    let retain = options.retain_as_published && stamp.retain;
+                    // Delivered at a lower QoS than the router's, it is the hub's own
+                    // delivery: a packet id of the hub's keeps the client's ack from the
+                    // router, which the hub acknowledges itself.
+                    let (pkid, dup) = match qos {
+                        QoS::AtMostOnce => (0, false),
+                        _ if qos != meta.qos => (self.next_hub_pkid(), false),
+                        _ => (meta.pkid, meta.dup),
+                    };
+                    let sent = self.encode_delivery(
+                        (&publish.topic, &publish.payload),
+                        (qos, retain, dup, pkid),
+                        properties,
+                        out,
+                    );
+                    if !sent {
+                        if qos != QoS::AtMostOnce {
+                            self.free_slot();
+                        }
+                        self.withhold(meta.pkid, meta.qos);
+                    } else if qos != meta.qos {
+                        // Delivered at the publisher's lower QoS: the router's delivery
+                        // is the hub's to acknowledge.
+                        self.withhold(meta.pkid, meta.qos);
+                    } else if qos != QoS::AtMostOnce {
+                        lock(self.between).acks.delivered(meta.pkid);
+                    }
                 }
-                if between.unacked == 0 {
-                    // The window's clock starts with its first delivery.
-                    between.last_ack = tokio::time::Instant::now();
+                Parked::Retained { message, qos } => {
+                    let now = *now.get_or_insert_with(now_ms);
+                    let interval = message
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.message_expiry_interval);
+                    let stamp = Stamp {
+                        arrived_ms: Some(message.arrived_ms),
+                        ..Stamp::UNKNOWN
+                    };
+                    let left = match interval {
+                        Some(interval) => match stamp.expiry_left(interval, now) {
+                            Some(left) => Some(left),
+                            None => continue,
+                        },
+                        None => None,
+                    };
+                    if qos != QoS::AtMostOnce && !self.take_slot() {
+                        self.parked.push_front(Parked::Retained { message, qos });
+                        return;
+                    }
+                    let pkid = match qos {
+                        QoS::AtMostOnce => 0,
+                        _ => self.next_hub_pkid(),
+                    };
+                    let properties = (version == Version::V5)
+                        .then(|| {
+                            message.properties.as_ref().map(|p| PublishProperties {
+                                message_expiry_interval: left,
+                                ..p.clone()
+                            })
+                        })
+                        .flatten();
+                    let sent = self.encode_delivery(
+                        (message.topic.as_bytes(), &message.payload),
+                        (qos, true, false, pkid),
+                        properties.as_ref(),
+                        out,
+                    );
+                    if !sent && qos != QoS::AtMostOnce {
+                        self.free_slot();
+                    }
                 }
-                between.unacked += 1;
             }
-            let Some((publish, properties)) = self.parked.pop_front() else {
-                return;
-            };
-            let properties = properties.as_ref().filter(|_| version == Version::V5);
-            if let Err(e) = mqtt::encode_publish(
-                &publish.topic,
-                &publish.payload,
-                meta.qos,
-                publish.retain,
-                meta.dup,
-                meta.pkid,
-                properties,
-                version,
-                out,
-            ) {
-                tracing::warn!(error = %e, "a message for this client cannot be encoded; skipped");
-            }
-            self.published += 1;
         }
     }
+
+    /// Encodes one PUBLISH for the client; false when it was not sent (over the client's
+    /// Maximum Packet Size, MQTT §3.1.2.11.4: discarded as if sent).
+    fn encode_delivery(
+        &mut self,
+        (topic, payload): (&[u8], &[u8]),
+        (qos, retain, dup, pkid): (QoS, bool, bool, u16),
+        properties: Option<&PublishProperties>,
+        out: &mut BytesMut,
+    ) -> bool {
+        let before = out.len();
+        if let Err(e) = mqtt::encode_publish(
+            topic,
+            payload,
+            qos,
+            retain,
+            dup,
+            pkid,
+            properties,
+            self.session.version(),
+            out,
+        ) {
+            tracing::warn!(error = %e, "a message for this client cannot be encoded; skipped");
+            out.truncate(before);
+            return false;
+        }
+        if out.len() - before > self.max_packet_size {
+            out.truncate(before);
+            self.session.reject(Reject::OverClientMaximum);
+            return false;
+        }
+        self.published += 1;
+        true
+    }
+}
+
+/// The options of the client's subscriptions that match `topic`.
+fn delivery_options(
+    subscriptions: &[super::session::Subscription],
+    topic: &str,
+) -> DeliveryOptions {
+    let mut matched = false;
+    let mut options = DeliveryOptions {
+        no_local: true,
+        retain_as_published: false,
+    };
+    for s in subscriptions {
+        let filter = match s.filter.strip_prefix("$share/") {
+            Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
+            None => &s.filter,
+        };
+        if crate::broker::retained::topic_matches(filter, topic) {
+            matched = true;
+            options.no_local &= s.no_local;
+            options.retain_as_published |= s.retain_as_published;
+        }
+    }
+    if !matched {
+        options.no_local = false;
+    }
+    options
 }
 
 /// Encodes a packet the hub built or the router sent; those always encode.

@@ -17,7 +17,8 @@ use super::stats::{FrontStats, Reject};
 use crate::acl::Subject;
 use crate::mqtt::{
     Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, QoS, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, Unsubscribe,
+    PubRecReason, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
+    SubscribeReasonCode, Unsubscribe,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -25,7 +26,12 @@ use rustls::pki_types::CertificateDer;
 #[derive(Debug)]
 pub enum SubscribeOutcome {
     /// Every filter is allowed: hand the router the SUBSCRIBE as it is.
-    Forward(Packet),
+    Forward {
+        /// The SUBSCRIBE.
+        packet: Packet,
+        /// What each filter wants of the retained messages.
+        wanted: Vec<RetainedWanted>,
+    },
     /// Some filters are denied: hand the router this SUBSCRIBE of the allowed ones, and
     /// answer with `codes` merged with the router's SUBACK.
     Partial {
@@ -35,9 +41,55 @@ pub enum SubscribeOutcome {
         forward: Packet,
         /// Per original filter.
         codes: Vec<Answer>,
+        /// What each allowed filter wants of the retained messages.
+        wanted: Vec<RetainedWanted>,
     },
     /// Every filter is denied: answer the client with this SUBACK, forward nothing.
     Refuse(Packet),
+}
+
+/// A filter the client holds, with the options that decide what it receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The filter as subscribed (`$share/...` included).
+    pub filter: String,
+    /// MQTT 5 No Local: not its own publishes.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published: the retain flag as the publisher set it.
+    pub retain_as_published: bool,
+}
+
+/// What a SUBSCRIBE's allowed filters want of the retained messages once the router has
+/// granted them: per filter handed to the router, in order.
+#[derive(Debug, Clone)]
+pub struct RetainedWanted {
+    /// The filter.
+    pub filter: String,
+    /// Its Retain Handling.
+    pub rule: RetainForwardRule,
+    /// The client did not hold this filter before.
+    pub new: bool,
+}
+
+impl RetainedWanted {
+    /// Whether the retained messages go out (MQTT §3.3.1.3): 0 always, 1 for a new
+    /// subscription, 2 never.
+    pub fn sends(&self) -> bool {
+        match self.rule {
+            RetainForwardRule::OnEverySubscribe => true,
+            RetainForwardRule::OnNewSubscribe => self.new,
+            RetainForwardRule::Never => false,
+        }
+    }
+}
+
+/// How a delivery's topic meets the client's subscriptions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// Every matching subscription has No Local.
+    pub no_local: bool,
+    /// Some matching subscription has Retain As Published.
+    pub retain_as_published: bool,
 }
 
 /// How the SUBACK answers one filter of a SUBSCRIBE.
@@ -77,8 +129,11 @@ pub struct Session {
     will_topic: Option<String>,
     /// When its token or certificate stops being valid: the session ends then.
     pub expires_at: Option<std::time::SystemTime>,
-    /// Filters it subscribed to, for a reload to judge again.
-    subscriptions: Mutex<Vec<String>>,
+    /// Filters it subscribed to, for a reload to judge again and for delivery options.
+    subscriptions: Mutex<Vec<Subscription>>,
+    /// Some subscription has No Local or Retain As Published: deliveries must be matched
+    /// against the subscriptions (most clients have neither, and skip that).
+    has_options: std::sync::atomic::AtomicBool,
     stats: Arc<FrontStats>,
     keep_alive: u16,
     /// The MQTT 5 reason code of the hub's DISCONNECT, should it end the session.
@@ -197,6 +252,7 @@ impl Session {
             will_topic,
             expires_at,
             subscriptions: Mutex::new(Vec::new()),
+            has_options: std::sync::atomic::AtomicBool::new(false),
             traffic: stats.relay(),
             stats,
             keep_alive,
@@ -225,7 +281,10 @@ impl Session {
     /// or why it must be closed.
     pub fn recheck(&self, policy: &Arc<Policy>) -> Result<(), String> {
         let old = self.policy();
-        let subscriptions = lock(&self.subscriptions).clone();
+        let subscriptions: Vec<String> = lock(&self.subscriptions)
+            .iter()
+            .map(|s| s.filter.clone())
+            .collect();
         policy.recheck(
             &old,
             &Standing {
@@ -359,6 +418,7 @@ impl Session {
                 .map(|f| policy.acl.can_subscribe(&self.subject, &f.path))
                 .collect()
         };
+        let mut wanted = Vec::new();
         {
             let mut subscriptions = lock(&self.subscriptions);
             for (f, _) in subscribe
@@ -367,10 +427,31 @@ impl Session {
                 .zip(&allowed)
                 .filter(|(_, ok)| **ok)
             {
-                if !subscriptions.contains(&f.path) {
-                    subscriptions.push(f.path.clone());
-                }
+                let held = Subscription {
+                    filter: f.path.clone(),
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                };
+                let new = match subscriptions.iter_mut().find(|s| s.filter == f.path) {
+                    Some(old) => {
+                        *old = held;
+                        false
+                    }
+                    None => {
+                        subscriptions.push(held);
+                        true
+                    }
+                };
+                wanted.push(RetainedWanted {
+                    filter: f.path.clone(),
+                    rule: f.retain_forward_rule.clone(),
+                    new,
+                });
             }
+            let options = subscriptions
+                .iter()
+                .any(|s| s.no_local || s.retain_as_published);
+            self.has_options.store(options, Ordering::Relaxed);
         }
         for (f, ok) in subscribe.filters.iter().zip(&allowed) {
             if !ok {
@@ -386,7 +467,10 @@ impl Session {
             }
         }
         if allowed.iter().all(|a| *a) {
-            return SubscribeOutcome::Forward(Packet::Subscribe(subscribe, properties));
+            return SubscribeOutcome::Forward {
+                packet: Packet::Subscribe(subscribe, properties),
+                wanted,
+            };
         }
         let codes: Vec<Answer> = allowed
             .iter()
@@ -403,17 +487,38 @@ impl Session {
             pkid,
             forward: Packet::Subscribe(subscribe, properties),
             codes,
+            wanted,
         }
     }
 
     /// The client unsubscribes: a reload no longer judges those filters.
     pub fn note_unsubscribe(&self, unsubscribe: &Unsubscribe) {
-        lock(&self.subscriptions).retain(|s| !unsubscribe.filters.contains(s));
+        let mut subscriptions = lock(&self.subscriptions);
+        subscriptions.retain(|s| !unsubscribe.filters.contains(&s.filter));
+        let options = subscriptions
+            .iter()
+            .any(|s| s.no_local || s.retain_as_published);
+        self.has_options.store(options, Ordering::Relaxed);
     }
 
-    /// Runs `f` on the filters the client holds (under their lock: keep it short).
-    pub fn with_subscriptions<T>(&self, f: impl FnOnce(&[String]) -> T) -> T {
+    /// Runs `f` on the subscriptions the client holds (under their lock: keep it short).
+    pub fn with_subscriptions<T>(&self, f: impl FnOnce(&[Subscription]) -> T) -> T {
         f(&lock(&self.subscriptions))
+    }
+
+    /// Whether some subscription has options that depend on the delivery's topic.
+    pub fn has_delivery_options(&self) -> bool {
+        self.has_options.load(Ordering::Relaxed)
+    }
+
+    /// Whether the ACL lets this client receive a retained message on `topic` (as if it
+    /// subscribed to exactly that topic).
+    pub fn can_receive(&self, topic: &str) -> bool {
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        policy.acl.can_subscribe(&self.subject, topic)
     }
 
     /// Merges the router's SUBACK for a SUBSCRIBE without the denied filters with the

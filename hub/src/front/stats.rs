@@ -46,11 +46,14 @@ pub enum Reject {
     BrokerUnavailable,
     /// An MQTT 5 client bound more topic-alias bytes than a connection may hold.
     TopicAliasQuota,
+    /// A message larger than the client's own Maximum Packet Size was not sent to it
+    /// (MQTT 5 §3.1.2.11.4).
+    OverClientMaximum,
 }
 
 impl Reject {
     /// Every reason, for rendering all counters.
-    pub const ALL: [Reject; 16] = [
+    pub const ALL: [Reject; 17] = [
         Reject::TooManyConnections,
         Reject::ConnectionRate,
         Reject::TlsHandshake,
@@ -67,6 +70,7 @@ impl Reject {
         Reject::Throttled,
         Reject::BrokerUnavailable,
         Reject::TopicAliasQuota,
+        Reject::OverClientMaximum,
     ];
 
     /// The reason's name in logs and metrics labels.
@@ -88,6 +92,7 @@ impl Reject {
             Reject::Throttled => "throttled",
             Reject::BrokerUnavailable => "broker_unavailable",
             Reject::TopicAliasQuota => "topic_alias_quota",
+            Reject::OverClientMaximum => "over_client_maximum",
         }
     }
 }

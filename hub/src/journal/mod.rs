@@ -603,6 +603,12 @@ impl Journal {
         dir_disk_bytes(&self.shared.dir)
     }
 
+    /// A tree of its own in the journal's database, for state that must be as durable
+    /// as the journal (the broker's retained messages); flushed with the journal.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
+        self.shared.db.open_tree(name).map_err(|e| self.io(e))
+    }
+
     /// Flushes everything written so far, cursors included. Blocking.
     pub fn flush(&self) -> Result<(), JournalError> {
         self.shared.db.flush().map(|_| ()).map_err(|e| self.io(e))
