@@ -398,6 +398,48 @@ async fn repeating_a_subscription_delivers_the_retained_status_again() {
 // --- Last will ----------------------------------------------------------------------------
 
 #[tokio::test]
+async fn a_delayed_will_waits_its_interval_and_a_resumed_session_cancels_it() {
+    // MQTT 5 §3.1.3.2.2: the will goes out Will Delay Interval after the connection ends,
+    // unless the session is resumed first.
+    let hub = TestHub::start("").await;
+    let id = DEVICE_2.trim_start_matches("devices/");
+    let topic = format!("devices/{id}/status");
+    let mut watcher = observer(&hub, &topic).await;
+    let connect = || {
+        Connect::new(MQTTS, Version::V5, "dev-delayed")
+            .cert(DEVICE_2)
+            .will(&topic, "offline", 1, false)
+            .will_delay(2)
+            .persistent()
+    };
+
+    // Resumed within the delay: no will.
+    let dev = connect().to(&hub).await.expect("device connects");
+    dev.kill().await;
+    let mut dev = connect().to(&hub).await.expect("device reconnects");
+    assert!(dev.session_present, "the session was kept");
+    // Past the first connection's delay, a marker shows what arrived meanwhile.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(dev.publish(&topic, 1, false, "marker").await, Some(Ack::Ok));
+    assert_eq!(
+        watcher.message().await,
+        msg(&topic, "marker", 1, false),
+        "the resumed session cancelled the will"
+    );
+
+    // Not resumed: the will arrives, and not before its delay.
+    let gone = std::time::Instant::now();
+    dev.kill().await;
+    assert_eq!(watcher.message().await, msg(&topic, "offline", 1, false));
+    assert!(
+        gone.elapsed() >= std::time::Duration::from_secs(2),
+        "the will waited its delay: {:?}",
+        gone.elapsed()
+    );
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn a_device_whose_connection_dies_has_its_will_published_and_retained() {
     let hub = TestHub::start("").await;
     for (version, stem) in [(Version::V311, DEVICE_1), (Version::V5, DEVICE_2)] {

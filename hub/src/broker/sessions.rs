@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rumqttd::protocol::Packet;
+
 use super::{Broker, Link, LinkError};
 
 /// The session expiry interval that means "never" (MQTT §3.1.2.11.2).
@@ -40,6 +42,16 @@ struct State {
     persistent: bool,
     /// Taken out of the map: a connection that finds it so looks again.
     removed: bool,
+}
+
+/// A will due `delay` seconds after its connection ended (MQTT 5 Will Delay Interval),
+/// or when its session ends if that is sooner, unless the session is resumed first.
+#[derive(Debug)]
+pub struct DelayedWill {
+    /// The will's PUBLISH.
+    pub packet: Packet,
+    /// Seconds to wait.
+    pub delay: u32,
 }
 
 /// What a connection holds to end its session with [`Broker::end_session`].
@@ -120,7 +132,7 @@ impl Broker {
     /// The connection holding `ticket` ended (its link closed) with `expiry` seconds of
     /// Session Expiry Interval: 0 discards the session now, [`NEVER`] keeps it, anything
     /// else discards it that much later unless a connection has taken it by then.
-    pub async fn end_session(&self, ticket: Ticket, expiry: u32) {
+    pub async fn end_session(&self, ticket: Ticket, expiry: u32, will: Option<DelayedWill>) {
         let Ticket {
             id,
             entry,
@@ -138,15 +150,33 @@ impl Broker {
                 }
                 state.removed = true;
                 self.inner.sessions.remove(&id, &entry);
-                return;
-            }
-            if expiry == NEVER {
+                drop(state);
+                // The session ended with the connection: so does the will's wait.
+                if let Some(will) = will {
+                    self.publish_will(will.packet).await;
+                }
                 return;
             }
         }
         let broker = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            let mut will = will;
+            let mut waited = 0u32;
+            // The will first (when it is due before the session's end), then the end.
+            if let Some(w) = will.take_if(|w| w.delay < expiry) {
+                tokio::time::sleep(Duration::from_secs(u64::from(w.delay))).await;
+                waited = w.delay;
+                let state = entry.state.lock().await;
+                if state.generation != generation || state.connected {
+                    return;
+                }
+                drop(state);
+                broker.publish_will(w.packet).await;
+            }
+            if expiry == NEVER {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry - waited))).await;
             let mut state = entry.state.lock().await;
             if state.generation != generation || state.connected {
                 return;
@@ -154,7 +184,26 @@ impl Broker {
             broker.discard(&id).await;
             state.removed = true;
             broker.inner.sessions.remove(&id, &entry);
+            drop(state);
+            if let Some(w) = will {
+                broker.publish_will(w.packet).await;
+            }
         });
+    }
+
+    /// Publishes a will whose connection is gone, through a link of its own.
+    async fn publish_will(&self, packet: Packet) {
+        let n = self
+            .inner
+            .origins
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match self.open(&format!("edgehub-will-{n}"), true).await {
+            Ok(mut link) => {
+                link.push(packet);
+                link.close().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "a delayed will could not be published"),
+        }
     }
 
     /// Discards the router's session for `id` by opening and closing a clean link.

@@ -592,7 +592,7 @@ where
     ));
     let session_expiry_at_end =
         Arc::new(std::sync::atomic::AtomicU32::new(admitted.session_expiry));
-    let ended = Box::pin(relay::run(
+    let (ended, delayed_will) = Box::pin(relay::run(
         client,
         admitted.client_leftover,
         relay::Opened {
@@ -609,7 +609,10 @@ where
     .await;
     // MQTT 5 §3.14.2.2.2: DISCONNECT may change the interval.
     let expiry = session_expiry_at_end.load(std::sync::atomic::Ordering::Relaxed);
-    shared.broker.end_session(admitted.ticket, expiry).await;
+    shared
+        .broker
+        .end_session(admitted.ticket, expiry, delayed_will)
+        .await;
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);
     }

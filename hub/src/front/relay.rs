@@ -132,7 +132,8 @@ pub struct Opened {
     pub session_expiry: Arc<std::sync::atomic::AtomicU32>,
 }
 
-/// Runs the relay until either side ends, then ends the session on the broker.
+/// Runs the relay until either side ends, then ends the session on the broker; returns
+/// why, and the client's will if it is due later (MQTT 5 Will Delay Interval).
 pub async fn run<C>(
     client: C,
     leftover: BytesMut,
@@ -146,7 +147,7 @@ pub async fn run<C>(
     session: Arc<Session>,
     mut policy: tokio::sync::watch::Receiver<Arc<Policy>>,
     shutdown: CancellationToken,
-) -> Ended
+) -> (Ended, Option<crate::broker::sessions::DelayedWill>)
 where
     C: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -253,34 +254,53 @@ where
         Ended::TakenOver => false,
         _ => true,
     };
+    let mut delayed = None;
     if let Some(will) = will.filter(|w| will_due && session.can_publish(&w.topic())) {
-        let Will {
-            message,
-            properties,
-        } = will;
-        let publish = mqtt::publish::publish(
-            message.topic,
-            message.message,
-            message.qos,
-            message.retain,
-            u16::from(message.qos != QoS::AtMostOnce),
-            false,
-        );
-        let properties = properties.map(|p| PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            topic_alias: None,
-            response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-            subscription_identifiers: Vec::new(),
-            content_type: p.content_type,
-        });
-        lock(&link_tx).push(Packet::Publish(publish, properties));
+        let delay = will
+            .properties
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0);
+        let packet = will_packet(will);
+        // MQTT 5 §3.1.3.2.2: a delayed will waits (for the session's end at the latest)
+        // and is dropped if the session is resumed first: the broker's session registry
+        // keeps it.
+        if delay > 0 {
+            delayed = Some(crate::broker::sessions::DelayedWill { packet, delay });
+        } else {
+            lock(&link_tx).push(packet);
+        }
     }
     // Ends the session on the router (after the will, which is queued first) as the
     // sender is dropped with the halves that borrowed it.
-    ended
+    (ended, delayed)
+}
+
+/// The PUBLISH of a client's will.
+fn will_packet(will: Will) -> Packet {
+    let Will {
+        message,
+        properties,
+    } = will;
+    let publish = mqtt::publish::publish(
+        message.topic,
+        message.message,
+        message.qos,
+        message.retain,
+        u16::from(message.qos != QoS::AtMostOnce),
+        false,
+    );
+    let properties = properties.map(|p| PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    Packet::Publish(publish, properties)
 }
 
 async fn upstream<R: AsyncRead + Unpin>(

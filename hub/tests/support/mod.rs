@@ -1091,6 +1091,7 @@ pub mod client {
         cert: Option<String>,
         login: Option<(String, String)>,
         will: Option<(String, String, u8, bool)>,
+        will_delay: Option<u32>,
         clean: bool,
     }
 
@@ -1105,6 +1106,7 @@ pub mod client {
                 cert: None,
                 login: None,
                 will: None,
+                will_delay: None,
                 clean: true,
             }
         }
@@ -1125,6 +1127,12 @@ pub mod client {
         /// Sets a last will.
         pub fn will(mut self, topic: &str, payload: &str, qos: u8, retain: bool) -> Connect {
             self.will = Some((topic.to_owned(), payload.to_owned(), qos, retain));
+            self
+        }
+
+        /// MQTT 5: delays the will by `seconds` (Will Delay Interval).
+        pub fn will_delay(mut self, seconds: u32) -> Connect {
+            self.will_delay = Some(seconds);
             self
         }
 
@@ -1247,7 +1255,22 @@ pub mod client {
                 o.set_credentials(user, password);
             }
             if let Some((topic, payload, qos, retain)) = self.will {
-                o.set_last_will(p5::LastWill::new(topic, payload, qos_v5(qos), retain, None));
+                let properties = self.will_delay.map(|d| p5::LastWillProperties {
+                    delay_interval: Some(d),
+                    payload_format_indicator: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    response_topic: None,
+                    correlation_data: None,
+                    user_properties: Vec::new(),
+                });
+                o.set_last_will(p5::LastWill::new(
+                    topic,
+                    payload,
+                    qos_v5(qos),
+                    retain,
+                    properties,
+                ));
             }
             let (client, mut events) = v5::AsyncClient::new(o, 64);
             let connack = loop {
