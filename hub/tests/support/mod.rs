@@ -22,6 +22,7 @@ pub fn free_port() -> u16 {
 }
 
 pub mod device;
+pub mod mosquitto;
 pub mod proxy;
 pub mod serial;
 
