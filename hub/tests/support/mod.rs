@@ -25,6 +25,7 @@ pub mod device;
 pub mod mosquitto;
 pub mod proxy;
 pub mod serial;
+pub mod wire;
 
 /// Safety net for waits, not a timing assertion: healthy runs take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(30);
