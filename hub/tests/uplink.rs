@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use firmware_proto::{ErrorCode, Message};
@@ -15,92 +13,10 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::admin::scrape;
 use support::device::{new_session, sample_readings, Device, Event as DeviceEvent, Watcher};
 use support::hub::TestHub;
+use support::mosquitto::{mosquitto_missing, Mosquitto, Persistence};
 use support::{free_port, RunningHub};
 
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const D1: &str = "device-0001";
-
-/// Mosquitto on a loopback port with persistence in `dir`, so that a subscriber's
-/// session survives a restart.
-struct Upstream {
-    child: Child,
-    port: u16,
-}
-
-impl Upstream {
-    fn start(dir: &Path, port: u16) -> Upstream {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
-                 persistence true\npersistence_location {}/\nautosave_interval 1\n\
-                 max_queued_messages 0\n",
-                dir.display()
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&conf)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        // Ready when it accepts connections.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Upstream { child, port };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mosquitto did not listen on {port}");
-    }
-
-    /// Freezes it (SIGSTOP): connections stay open, nothing is answered, as with an
-    /// overloaded broker or a stalled link.
-    fn freeze(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-    }
-
-    /// Lets it run again (SIGCONT) after [`Upstream::freeze`].
-    fn thaw(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal mosquitto");
-    }
-
-    /// Stops it with SIGTERM, so it saves its sessions.
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        // SIGKILL ends a frozen process too.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// True (after saying so loudly) when Mosquitto is not installed.
-fn mosquitto_missing() -> bool {
-    let missing = !Path::new(MOSQUITTO).exists();
-    if missing {
-        eprintln!(
-            "!!! SKIPPED: {MOSQUITTO} is not installed (apt-get install mosquitto; .ci/run does)"
-        );
-    }
-    missing
-}
 
 /// The consumer's client and its event task; dropping it aborts the task (a lingering
 /// event loop would reconnect and take the session over from its successor).
@@ -179,7 +95,7 @@ async fn telemetry_reaches_the_upstream_broker_in_order_and_survives_its_outage(
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let upstream = Upstream::start(dir.path(), port);
+    let upstream = Mosquitto::start(dir.path(), port, Persistence::On);
     let (cloud, mut arrived) = consumer(port).await;
     let hub = TestHub::start(&format!(
         "[devices]\nmessage_rate = 100000\n\n[[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{port}\"\n"
@@ -200,8 +116,9 @@ async fn telemetry_reaches_the_upstream_broker_in_order_and_survives_its_outage(
         device.telemetry(seq, sample_readings(seq));
     }
     device.expect_ack(200).await;
-    let upstream = tokio::task::block_in_place(|| Upstream::start(dir.path(), port));
-    let (_cloud, mut arrived) = consumer(upstream.port).await;
+    let upstream =
+        tokio::task::block_in_place(|| Mosquitto::start(dir.path(), port, Persistence::On));
+    let (_cloud, mut arrived) = consumer(upstream.port()).await;
     let second = receive_until(&mut arrived, 200).await;
 
     let all: Vec<_> = first.iter().chain(second.iter()).collect();
@@ -256,7 +173,7 @@ struct Stalled {
 async fn stall(uplink_extra: &str, reconnect: bool) -> Stalled {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let upstream = Upstream::start(dir.path(), port);
+    let upstream = Mosquitto::start(dir.path(), port, Persistence::On);
     let (_cloud, mut arrived) = consumer(port).await;
     let (mut hub, addr) = tokio::task::block_in_place(|| {
         RunningHub::with_devices(
@@ -405,7 +322,7 @@ async fn a_command_published_upstream_reaches_the_device_through_the_downlink() 
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let _upstream = Upstream::start(dir.path(), port);
+    let _upstream = Mosquitto::start(dir.path(), port, Persistence::On);
     let hub = TestHub::start(&format!(
         "[[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{port}\"\ndownlink = [\"devices/+/cmd\"]\n"
     ))

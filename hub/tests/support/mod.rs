@@ -22,8 +22,10 @@ pub fn free_port() -> u16 {
 }
 
 pub mod device;
+pub mod mosquitto;
 pub mod proxy;
 pub mod serial;
+pub mod wire;
 
 /// Safety net for waits, not a timing assertion: healthy runs take milliseconds.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -427,6 +429,7 @@ auth = ["password"]
     pub struct TestHub {
         /// Holds the data directory (and the PKI under `pki/`).
         pub dir: tempfile::TempDir,
+        extra: String,
         addrs: Vec<(String, SocketAddr)>,
         /// The admin endpoint's address.
         pub admin: SocketAddr,
@@ -446,32 +449,79 @@ auth = ["password"]
         Config::parse(&text, ConfigSource::File(dir.join("edgehub.toml")))
     }
 
+    /// What a started hub hands its [`TestHub`].
+    struct Running {
+        addrs: Vec<(String, SocketAddr)>,
+        admin: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<(), hub::HubError>>,
+        stats: std::sync::Arc<hub::front::FrontStats>,
+        reloader: hub::Reloader,
+    }
+
+    /// Starts a hub with data in `dir` and `extra` configuration, running until `stop`.
+    async fn launch(dir: &std::path::Path, extra: &str) -> Running {
+        let config = config(dir, extra).unwrap_or_else(|e| panic!("test config: {e}"));
+        // Every listener, those `extra` adds included.
+        let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        let hub = hub::Hub::start(config).await.expect("hub starts");
+        let addrs = names
+            .into_iter()
+            .map(|n| {
+                let addr = hub.local_addr(&n).expect("listener bound");
+                (n, addr)
+            })
+            .collect();
+        let stats = hub.stats();
+        let reloader = hub.reloader();
+        let admin = hub.admin_addr().expect("admin endpoint bound");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hub.run(async {
+            let _ = stopped.await;
+        }));
+        Running {
+            addrs,
+            admin,
+            stop,
+            task,
+            stats,
+            reloader,
+        }
+    }
+
     impl TestHub {
         /// Starts a hub with the test listeners and `extra` configuration.
         pub async fn start(extra: &str) -> TestHub {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let config = config(dir.path(), extra).unwrap_or_else(|e| panic!("test config: {e}"));
-            let hub = hub::Hub::start(config).await.expect("hub starts");
-            let addrs = [WSS, MQTTS, MQTT, WSS_LOGIN, WS]
-                .iter()
-                .map(|n| (n.to_string(), hub.local_addr(n).expect("listener bound")))
-                .collect();
-            let stats = hub.stats();
-            let reloader = hub.reloader();
-            let admin = hub.admin_addr().expect("admin endpoint bound");
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(hub.run(async {
-                let _ = stopped.await;
-            }));
+            TestHub::start_in(tempfile::tempdir().expect("tempdir"), extra).await
+        }
+
+        /// [`TestHub::start`] over the data (and PKI) already in `dir`, as a hub restarted
+        /// on the same machine finds them.
+        pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> TestHub {
+            let running = launch(dir.path(), extra).await;
             TestHub {
                 dir,
-                addrs,
-                admin,
-                stop: Some(stop),
-                task: Some(task),
-                stats,
-                reloader,
+                extra: extra.to_owned(),
+                addrs: running.addrs,
+                admin: running.admin,
+                stop: Some(running.stop),
+                task: Some(running.task),
+                stats: running.stats,
+                reloader: running.reloader,
             }
+        }
+
+        /// Stops the hub cleanly and starts it again over the same directory and
+        /// configuration, as a service restart does. Listeners get new ports.
+        pub async fn restart(&mut self) {
+            self.halt().await.expect("clean stop before the restart");
+            let running = launch(self.dir.path(), &self.extra).await;
+            self.addrs = running.addrs;
+            self.admin = running.admin;
+            self.stop = Some(running.stop);
+            self.task = Some(running.task);
+            self.stats = running.stats;
+            self.reloader = running.reloader;
         }
 
         /// Reloads the hub with `extra` configuration in place of what it started with,
@@ -497,6 +547,10 @@ auth = ["password"]
 
         /// Stops the hub and returns what `run` returned.
         pub async fn stop(mut self) -> Result<(), hub::HubError> {
+            self.halt().await
+        }
+
+        async fn halt(&mut self) -> Result<(), hub::HubError> {
             if let Some(stop) = self.stop.take() {
                 let _ = stop.send(());
             }
