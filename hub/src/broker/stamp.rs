@@ -15,7 +15,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::{PublishProperties, QoS};
 
 /// The stamp's first byte: these high bits, then flags.
@@ -127,6 +127,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn a_stamp_survives_the_trip_and_leaves_the_properties_as_they_were() {
