@@ -230,6 +230,7 @@ impl Hub {
     /// Shutdown closes devices first, then the broker publisher, then MQTT clients (see
     /// the comment in the body).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
+        let retained = self.broker.retained().clone();
         let Hub {
             config,
             phase,
@@ -379,8 +380,15 @@ impl Hub {
             state.retire();
         }
         admin_stages.drain(left()).await?;
-        // The last handle: waits for the writer's final flush of the cursors.
-        if let Err(error) = tokio::task::spawn_blocking(move || journal.close()).await {
+        // The retained store lets go of the journal's database (connections that outlive
+        // the drain may still hold the broker), then the last handle: waits for the
+        // writer's final flush of the cursors.
+        if let Err(error) = tokio::task::spawn_blocking(move || {
+            retained.close();
+            journal.close()
+        })
+        .await
+        {
             tracing::error!(%error, "journal: closing failed");
         }
         tracing::info!("edgehub stopped cleanly");

@@ -53,7 +53,8 @@ pub struct Retained {
 
 struct Inner {
     messages: RwLock<Held>,
-    tree: Option<sled::Tree>,
+    /// `None` once closed (or in memory only): holding it holds the journal's database.
+    tree: Arc<Mutex<Option<sled::Tree>>>,
     /// Wakes the thread that makes writes durable.
     flush: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     bounds: Bounds,
@@ -95,15 +96,16 @@ impl Retained {
                 }
             }
         }
-        let retained = Retained::build(bounds, Some(tree.clone()), held);
+        let retained = Retained::build(bounds, Some(tree), held);
         // Writes become durable shortly after they happen, off the connection's thread.
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let flusher = tree;
+        let flusher = retained.inner.tree.clone();
         std::thread::Builder::new()
             .name("retained-flush".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
-                    if let Err(e) = flusher.flush() {
+                    let tree = flusher.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(Err(e)) = tree.map(|t| t.flush()) {
                         tracing::error!(error = %e, "retained messages could not be written to disk; they are kept in memory");
                     }
                 }
@@ -121,7 +123,7 @@ impl Retained {
         Retained {
             inner: Arc::new(Inner {
                 messages: RwLock::new(held),
-                tree,
+                tree: Arc::new(Mutex::new(tree)),
                 flush: Mutex::new(None),
                 bounds,
                 refused: AtomicU64::new(0),
@@ -151,7 +153,7 @@ impl Retained {
             }
             held.insert(message.clone());
         }
-        if let Some(tree) = &self.inner.tree {
+        if let Some(tree) = self.tree() {
             if let Err(e) = tree.insert(message.topic.as_bytes(), encode(&message)) {
                 tracing::error!(topic = %message.topic, error = %e, "a retained message could not be stored on disk; it is kept in memory");
             }
@@ -165,7 +167,7 @@ impl Retained {
             held.remove(topic)
         };
         if removed {
-            if let Some(tree) = &self.inner.tree {
+            if let Some(tree) = self.tree() {
                 if let Err(e) = tree.remove(topic.as_bytes()) {
                     tracing::error!(topic = %topic, error = %e, "a cleared retained message could not be removed from disk");
                 }
@@ -219,6 +221,34 @@ impl Retained {
                 "retained message not kept: the store is full (raise broker.max_retained_messages or broker.max_retained_bytes); it was still delivered to current subscribers. Further refusals are only counted"
             );
         }
+    }
+
+    /// Writes what is held to disk and lets go of the journal's database, so that the
+    /// journal can close: from now on the store lives in memory only. Blocking.
+    pub fn close(&self) {
+        let tree = self
+            .inner
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Ends the flush thread.
+        self.inner
+            .flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(Err(e)) = tree.map(|t| t.flush()) {
+            tracing::error!(error = %e, "retained messages could not be written to disk at shutdown");
+        }
+    }
+
+    fn tree(&self) -> Option<sled::Tree> {
+        self.inner
+            .tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn wake_flush(&self) {
