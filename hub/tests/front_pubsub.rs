@@ -1041,6 +1041,44 @@ async fn next_v5_publish(
 }
 
 #[tokio::test]
+async fn a_v5_subscriber_gets_the_subscription_identifier_of_its_subscription() {
+    // MQTT 5 §3.3.4: a delivery carries the identifier of the subscription it matched.
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, SubscribeProperties};
+    let hub = TestHub::start("").await;
+    let addr = hub.addr(MQTT);
+    let (sub, mut events) = rumqttc::v5::AsyncClient::new(
+        rumqttc::v5::MqttOptions::new("sub-id", "127.0.0.1", addr.port()),
+        16,
+    );
+    sub.subscribe_with_properties(
+        "devices/+/telemetry",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        SubscribeProperties {
+            id: Some(42),
+            user_properties: Vec::new(),
+        },
+    )
+    .await
+    .expect("subscribe request queued");
+    while !matches!(
+        poll_v5(&mut events).await,
+        rumqttc::v5::Event::Incoming(P5::SubAck(_))
+    ) {}
+    let mut dev = device(&hub, DEVICE_1, Version::V5, "dev-subid").await;
+    assert_eq!(
+        dev.publish("devices/device-0001/telemetry", 1, false, "21.5")
+            .await,
+        Some(Ack::Ok)
+    );
+    let publish = next_v5_publish(&mut events).await;
+    assert_eq!(
+        publish.properties.map(|p| p.subscription_identifiers),
+        Some(vec![42])
+    );
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn a_v5_subscriber_that_allows_no_topic_aliases_receives_none() {
     let hub = TestHub::start("").await;
     // A raw rumqttc client, to see the properties of what arrives.
