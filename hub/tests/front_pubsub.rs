@@ -241,6 +241,93 @@ async fn a_qos2_subscriber_gets_each_message_at_the_qos_it_was_published_with() 
     hub.stop().await.expect("clean stop");
 }
 
+#[tokio::test]
+async fn subscribing_again_at_a_higher_qos_raises_the_delivered_qos() {
+    // MQTT §3.8.4: a SUBSCRIBE for a filter the session has replaces the subscription,
+    // its QoS included.
+    let hub = TestHub::start("").await;
+    for version in VERSIONS {
+        let id = format!("resub-{version:?}");
+        let mut dash = Connect::new(WSS, version, &id)
+            .cert("dashboard")
+            .to(&hub)
+            .await
+            .expect("dashboard connects");
+        let filter = "devices/+/telemetry";
+        assert_eq!(dash.subscribe(&[(filter, 0)]).await, [Sub::Granted(0)]);
+        assert_eq!(dash.subscribe(&[(filter, 1)]).await, [Sub::Granted(1)]);
+        let mut dev = device(&hub, DEVICE_1, version, &id).await;
+        dev.publish("devices/device-0001/telemetry", 1, false, "q1")
+            .await;
+        let m = dash.message().await;
+        assert_eq!((m.payload.as_str(), m.qos), ("q1", 1), "{version:?}");
+        dash.disconnect().await;
+        dev.disconnect().await;
+    }
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_resumed_session_keeps_its_subscriptions_options() {
+    // The router keeps a resumed session's filters; No Local is the hub's to keep.
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P5, RetainForwardRule};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let hub = TestHub::start(support::hub::UPSTREAM).await;
+    let addr = hub.addr(MQTT);
+    let options = || {
+        let mut o = rumqttc::v5::MqttOptions::new("no-local", "127.0.0.1", addr.port());
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+        o
+    };
+    let topic = "devices/nl/telemetry";
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(options(), 16);
+    client
+        .subscribe_many([Filter {
+            path: topic.into(),
+            qos: Q5::AtLeastOnce,
+            nolocal: true,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        }])
+        .await
+        .expect("subscribe queued");
+    while !matches!(
+        poll_v5(&mut events).await,
+        rumqttc::v5::Event::Incoming(P5::SubAck(_))
+    ) {}
+    client.disconnect().await.expect("disconnect queued");
+    while poll_v5_or_closed(&mut events).await {}
+
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(options(), 16);
+    let present = loop {
+        if let rumqttc::v5::Event::Incoming(P5::ConnAck(ack)) = poll_v5(&mut events).await {
+            break ack.session_present;
+        }
+    };
+    assert!(present, "the session was kept");
+    client
+        .publish(topic, Q5::AtLeastOnce, false, "own")
+        .await
+        .expect("publish queued");
+    let mut other = Connect::new(MQTT, Version::V311, "marker")
+        .to(&hub)
+        .await
+        .expect("anonymous loopback client connects");
+    // The hub answers the own publish before it reads the marker's.
+    while !matches!(
+        poll_v5(&mut events).await,
+        rumqttc::v5::Event::Incoming(P5::PubAck(_))
+    ) {}
+    assert_eq!(
+        other.publish(topic, 1, false, "marker").await,
+        Some(Ack::Ok)
+    );
+    let publish = next_v5_publish(&mut events).await;
+    assert_eq!(&publish.payload[..], b"marker", "No Local still holds");
+    hub.stop().await.expect("clean stop");
+}
+
 // --- Retained messages --------------------------------------------------------------------
 
 #[tokio::test]
@@ -1005,6 +1092,14 @@ async fn poll_v5(events: &mut rumqttc::v5::EventLoop) -> rumqttc::v5::Event {
         .await
         .expect("event within the deadline")
         .expect("connection stays up")
+}
+
+/// Polls until the connection closes (false) or an event arrives (true).
+async fn poll_v5_or_closed(events: &mut rumqttc::v5::EventLoop) -> bool {
+    tokio::time::timeout(support::DEADLINE, events.poll())
+        .await
+        .expect("event within the deadline")
+        .is_ok()
 }
 
 /// A raw rumqttc MQTT 5 client subscribed to `devices/#` at QoS 1, its SUBACK in.

@@ -30,7 +30,7 @@ pub mod stamp;
 
 pub use self::link::{FromRouter, Gaps, Link, LinkError, LinkReceiver, LinkSender};
 pub use self::retained::{Retained, RetainedMessage};
-pub use self::sessions::Ticket;
+pub use self::sessions::{Subscription, Ticket};
 pub use self::stamp::Stamp;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,12 +13,35 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttd::protocol::Packet;
+use rumqttd::protocol::{Packet, QoS};
 
 use super::{Broker, Link, LinkError};
 
 /// The session expiry interval that means "never" (MQTT §3.1.2.11.2).
 pub const NEVER: u32 = u32::MAX;
+
+/// A filter a client's session holds, with what the router does not keep of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The filter as subscribed (`$share/...` included).
+    pub filter: String,
+    /// MQTT 5 No Local: not its own publishes.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published: the retain flag as the publisher set it.
+    pub retain_as_published: bool,
+    /// The QoS the client asked for last.
+    pub qos: QoS,
+    /// The QoS the router delivers at: the first one asked for, as rumqttd 0.20 keeps a
+    /// filter's first QoS when it is subscribed again.
+    pub router_qos: QoS,
+}
+
+impl Subscription {
+    /// Whether deliveries on it need more than the router does.
+    pub fn has_options(&self) -> bool {
+        self.no_local || self.retain_as_published || self.qos != self.router_qos
+    }
+}
 
 /// The sessions known by client id.
 #[derive(Default)]
@@ -42,6 +65,9 @@ struct State {
     persistent: bool,
     /// Taken out of the map: a connection that finds it so looks again.
     removed: bool,
+    /// The subscriptions a kept session held when its last connection ended, for the
+    /// connection that resumes it (the router keeps the filters, not their options).
+    subscriptions: Vec<Subscription>,
 }
 
 /// A will due `delay` seconds after its connection ended (MQTT 5 Will Delay Interval),
@@ -98,7 +124,7 @@ impl Broker {
         client_id: &str,
         clean_start: bool,
         expiry: u32,
-    ) -> Result<(Link, Ticket), LinkError> {
+    ) -> Result<(Link, Ticket, Vec<Subscription>), LinkError> {
         loop {
             let entry = self.inner.sessions.entry(client_id);
             let mut state = entry.state.lock().await;
@@ -118,6 +144,12 @@ impl Broker {
             state.generation += 1;
             state.connected = true;
             state.persistent = !clean_start || keep;
+            let subscriptions = if link.session_present && !clean_start {
+                std::mem::take(&mut state.subscriptions)
+            } else {
+                state.subscriptions.clear();
+                Vec::new()
+            };
             return Ok((
                 link,
                 Ticket {
@@ -125,14 +157,22 @@ impl Broker {
                     entry: entry.clone(),
                     generation: state.generation,
                 },
+                subscriptions,
             ));
         }
     }
 
-    /// The connection holding `ticket` ended (its link closed) with `expiry` seconds of
+    /// The connection holding `ticket` ended (its link closed), holding `subscriptions`,
+    /// with `expiry` seconds of
     /// Session Expiry Interval: 0 discards the session now, [`NEVER`] keeps it, anything
     /// else discards it that much later unless a connection has taken it by then.
-    pub async fn end_session(&self, ticket: Ticket, expiry: u32, will: Option<DelayedWill>) {
+    pub async fn end_session(
+        &self,
+        ticket: Ticket,
+        expiry: u32,
+        will: Option<DelayedWill>,
+        subscriptions: Vec<Subscription>,
+    ) {
         let Ticket {
             id,
             entry,
@@ -144,6 +184,7 @@ impl Broker {
                 return;
             }
             state.connected = false;
+            state.subscriptions = subscriptions;
             if !state.persistent || expiry == 0 {
                 if state.persistent {
                     self.discard(&id).await;

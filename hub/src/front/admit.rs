@@ -44,6 +44,8 @@ pub struct Admitted {
     pub ticket: Ticket,
     /// Its Session Expiry Interval, in seconds, as CONNECT set it.
     pub session_expiry: u32,
+    /// The subscriptions of the session it resumed.
+    pub resumed: Vec<crate::broker::Subscription>,
     /// Client bytes read after CONNECT.
     pub client_leftover: BytesMut,
 }
@@ -251,7 +253,7 @@ where
         Version::V311 if clean => 0,
         Version::V311 => crate::broker::sessions::NEVER,
     };
-    let (link, ticket) = shared
+    let (link, ticket, resumed) = shared
         .broker
         .open_session(
             &session_id(&subject.identity, &client_id),
@@ -290,6 +292,7 @@ where
         link,
         ticket,
         session_expiry,
+        resumed,
         client_leftover: buf,
     })
 }

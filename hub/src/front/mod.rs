@@ -590,6 +590,7 @@ where
         shared.stats.clone(),
         admitted.keep_alive,
     ));
+    session.resume(admitted.resumed);
     let session_expiry_at_end =
         Arc::new(std::sync::atomic::AtomicU32::new(admitted.session_expiry));
     let (ended, delayed_will) = Box::pin(relay::run(
@@ -602,7 +603,7 @@ where
             max_packet_size: admitted.max_packet_size,
             session_expiry: session_expiry_at_end.clone(),
         },
-        session,
+        session.clone(),
         policy_changes,
         shutdown,
     ))
@@ -611,7 +612,12 @@ where
     let expiry = session_expiry_at_end.load(std::sync::atomic::Ordering::Relaxed);
     shared
         .broker
-        .end_session(admitted.ticket, expiry, delayed_will)
+        .end_session(
+            admitted.ticket,
+            expiry,
+            delayed_will,
+            session.subscriptions(),
+        )
         .await;
     if let Some(identity) = &device_identity {
         shared.gateway.registry.mqtt_device_disconnected(identity);

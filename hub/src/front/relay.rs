@@ -768,6 +768,15 @@ struct Down<'a> {
     acks_due: bool,
 }
 
+/// The higher of two QoS levels.
+fn higher(a: QoS, b: QoS) -> QoS {
+    if (a as u8) >= (b as u8) {
+        a
+    } else {
+        b
+    }
+}
+
 /// The lower of two QoS levels.
 fn lower(a: QoS, b: QoS) -> QoS {
     if (a as u8) <= (b as u8) {
@@ -935,8 +944,10 @@ impl Down<'_> {
                     options,
                 } => {
                     let meta = mqtt::publish::meta(&publish);
-                    // MQTT §3.8.4: never above the QoS it was published with.
-                    let qos = lower(meta.qos, stamp.qos);
+                    // MQTT §3.8.4: the subscription's QoS (the router's, unless the client
+                    // changed it since, see `broker::Subscription::router_qos`), never
+                    // above the QoS it was published with.
+                    let qos = lower(options.qos.unwrap_or(meta.qos), stamp.qos);
                     // MQTT §3.3.2.3.3: not after its expiry; else with the time left.
                     let expiry = properties.as_ref().and_then(|p| p.message_expiry_interval);
                     let left = match expiry {
@@ -970,7 +981,7 @@ impl Down<'_> {
                     }
                     let properties = properties.as_ref().filter(|_| version == Version::V5);
                     let retain = options.retain_as_published && stamp.retain;
-                    // Delivered at a lower QoS than the router's, it is the hub's own
+                    // Delivered at another QoS than the router's, it is the hub's own
                     // delivery: a packet id of the hub's keeps the client's ack from the
                     // router, which the hub acknowledges itself.
                     let (pkid, dup) = match qos {
@@ -990,8 +1001,8 @@ impl Down<'_> {
                         }
                         self.withhold(meta.pkid, meta.qos);
                     } else if qos != meta.qos {
-                        // Delivered at the publisher's lower QoS: the router's delivery
-                        // is the hub's to acknowledge.
+                        // Delivered at another QoS: the router's delivery is the hub's
+                        // to acknowledge.
                         self.withhold(meta.pkid, meta.qos);
                     } else if qos != QoS::AtMostOnce {
                         lock(self.between).acks.delivered(meta.pkid);
@@ -1088,7 +1099,9 @@ fn delivery_options(
     let mut options = DeliveryOptions {
         no_local: true,
         retain_as_published: false,
+        qos: None,
     };
+    let mut router_qos = QoS::AtMostOnce;
     for s in subscriptions {
         let filter = match s.filter.strip_prefix("$share/") {
             Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
@@ -1098,10 +1111,16 @@ fn delivery_options(
             matched = true;
             options.no_local &= s.no_local;
             options.retain_as_published |= s.retain_as_published;
+            options.qos = Some(options.qos.map_or(s.qos, |q| higher(q, s.qos)));
+            router_qos = higher(router_qos, s.router_qos);
         }
     }
     if !matched {
         options.no_local = false;
+    }
+    // Only where a subscription's QoS changed does the hub's view differ from the router's.
+    if options.qos == Some(router_qos) {
+        options.qos = None;
     }
     options
 }

@@ -48,16 +48,7 @@ pub enum SubscribeOutcome {
     Refuse(Packet),
 }
 
-/// A filter the client holds, with the options that decide what it receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscription {
-    /// The filter as subscribed (`$share/...` included).
-    pub filter: String,
-    /// MQTT 5 No Local: not its own publishes.
-    pub no_local: bool,
-    /// MQTT 5 Retain As Published: the retain flag as the publisher set it.
-    pub retain_as_published: bool,
-}
+pub use crate::broker::Subscription;
 
 /// What a SUBSCRIBE's allowed filters want of the retained messages once the router has
 /// granted them: per filter handed to the router, in order.
@@ -90,6 +81,8 @@ pub struct DeliveryOptions {
     pub no_local: bool,
     /// Some matching subscription has Retain As Published.
     pub retain_as_published: bool,
+    /// The highest QoS of the matching subscriptions, when it is not the router's.
+    pub qos: Option<QoS>,
 }
 
 /// How the SUBACK answers one filter of a SUBSCRIBE.
@@ -427,13 +420,16 @@ impl Session {
                 .zip(&allowed)
                 .filter(|(_, ok)| **ok)
             {
-                let held = Subscription {
+                let mut held = Subscription {
                     filter: f.path.clone(),
                     no_local: f.nolocal,
                     retain_as_published: f.preserve_retain,
+                    qos: f.qos,
+                    router_qos: f.qos,
                 };
                 let new = match subscriptions.iter_mut().find(|s| s.filter == f.path) {
                     Some(old) => {
+                        held.router_qos = old.router_qos;
                         *old = held;
                         false
                     }
@@ -448,9 +444,7 @@ impl Session {
                     new,
                 });
             }
-            let options = subscriptions
-                .iter()
-                .any(|s| s.no_local || s.retain_as_published);
+            let options = subscriptions.iter().any(Subscription::has_options);
             self.has_options.store(options, Ordering::Relaxed);
         }
         for (f, ok) in subscribe.filters.iter().zip(&allowed) {
@@ -495,10 +489,21 @@ impl Session {
     pub fn note_unsubscribe(&self, unsubscribe: &Unsubscribe) {
         let mut subscriptions = lock(&self.subscriptions);
         subscriptions.retain(|s| !unsubscribe.filters.contains(&s.filter));
-        let options = subscriptions
-            .iter()
-            .any(|s| s.no_local || s.retain_as_published);
+        let options = subscriptions.iter().any(Subscription::has_options);
         self.has_options.store(options, Ordering::Relaxed);
+    }
+
+    /// Takes over what a resumed session held.
+    pub fn resume(&self, held: Vec<Subscription>) {
+        let options = held.iter().any(Subscription::has_options);
+        *lock(&self.subscriptions) = held;
+        self.has_options.store(options, Ordering::Relaxed);
+    }
+
+    /// What the session holds, for the broker to keep with a session that outlives the
+    /// connection.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        lock(&self.subscriptions).clone()
     }
 
     /// Runs `f` on the subscriptions the client holds (under their lock: keep it short).
