@@ -165,6 +165,7 @@ fn main() {
                     max_text_len: 64,
                     max_unacked: 32,
                     heartbeat: 30,
+                    max_violations: 3,
                 },
                 ..welcome.clone()
             }),
@@ -367,9 +368,9 @@ fn main() {
         ),
         (
             "frame_with_zero_bytes",
-            "Framing: the CBOR holds many 0x00 bytes (key 0, value 0), each replaced by COBS.",
+            "Framing: the CBOR holds many 0x00 bytes (keys 0, values 0), each replaced by COBS.",
             telemetry(
-                0,
+                1,
                 Some(0),
                 vec![Reading::new("a", 0i64), Reading::new("b", 0i64)],
             ),

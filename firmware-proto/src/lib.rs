@@ -9,6 +9,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod frame;
+pub mod id;
 
 #[cfg(feature = "alloc")]
 mod check;
@@ -18,6 +19,7 @@ pub mod message;
 #[cfg(feature = "alloc")]
 pub use check::LimitViolation;
 pub use frame::{encode_frame, max_frame_len, DecoderStats, Feed, FrameDecoder, FrameError};
+pub use id::{check_device_id, DeviceIdError, MAX_DEVICE_ID_LEN, MAX_FIRMWARE_LEN};
 #[cfg(feature = "alloc")]
 pub use message::{
     Ack, Args, Command, CommandResult, DecodeError, EncodeError, ErrorCode, ErrorMsg, Heartbeat,

@@ -57,8 +57,13 @@ fn reading() -> impl Strategy<Value = Reading> {
     })
 }
 
+/// Arguments with distinct names: a map with a name twice does not decode.
 fn args() -> impl Strategy<Value = Args> {
-    vec((text(), value()), 0..5).prop_map(Args)
+    vec((text(), value()), 0..5).prop_map(|mut entries| {
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|(name, _)| seen.insert(name.clone()));
+        Args(entries)
+    })
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
@@ -69,9 +74,18 @@ fn limits() -> impl Strategy<Value = Limits> {
         any::<u16>(),
         any::<u32>(),
         any::<u32>(),
+        any::<u32>(),
     )
         .prop_map(
-            |(max_message, max_readings, max_name_len, max_text_len, max_unacked, heartbeat)| {
+            |(
+                max_message,
+                max_readings,
+                max_name_len,
+                max_text_len,
+                max_unacked,
+                heartbeat,
+                max_violations,
+            )| {
                 Limits {
                     max_message,
                     max_readings,
@@ -79,6 +93,7 @@ fn limits() -> impl Strategy<Value = Limits> {
                     max_text_len,
                     max_unacked,
                     heartbeat,
+                    max_violations,
                 }
             },
         )
@@ -127,7 +142,7 @@ fn welcome() -> impl Strategy<Value = Message> {
 }
 
 fn telemetry() -> impl Strategy<Value = Message> {
-    (any::<u64>(), any::<Option<u64>>(), vec(reading(), 0..12)).prop_map(|(seq, time, readings)| {
+    (1..=u64::MAX, any::<Option<u64>>(), vec(reading(), 0..12)).prop_map(|(seq, time, readings)| {
         Message::Telemetry(Telemetry {
             seq,
             time,

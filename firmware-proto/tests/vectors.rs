@@ -3,7 +3,9 @@
 
 mod support;
 
-use firmware_proto::{max_frame_len, Feed, FrameDecoder, Message};
+use firmware_proto::{
+    max_frame_len, Ack, Feed, FrameDecoder, Heartbeat, Limits, Message, Reading, Telemetry, Welcome,
+};
 use support::{hex, reference_frame, unhex, vector, vectors};
 
 #[test]
@@ -197,4 +199,57 @@ fn a_ten_reading_telemetry_message_is_well_under_200_bytes() {
     let frame = v.message.to_frame().len();
     println!("10-reading telemetry: {size} bytes of CBOR, {frame} bytes framed");
     assert!(size < 200, "10-reading telemetry grew to {size} bytes");
+}
+
+#[test]
+fn the_size_guide_of_section_3_3_matches_the_encoder() {
+    // Ten readings, 8-byte names, f32 values that no half float holds, 3-byte units.
+    let readings: Vec<Reading> = (0..10)
+        .map(|i| Reading::new(format!("reading{i}"), 21.7f32 + i as f32).with_unit("Cel"))
+        .collect();
+    let telemetry = |seq, time| {
+        Message::Telemetry(Telemetry {
+            seq,
+            time,
+            readings: readings.clone(),
+        })
+    };
+    let smallest = telemetry(1, None);
+    let largest = telemetry(65_536, Some(1_700_000_000_000));
+    assert_eq!(smallest.to_vec().len(), 197);
+    assert_eq!(largest.to_vec().len(), 211);
+    // The CRC, one COBS code byte (no run of 254 non-zero bytes), the delimiter.
+    assert_eq!(largest.to_frame().len(), 211 + 6);
+}
+
+#[test]
+fn the_hubs_own_messages_stay_within_the_bounds_section_3_1_gives() {
+    let all_max = Limits {
+        max_message: u32::MAX,
+        max_readings: u16::MAX,
+        max_name_len: u16::MAX,
+        max_text_len: u16::MAX,
+        max_unacked: u32::MAX,
+        heartbeat: u32::MAX,
+        max_violations: u32::MAX,
+    };
+    for hub_id in ["h".repeat(23), "h".repeat(64), "é".repeat(64)] {
+        let welcome = Message::Welcome(Welcome {
+            hub_id: hub_id.clone(),
+            time: u64::MAX,
+            protocol: 2,
+            limits: all_max,
+            acked: Some(u64::MAX),
+        });
+        assert!(welcome.to_vec().len() <= 67 + hub_id.len(), "{hub_id}");
+    }
+    let ack = Message::Ack(Ack {
+        seq: u64::MAX,
+        resend: true,
+    });
+    assert_eq!(ack.to_vec().len(), 15);
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        time: Some(u64::MAX),
+    });
+    assert!(heartbeat.to_vec().len() <= 15);
 }
