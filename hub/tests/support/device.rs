@@ -79,6 +79,31 @@ pub fn sample_readings(seq: u64) -> Vec<Reading> {
     ]
 }
 
+/// Telemetry `seq` exactly `len` bytes long when encoded (at least 16), made of text
+/// readings of at most 100 bytes each, so only its size can be over a limit.
+pub fn telemetry_of_len(seq: u64, len: usize) -> Message {
+    let build = |full: usize, last: usize| {
+        let mut readings: Vec<Reading> = (0..full)
+            .map(|i| Reading::new(format!("n{i}"), "x".repeat(100)))
+            .collect();
+        readings.push(Reading::new("last", "x".repeat(last)));
+        Message::Telemetry(Telemetry {
+            seq,
+            time: None,
+            readings,
+        })
+    };
+    for full in 0..=len / 100 {
+        for last in 0..=100 {
+            let message = build(full, last);
+            if message.to_vec().len() == len {
+                return message;
+            }
+        }
+    }
+    panic!("no telemetry of exactly {len} bytes")
+}
+
 /// How a connection attempt to `/device` failed.
 #[derive(Debug)]
 pub enum Refused {
@@ -463,13 +488,21 @@ impl Drop for Device {
 /// A Hello as the test devices send it.
 pub fn hello(id: &str, session: u64, resends: bool) -> Message {
     Message::Hello(Hello {
+        resends,
+        ..hello_body(id, session)
+    })
+}
+
+/// The Hello the test devices send, as a struct to change fields of.
+pub fn hello_body(id: &str, session: u64) -> Hello {
+    Hello {
         device_id: id.to_owned(),
         firmware: FIRMWARE.to_owned(),
         protocol: PROTOCOL_VERSION,
         session,
         max_message: None,
-        resends,
-    })
+        resends: false,
+    }
 }
 
 /// Moves orders to the socket and what arrives to `events`, until the connection ends.
@@ -679,6 +712,11 @@ impl Watcher {
             .filter(|p| p.topic == topic)
             .map(|p| p.json.clone())
             .collect()
+    }
+
+    /// Every topic received on so far, in arrival order.
+    pub fn topics(&self) -> Vec<String> {
+        self.history.iter().map(|p| p.topic.clone()).collect()
     }
 
     /// The `seq` of every telemetry message of `device` received so far, in arrival order.

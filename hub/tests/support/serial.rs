@@ -73,7 +73,7 @@ impl Ports {
 /// never reads EIO while the hub has the port closed.
 struct Pty {
     master: AsyncFd<OwnedFd>,
-    _slave: OwnedFd,
+    slave: OwnedFd,
     tty: PathBuf,
 }
 
@@ -95,7 +95,7 @@ impl Pty {
             .unwrap_or_else(|e| panic!("register the pty master with tokio: {e}"));
         Pty {
             master,
-            _slave: pair.slave,
+            slave: pair.slave,
             tty,
         }
     }
@@ -175,6 +175,14 @@ impl SerialSensor {
         let what = format!("the hub opens {}", tty.display());
         // Ours is the one slave descriptor the pair keeps.
         super::peer::eventually(&what, || open_count(&tty) >= 2).await;
+    }
+
+    /// Suspends output on the line (`tcflow(TCOOFF)`), as a device that stops reading
+    /// with flow control on: from now on every write the hub makes to the port waits.
+    pub fn stop_reading(&self) {
+        let pty = self.pty.as_ref().expect("plugged in");
+        nix::sys::termios::tcflow(&pty.slave, nix::sys::termios::FlowArg::TCOOFF)
+            .expect("tcflow(TCOOFF) on the pty slave");
     }
 
     /// Writes `bytes` to the line.
