@@ -7,10 +7,14 @@
 //! `{"device":..,"session":"<16 hex digits>","seq":..,"readings":[{"name":..,"value":..}]}`.
 //! A run's sessions are `run id << 32 | source index`, so a subscriber tells this run's
 //! messages (and which device sent them) from any other device's without a lookup.
+//!
+//! With `--compact` the same readings go as compact telemetry (protocol 2): the Hello
+//! declares [`layout`] once and each message is a [`firmware_proto::Compact`] whose values
+//! the hub publishes with the declared names and units, so the subscribers see the same.
 
 use std::borrow::Cow;
 
-use firmware_proto::{Message, Reading, Telemetry};
+use firmware_proto::{Compact, Field, Layout, Message, Reading, Telemetry, Value, ValueType};
 use serde::Deserialize;
 
 use crate::delivery::{Shared, Stamp, StampReader};
@@ -28,8 +32,9 @@ pub fn device_id(prefix: &str, index: usize) -> String {
     format!("{prefix}-{index}")
 }
 
-/// Telemetry number `seq` (from 1), sent at `sent_us`, with `readings` readings in all.
-pub fn message(seq: u64, sent_us: u64, readings: usize) -> Message {
+/// Telemetry number `seq` (from 1), sent at `sent_us`, with `readings` readings in all;
+/// compact telemetry in [`layout`] when `compact`.
+pub fn message(seq: u64, sent_us: u64, readings: usize, compact: bool) -> Message {
     let mut list = Vec::with_capacity(readings.max(1));
     list.push(Reading::new(SENT_READING, sent_us as i64).with_unit("us"));
     for r in 1..readings {
@@ -37,11 +42,56 @@ pub fn message(seq: u64, sent_us: u64, readings: usize) -> Message {
         let value = 20.0 + ((seq + r as u64) % 100) as f32 / 10.0;
         list.push(Reading::new(format!("r{r}"), value).with_unit("Cel"));
     }
+    let time = Some(sent_us / 1000);
+    if compact {
+        let values: Vec<Value> = list.into_iter().map(|r| r.value).collect();
+        // The values are made for the layout: packing them cannot fail.
+        let values = layout(readings).pack(&values).unwrap_or_default();
+        return Message::Compact(Compact {
+            seq,
+            time,
+            values,
+            layout: 0,
+        });
+    }
     Message::Telemetry(Telemetry {
         seq,
-        time: Some(sent_us / 1000),
+        time,
         readings: list,
     })
+}
+
+/// The layout of compact messages of `readings` readings: `sent_us` (i64, "us"), then
+/// `r1`, `r2`, ... (f32, "Cel"), as [`message`] fills them.
+pub fn layout(readings: usize) -> Layout {
+    let mut fields = vec![Field::new(SENT_READING, ValueType::I64).with_unit("us")];
+    fields.extend(
+        (1..readings).map(|r| Field::new(format!("r{r}"), ValueType::F32).with_unit("Cel")),
+    );
+    Layout(fields)
+}
+
+/// The layouts a Hello declares: the one [`layout`] when `compact`, else none.
+pub fn layouts(readings: usize, compact: bool) -> Vec<Layout> {
+    if compact {
+        vec![layout(readings)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether the hub took the Hello's layout: compact telemetry needs a hub that speaks
+/// protocol 2.
+pub fn check_welcome(compact: bool, welcome: &firmware_proto::Welcome) -> Result<(), String> {
+    if compact && welcome.layouts == 0 {
+        return Err(format!(
+            "--compact: the hub did not take the layout (it speaks protocol {}; compact \
+             telemetry needs {})",
+            welcome.protocol,
+            firmware_proto::COMPACT_SINCE
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the hub's telemetry payloads (JSON or CBOR) of this run's devices.
@@ -110,21 +160,25 @@ impl StampReader for TelemetryReader {
 }
 
 /// The longest encoding of a telemetry message with `readings` readings.
-pub fn largest_message(readings: usize) -> usize {
-    message(u64::from(u32::MAX), u64::MAX >> 8, readings)
+pub fn largest_message(readings: usize, compact: bool) -> usize {
+    message(u64::from(u32::MAX), u64::MAX >> 8, readings, compact)
         .to_vec()
         .len()
 }
 
 /// Whether messages of `readings` readings fit the limits the hub announced in Welcome.
-pub fn check_limits(readings: usize, limits: &firmware_proto::Limits) -> Result<(), String> {
+pub fn check_limits(
+    readings: usize,
+    compact: bool,
+    limits: &firmware_proto::Limits,
+) -> Result<(), String> {
     if readings > usize::from(limits.max_readings) {
         return Err(format!(
             "--readings {readings}: the hub accepts at most {} readings per message ([devices] max_readings)",
             limits.max_readings
         ));
     }
-    let largest = largest_message(readings);
+    let largest = largest_message(readings, compact);
     if largest > limits.max_message as usize {
         return Err(format!(
             "--readings {readings}: messages of {largest} bytes exceed the hub's max_message {}",
@@ -218,8 +272,27 @@ mod tests {
     }
 
     #[test]
+    fn a_compact_message_stands_for_the_same_telemetry_in_a_fraction_of_the_bytes() {
+        let full = message(9, 1_700_000_000_123_456, 10, false);
+        let compact = message(9, 1_700_000_000_123_456, 10, true);
+        let Message::Compact(c) = &compact else {
+            panic!("compact expected");
+        };
+        let Message::Telemetry(t) = &full else {
+            panic!("telemetry expected");
+        };
+        assert_eq!(c.to_telemetry(&layouts(10, true)).as_ref(), Ok(t));
+        assert!(
+            compact.to_vec().len() * 3 < full.to_vec().len(),
+            "{} vs {}",
+            compact.to_vec().len(),
+            full.to_vec().len()
+        );
+    }
+
+    #[test]
     fn a_message_carries_its_send_time_and_the_asked_number_of_readings() {
-        let Message::Telemetry(t) = message(9, 1_700_000_000_123_456, 4) else {
+        let Message::Telemetry(t) = message(9, 1_700_000_000_123_456, 4, false) else {
             panic!("telemetry expected");
         };
         assert_eq!(t.seq, 9);

@@ -19,6 +19,7 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::compact::{Compact, Layout};
 use crate::frame::{self, BufferTooSmall};
 
 /// A protocol message, as sent in one WebSocket binary message or one serial frame.
@@ -40,6 +41,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// Either direction, a refusal or protocol violation.
     Error(ErrorMsg),
+    /// Device → hub (protocol 2), telemetry as values by position in a declared layout.
+    Compact(Compact),
     /// A message kind this version does not know. Receivers ignore it.
     Unknown {
         /// The kind number received.
@@ -65,10 +68,12 @@ pub mod kind {
     pub const HEARTBEAT: u64 = 7;
     /// [`super::ErrorMsg`]
     pub const ERROR: u64 = 8;
+    /// [`crate::Compact`] (protocol 2)
+    pub const COMPACT: u64 = 9;
 }
 
 /// Device → hub: who I am. Field numbers: 0 `device_id`, 1 `firmware`, 2 `protocol`,
-/// 3 `session`, 4 `max_message`, 5 `resends`.
+/// 3 `session`, 4 `max_message`, 5 `resends`, 6 `layouts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The device's identity; over TLS it must equal the certificate's identity.
@@ -92,6 +97,14 @@ pub struct Hello {
         deserialize_with = "null_as_default"
     )]
     pub resends: bool,
+    /// Protocol 2: the layouts of the Compact messages the device will send, declared
+    /// once for the session (see [`crate::compact`]). Empty: none.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::compact::deserialize_layouts"
+    )]
+    pub layouts: Vec<Layout>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -108,7 +121,7 @@ where
 }
 
 /// Hub → device: accepted. Field numbers: 0 `hub_id`, 1 `time`, 2 `protocol`, 3 `limits`,
-/// 4 `acked`.
+/// 4 `acked`, 5 `layouts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The hub's id, as in its MQTT topics.
@@ -124,6 +137,18 @@ pub struct Welcome {
     /// session: the device can drop everything up to it and resend only what follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked: Option<u64>,
+    /// Protocol 2: how many layouts of the Hello the hub took (all of them: a Hello with a
+    /// layout the hub cannot take is refused). 0, left out, when the Hello declared none.
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_as_default"
+    )]
+    pub layouts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Limits the hub enforces, announced in [`Welcome`]. Field numbers: 0 `max_message`,
@@ -528,6 +553,7 @@ impl Message {
             Message::CommandResult(_) => kind::COMMAND_RESULT,
             Message::Heartbeat(_) => kind::HEARTBEAT,
             Message::Error(_) => kind::ERROR,
+            Message::Compact(_) => kind::COMPACT,
             Message::Unknown { kind } => *kind,
         }
     }
@@ -580,6 +606,7 @@ impl Serialize for Message {
             Message::CommandResult(m) => t.serialize_element(m)?,
             Message::Heartbeat(m) => t.serialize_element(m)?,
             Message::Error(m) => t.serialize_element(m)?,
+            Message::Compact(m) => t.serialize_element(m)?,
             // An unknown message has no body we could reproduce; send an empty map.
             Message::Unknown { .. } => t.serialize_element(&EmptyMap)?,
         }
@@ -626,6 +653,7 @@ impl<'de> Deserialize<'de> for Message {
                     kind::COMMAND_RESULT => Message::CommandResult(body(&mut seq)?),
                     kind::HEARTBEAT => Message::Heartbeat(body(&mut seq)?),
                     kind::ERROR => Message::Error(body(&mut seq)?),
+                    kind::COMPACT => Message::Compact(body(&mut seq)?),
                     kind => {
                         body::<A, IgnoredAny>(&mut seq)?;
                         Message::Unknown { kind }

@@ -4,10 +4,12 @@
 
 mod support;
 
-use firmware_proto::{ErrorCode, Hello, Message, Reading, Telemetry};
+use firmware_proto::{
+    Compact, ErrorCode, Field, Hello, Layout, Message, Reading, Telemetry, ValueType,
+};
 use support::device::{
-    hello, hello_body, new_session, sample_readings, still_served, telemetry_of_len, Device, Event,
-    Refused, Watcher,
+    hello, hello_body, new_session, sample_compact, sample_layout, sample_readings, still_served,
+    telemetry_of_len, Device, Event, Refused, Watcher,
 };
 use support::hub::{TestHub, WS, WSS, WSS_LOGIN};
 use support::serial::{Ports, SerialSensor};
@@ -718,4 +720,92 @@ async fn two_hundred_devices_closed_for_garbage_log_a_few_lines_and_are_all_coun
     good.hello(GOOD, new_session(), false)
         .await
         .expect("a good device is still welcomed");
+}
+
+#[tokio::test]
+async fn a_hello_whose_layout_breaks_the_limits_is_refused_with_error_6_and_closed() {
+    let hub = TestHub::start("[devices]\nmax_name_len = 8\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let bad_layouts = [
+        (
+            Layout(vec![Field::new("t", ValueType::from_code(42))]),
+            "type 42",
+        ),
+        (
+            Layout(vec![Field::new("much_too_long", ValueType::F32)]),
+            "max_name_len",
+        ),
+        (
+            Layout(vec![
+                Field::new("t", ValueType::F32),
+                Field::new("t", ValueType::U8),
+            ]),
+            "twice",
+        ),
+        (Layout(Vec::new()), "0 fields"),
+    ];
+    for (layout, needle) in bad_layouts {
+        let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+            .await
+            .expect("connects");
+        let error = device
+            .hello_with(Hello {
+                layouts: vec![layout],
+                ..hello_body("device-0001", new_session())
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            error.known_code(),
+            Some(ErrorCode::LimitExceeded),
+            "{error:?}"
+        );
+        assert!(error.message.contains(needle), "{needle}: {error:?}");
+        assert_eq!(device.ended().await.code(), Some(1008));
+    }
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn compact_values_that_do_not_fit_their_layout_are_refused_with_error_1() {
+    let hub = TestHub::start("[devices]\nmax_violations = 10\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects");
+    device
+        .hello_with(Hello {
+            layouts: vec![sample_layout()],
+            ..hello_body("device-0001", new_session())
+        })
+        .await
+        .expect("welcomed");
+    let Message::Compact(good_compact) = sample_compact(1) else {
+        panic!("compact");
+    };
+    let short = Compact {
+        values: good_compact.values[1..].to_vec(),
+        ..good_compact.clone()
+    };
+    let undeclared = Compact {
+        layout: 1,
+        ..good_compact.clone()
+    };
+    let mut bad_bool = good_compact.clone();
+    bad_bool.values[4] = 7;
+    for (compact, needle) in [
+        (short, "packs into 13"),
+        (undeclared, "layout 1"),
+        (bad_bool, "bool"),
+    ] {
+        device.send(&Message::Compact(compact));
+        let error = device.expect_error().await;
+        assert_eq!(error.known_code(), Some(ErrorCode::Malformed), "{error:?}");
+        assert!(error.message.contains(needle), "{needle}: {error:?}");
+    }
+    device.send(&Message::Compact(good_compact));
+    device.expect_ack(1).await;
+    watcher.telemetry("device-0001", 1).await;
+    assert_eq!(watcher.telemetry_seqs("device-0001"), [1]);
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
 }

@@ -7,7 +7,10 @@ mod support;
 
 use firmware_proto::{Args, ErrorCode, Heartbeat, Message, Reading, Value, PROTOCOL_VERSION};
 use serde_json::json;
-use support::device::{keys, new_session, now_ms, sample_readings, session_hex, Watcher, FIRMWARE};
+use support::device::{
+    hello_body, keys, new_session, now_ms, sample_compact, sample_layout, sample_readings,
+    session_hex, Watcher, FIRMWARE,
+};
 use support::hub::TestHub;
 use support::serial::{Ports, SerialSensor};
 
@@ -415,4 +418,32 @@ async fn a_serial_device_that_says_hello_again_on_the_same_line_starts_a_new_ses
     );
     let online = watcher.seen(&format!("devices/{PUMP}/status"));
     assert_eq!(online[1]["session"], session_hex(second));
+}
+
+#[tokio::test]
+async fn a_serial_sensor_sends_compact_frames_and_they_are_published_like_telemetry() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = hub_with(&ports, "", "").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let welcome = sensor
+        .hello_with(firmware_proto::Hello {
+            layouts: vec![sample_layout()],
+            ..hello_body(PUMP, new_session())
+        })
+        .await
+        .expect("welcomed");
+    assert_eq!((welcome.protocol, welcome.layouts), (2, 1));
+    sensor.send(&sample_compact(1)).await;
+    sensor.expect_ack(1).await;
+    let published = watcher.telemetry(PUMP, 1).await;
+    assert_eq!(published["transport"], "serial");
+    assert_eq!(
+        published["readings"],
+        json!([
+            {"name": "t", "value": 22.5, "unit": "Cel"},
+            {"name": "ok", "value": true},
+            {"name": "n", "value": -1},
+        ])
+    );
 }

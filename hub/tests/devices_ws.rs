@@ -11,8 +11,8 @@ mod support;
 use firmware_proto::{Args, Message, Reading, Telemetry, Value, PROTOCOL_VERSION, WS_SUBPROTOCOL};
 use serde_json::{json, Value as Json};
 use support::device::{
-    hello_body, keys, new_session, now_ms, sample_readings, session_hex, still_served, Device,
-    Watcher, FIRMWARE,
+    hello_body, keys, new_session, now_ms, sample_compact, sample_compact_readings, sample_layout,
+    sample_readings, session_hex, still_served, Device, Watcher, FIRMWARE,
 };
 use support::hub::{TestHub, MQTT, WSS};
 use support::mqtt::Via;
@@ -751,4 +751,75 @@ async fn with_cbor_telemetry_subscribers_get_the_same_structure_in_cbor() {
         decoded["readings"],
         json!([{"name": "t", "value": 21.5, "unit": "Cel"}])
     );
+}
+
+// ------------------------------------------------------------------ compact telemetry
+
+#[tokio::test]
+async fn a_device_declares_its_layout_once_and_compact_values_are_published_as_the_same_json() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("connects");
+    let welcome = device
+        .hello_with(firmware_proto::Hello {
+            layouts: vec![sample_layout()],
+            ..hello_body(D1, new_session())
+        })
+        .await
+        .expect("welcomed");
+    assert_eq!(welcome.protocol, 2);
+    assert_eq!(welcome.layouts, 1, "the Welcome takes the layout");
+    // The same readings, compact and in full: the hub publishes one JSON shape.
+    device.send(&sample_compact(1));
+    device.telemetry(2, sample_compact_readings(1));
+    device.expect_ack(2).await;
+    let compact = watcher.telemetry(D1, 1).await;
+    let full = watcher.telemetry(D1, 2).await;
+    assert_eq!(compact["readings"], full["readings"]);
+    assert_eq!(
+        compact["readings"],
+        json!([
+            {"name": "t", "value": 22.5, "unit": "Cel"},
+            {"name": "ok", "value": true},
+            {"name": "n", "value": -1},
+        ])
+    );
+    assert_eq!(keys(&compact), keys(&full));
+    // Acks cover compact and full telemetry alike: one sequence per session.
+    device.send(&sample_compact(3));
+    device.expect_ack(3).await;
+    watcher.telemetry(D1, 3).await;
+}
+
+#[tokio::test]
+async fn a_protocol_1_device_is_welcomed_in_protocol_1_and_served_as_before() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("connects");
+    // A device that predates compact telemetry, or sends layouts it may not use yet.
+    let welcome = device
+        .hello_with(firmware_proto::Hello {
+            protocol: 1,
+            layouts: vec![sample_layout()],
+            ..hello_body(D1, new_session())
+        })
+        .await
+        .expect("welcomed");
+    assert_eq!(welcome.protocol, 1);
+    assert_eq!(welcome.layouts, 0, "no layouts in a protocol 1 session");
+    still_served(&mut device, &mut watcher, D1, 1).await;
+    assert_eq!(watcher.status(D1, "online").await["protocol"], 1);
+    device.send(&sample_compact(2));
+    let error = device.expect_error().await;
+    assert_eq!(
+        error.known_code(),
+        Some(firmware_proto::ErrorCode::Malformed),
+        "{error:?}"
+    );
+    assert!(error.message.contains("protocol 2"), "{error:?}");
+    still_served(&mut device, &mut watcher, D1, 2).await;
 }

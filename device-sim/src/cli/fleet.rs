@@ -151,6 +151,10 @@ pub struct DevicesArgs {
     /// Readings per message (the first carries the send time).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub readings: usize,
+    /// Send compact telemetry (protocol 2): the readings' names and units declared once
+    /// in Hello, each message their values by position. The hub publishes the same JSON.
+    #[arg(long)]
+    pub compact: bool,
     /// Device ids are PREFIX-0, PREFIX-1, ... when certificates are issued [default:
     /// sim-PID].
     #[arg(long, value_name = "PREFIX")]
@@ -271,6 +275,10 @@ pub struct SerialArgs {
     /// Readings per message (the first carries the send time).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub readings: usize,
+    /// Send compact telemetry (protocol 2): the readings' names and units declared once
+    /// in Hello, each frame their values by position. The hub publishes the same JSON.
+    #[arg(long)]
+    pub compact: bool,
     /// Device ids are PREFIX-0, PREFIX-1, ... [default: sim-PID].
     #[arg(long, value_name = "PREFIX")]
     pub id_prefix: Option<String>,
@@ -429,6 +437,7 @@ pub fn devices_plan(args: &DevicesArgs) -> anyhow::Result<crate::devices::Plan> 
         firmware: args.firmware.clone(),
         rate,
         readings: args.readings,
+        compact: args.compact,
         pacer: Arc::new(args.pacing.pacer()),
         subscriber_spec: measure.spec,
         subscribers: m.subscribers,
@@ -472,6 +481,7 @@ pub fn serial_plan(args: &SerialArgs) -> anyhow::Result<crate::serial::Plan> {
         baud: args.baud,
         rate,
         readings: args.readings,
+        compact: args.compact,
         wait: seconds("--wait", args.wait)?,
         subscriber_spec: measure.spec,
         subscribers: m.subscribers,

@@ -41,6 +41,8 @@ pub struct Plan {
     pub rate: f64,
     /// Readings per message.
     pub readings: usize,
+    /// Send compact telemetry (protocol 2) in one declared layout.
+    pub compact: bool,
     /// How long to wait for the hub to open the ports and answer.
     pub wait: Duration,
     /// Subscriber clients.
@@ -83,7 +85,7 @@ impl Plan {
     }
 
     fn check_limits(&self, limits: &firmware_proto::Limits) -> Result<(), String> {
-        crate::telemetry::check_limits(self.readings, limits)
+        crate::telemetry::check_limits(self.readings, self.compact, limits)
     }
 }
 
@@ -124,6 +126,8 @@ pub struct SerialSummary {
     pub subscribers: usize,
     /// Readings per message.
     pub readings: usize,
+    /// Compact telemetry (protocol 2).
+    pub compact: bool,
     /// Bytes of one telemetry frame.
     pub frame_bytes: usize,
     /// Time one frame takes on the emulated line, µs (0 if unpaced).
@@ -283,7 +287,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<SerialSummary> {
             }
         })
         .collect();
-    let frame_bytes = telemetry::message(1000, shared.epoch_us(0), plan.readings)
+    let frame_bytes = telemetry::message(1000, shared.epoch_us(0), plan.readings, plan.compact)
         .to_frame()
         .len();
     let frame_line_us = plan
@@ -298,6 +302,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<SerialSummary> {
         mqtt_url: plan.subscriber_spec.endpoint.to_string(),
         subscribers: plan.subscribers,
         readings: plan.readings,
+        compact: plan.compact,
         frame_bytes,
         frame_line_us,
         line_capacity_msgs_per_s: if plan.baud > 0 {

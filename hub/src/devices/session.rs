@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firmware_proto::{
-    Ack, CommandResult, ErrorCode, ErrorMsg, Heartbeat, Hello, Limits, Message, Telemetry, Welcome,
-    MAX_FIRMWARE_LEN, PROTOCOL_VERSION,
+    Ack, CommandResult, Compact, ErrorCode, ErrorMsg, Heartbeat, Hello, Layout, Limits, Message,
+    Telemetry, ValueType, Welcome, COMPACT_SINCE, MAX_FIRMWARE_LEN, MAX_LAYOUTS, PROTOCOL_VERSION,
 };
 
 /// Which transport a conversation runs over.
@@ -227,6 +227,8 @@ struct Active {
     /// The lowest sequence the journal refused and the device has not sent again: no
     /// Ack may cover it, whatever is confirmed after it.
     refused: Option<u64>,
+    /// The layouts of the session's Compact messages (protocol 2; empty before).
+    layouts: Vec<Layout>,
 }
 
 /// Token bucket for the per-device message rate.
@@ -428,6 +430,7 @@ impl Conversation {
                 reason: Violation::HelloRequired,
             },
             Message::Telemetry(t) => self.telemetry(t),
+            Message::Compact(c) => self.compact(c),
             Message::CommandResult(r) => match self.rules.limits.check_command_result(&r) {
                 Ok(()) => Step::CommandResult(r),
                 Err(v) => self.refuse(ErrorCode::LimitExceeded, v.to_string(), Violation::Limit),
@@ -486,6 +489,15 @@ impl Conversation {
             return self.refuse_closing(ErrorCode::LimitExceeded, message, Violation::Limit);
         }
         let protocol = hello.protocol.min(PROTOCOL_VERSION);
+        // Layouts are a protocol 2 field: a session that speaks 1 has none.
+        let layouts = if protocol >= COMPACT_SINCE {
+            hello.layouts
+        } else {
+            Vec::new()
+        };
+        if let Err(why) = check_layouts(&layouts, &self.rules.limits) {
+            return self.refuse_closing(ErrorCode::LimitExceeded, why, Violation::Limit);
+        }
         let known = memory(&hello.device_id).filter(|m| m.session == hello.session);
         let last_seq = known.map_or(0, |m| m.last_seq);
         let hub_max = self.rules.limits.max_message;
@@ -508,7 +520,9 @@ impl Conversation {
             resend_due: false,
             reack: false,
             refused: None,
+            layouts,
         });
+        let layouts = self.active.as_ref().map_or(0, |a| a.layouts.len());
         Step::Started {
             welcome: Welcome {
                 hub_id: self.rules.hub_id.clone(),
@@ -516,8 +530,35 @@ impl Conversation {
                 protocol,
                 limits: self.rules.limits,
                 acked: known.map(|m| m.last_seq),
+                layouts: u32::try_from(layouts).unwrap_or(u32::MAX),
             },
             info,
+        }
+    }
+
+    /// Compact telemetry: read back as the Telemetry it stands for, with the layout the
+    /// session's Hello declared, then taken like any Telemetry.
+    fn compact(&mut self, compact: Compact) -> Step {
+        let Some(active) = self.active.as_ref() else {
+            return Step::Nothing;
+        };
+        let read = if active.layouts.is_empty() {
+            Err(if active.info.protocol < COMPACT_SINCE {
+                format!(
+                    "compact telemetry needs protocol {COMPACT_SINCE}; this session speaks {}",
+                    active.info.protocol
+                )
+            } else {
+                "compact telemetry needs layouts: this session's Hello declared none".to_owned()
+            })
+        } else {
+            compact
+                .to_telemetry(&active.layouts)
+                .map_err(|e| format!("compact telemetry: {e}"))
+        };
+        match read {
+            Ok(telemetry) => self.telemetry(telemetry),
+            Err(why) => self.refuse(ErrorCode::Malformed, why, Violation::Malformed),
         }
     }
 
@@ -706,6 +747,60 @@ impl Conversation {
     }
 }
 
+/// Checks a Hello's layouts against the limits (PROTOCOL.md §3.1, field 6): at most
+/// [`MAX_LAYOUTS`], each of 1 to `max_readings` fields of known types, with names of 1 to
+/// `max_name_len` bytes, unique within the layout, and units of at most `max_text_len`.
+fn check_layouts(layouts: &[Layout], limits: &Limits) -> Result<(), String> {
+    if layouts.len() > MAX_LAYOUTS {
+        return Err(format!(
+            "{} layouts declared, at most {MAX_LAYOUTS} are allowed",
+            layouts.len()
+        ));
+    }
+    for (l, Layout(fields)) in layouts.iter().enumerate() {
+        if fields.is_empty() || fields.len() > usize::from(limits.max_readings) {
+            return Err(format!(
+                "layout {l} has {} fields: give 1 to {} (max_readings)",
+                fields.len(),
+                limits.max_readings
+            ));
+        }
+        for (f, field) in fields.iter().enumerate() {
+            let name = &field.name;
+            if name.is_empty() || name.len() > usize::from(limits.max_name_len) {
+                return Err(format!(
+                    "layout {l} field {f}: the name is {} bytes, give 1 to {} (max_name_len)",
+                    name.len(),
+                    limits.max_name_len
+                ));
+            }
+            if fields[..f].iter().any(|other| other.name == *name) {
+                return Err(format!(
+                    "layout {l} field {f}: the name {name:?} appears twice in the layout"
+                ));
+            }
+            if field.kind.size().is_none() {
+                return Err(format!(
+                    "layout {l} field {f} ({name:?}): type {} is unknown to this hub, which \
+                     knows 0 to {}",
+                    field.kind.code(),
+                    ValueType::KNOWN.len() - 1
+                ));
+            }
+            if let Some(unit) = &field.unit {
+                if unit.len() > usize::from(limits.max_text_len) {
+                    return Err(format!(
+                        "layout {l} field {f} ({name:?}): the unit is {} bytes, max_text_len is {}",
+                        unit.len(),
+                        limits.max_text_len
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A device id must follow PROTOCOL.md §3.1: 1 to 64 bytes of `[A-Za-z0-9._-]`, so it is
 /// one MQTT topic level and reads unambiguously in logs.
 pub fn valid_device_id(id: &str) -> Result<(), firmware_proto::DeviceIdError> {
@@ -751,6 +846,7 @@ mod tests {
             session,
             max_message: None,
             resends,
+            layouts: Vec::new(),
         })
         .to_vec()
     }
@@ -1217,6 +1313,7 @@ mod tests {
                 session: 1,
                 max_message: None,
                 resends: false,
+                layouts: Vec::new(),
             })
             .to_vec();
             match c.receive(&hello, clock.tick(1), |_| None) {
@@ -1249,6 +1346,7 @@ mod tests {
                 session: 1,
                 max_message: declared,
                 resends: false,
+                layouts: Vec::new(),
             })
             .to_vec();
             match c.receive(&hello, clock.tick(1), |_| None) {

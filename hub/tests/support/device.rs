@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use firmware_proto::{
-    Ack, Args, Command, CommandResult, ErrorMsg, Hello, Message, Reading, Telemetry, Welcome,
-    PROTOCOL_VERSION, WS_SUBPROTOCOL,
+    Ack, Args, Command, CommandResult, ErrorMsg, Field, Hello, Layout, Message, Reading, Telemetry,
+    ValueType, Welcome, PROTOCOL_VERSION, WS_SUBPROTOCOL,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
@@ -102,6 +102,38 @@ pub fn telemetry_of_len(seq: u64, len: usize) -> Message {
         }
     }
     panic!("no telemetry of exactly {len} bytes")
+}
+
+/// The layout of [`sample_readings`] for compact telemetry: `t` (f32, "Cel"), `ok` (bool),
+/// `n` (i64), and no text (a layout carries no text values: `s` stays out).
+pub fn sample_layout() -> Layout {
+    Layout(vec![
+        Field::new("t", ValueType::F32).with_unit("Cel"),
+        Field::new("ok", ValueType::Bool),
+        Field::new("n", ValueType::I64),
+    ])
+}
+
+/// The readings of [`sample_layout`] for `seq`, as Telemetry would carry them.
+pub fn sample_compact_readings(seq: u64) -> Vec<Reading> {
+    sample_readings(seq).into_iter().take(3).collect()
+}
+
+/// Compact telemetry `seq` in [`sample_layout`]: the values of
+/// [`sample_compact_readings`].
+pub fn sample_compact(seq: u64) -> Message {
+    let values: Vec<firmware_proto::Value> = sample_compact_readings(seq)
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    Message::Compact(firmware_proto::Compact {
+        seq,
+        time: None,
+        values: sample_layout()
+            .pack(&values)
+            .expect("the values fit the layout"),
+        layout: 0,
+    })
 }
 
 /// How a connection attempt to `/device` failed.
@@ -295,6 +327,17 @@ impl Device {
         resends: bool,
     ) -> Result<Welcome, ErrorMsg> {
         self.send(&hello(id, session, resends));
+        self.next("Welcome or Error", |e| match e {
+            Event::Message(Message::Welcome(w)) => Some(Ok(w.clone())),
+            Event::Message(Message::Error(e)) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends `hello` and returns the hub's Welcome, or the Error it answered with.
+    pub async fn hello_with(&mut self, hello: Hello) -> Result<Welcome, ErrorMsg> {
+        self.send(&Message::Hello(hello));
         self.next("Welcome or Error", |e| match e {
             Event::Message(Message::Welcome(w)) => Some(Ok(w.clone())),
             Event::Message(Message::Error(e)) => Some(Err(e.clone())),
@@ -502,6 +545,7 @@ pub fn hello_body(id: &str, session: u64) -> Hello {
         session,
         max_message: None,
         resends: false,
+        layouts: Vec::new(),
     }
 }
 

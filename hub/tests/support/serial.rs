@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use firmware_proto::frame::max_frame_len;
 use firmware_proto::{
-    Ack, Args, Command, CommandResult, ErrorMsg, Feed, FrameDecoder, Message, Reading, Telemetry,
-    Welcome,
+    Ack, Args, Command, CommandResult, ErrorMsg, Feed, FrameDecoder, Hello, Message, Reading,
+    Telemetry, Welcome,
 };
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
@@ -225,6 +225,19 @@ impl SerialSensor {
     pub async fn hello(&mut self, id: &str, session: u64) -> Result<Welcome, ErrorMsg> {
         self.write(&[0]).await;
         self.send(&super::device::hello(id, session, false)).await;
+        self.next("Welcome or Error", |m| match m {
+            Message::Welcome(w) => Some(Ok(w.clone())),
+            Message::Error(e) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Writes a lone delimiter and `hello`; returns the Welcome or the Error the hub
+    /// answered with.
+    pub async fn hello_with(&mut self, hello: Hello) -> Result<Welcome, ErrorMsg> {
+        self.write(&[0]).await;
+        self.send(&Message::Hello(hello)).await;
         self.next("Welcome or Error", |m| match m {
             Message::Welcome(w) => Some(Ok(w.clone())),
             Message::Error(e) => Some(Err(e.clone())),
