@@ -46,6 +46,8 @@ pub struct Plan {
     pub readings: usize,
     /// Send compact telemetry (protocol 2) in one declared layout.
     pub compact: bool,
+    /// Characters of each filler reading's name.
+    pub name_len: usize,
     /// Connection pacing (devices and subscribers).
     pub pacer: Arc<Pacer>,
     /// Subscriber clients.
@@ -86,7 +88,16 @@ impl Plan {
 
     /// Whether this run's messages fit the limits the hub announced.
     fn check_limits(&self, limits: &firmware_proto::Limits) -> Result<(), String> {
-        crate::telemetry::check_limits(self.readings, self.compact, limits)
+        crate::telemetry::check_limits(&self.shape(), limits)
+    }
+
+    /// What each message holds.
+    pub fn shape(&self) -> crate::telemetry::Shape {
+        crate::telemetry::Shape {
+            readings: self.readings,
+            name_len: self.name_len,
+            compact: self.compact,
+        }
     }
 }
 
@@ -209,7 +220,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
         subscribers: plan.subscribers,
         readings: plan.readings,
         compact: plan.compact,
-        message_bytes: telemetry::message(1000, shared.epoch_us(0), plan.readings, plan.compact)
+        message_bytes: telemetry::message(1000, shared.epoch_us(0), &plan.shape())
             .to_vec()
             .len(),
         rate_per_device: plan.rate,

@@ -43,6 +43,8 @@ pub struct Plan {
     pub readings: usize,
     /// Send compact telemetry (protocol 2) in one declared layout.
     pub compact: bool,
+    /// Characters of each filler reading's name.
+    pub name_len: usize,
     /// How long to wait for the hub to open the ports and answer.
     pub wait: Duration,
     /// Subscriber clients.
@@ -85,7 +87,16 @@ impl Plan {
     }
 
     fn check_limits(&self, limits: &firmware_proto::Limits) -> Result<(), String> {
-        crate::telemetry::check_limits(self.readings, self.compact, limits)
+        crate::telemetry::check_limits(&self.shape(), limits)
+    }
+
+    /// What each message holds.
+    pub fn shape(&self) -> crate::telemetry::Shape {
+        crate::telemetry::Shape {
+            readings: self.readings,
+            name_len: self.name_len,
+            compact: self.compact,
+        }
     }
 }
 
@@ -287,7 +298,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<SerialSummary> {
             }
         })
         .collect();
-    let frame_bytes = telemetry::message(1000, shared.epoch_us(0), plan.readings, plan.compact)
+    let frame_bytes = telemetry::message(1000, shared.epoch_us(0), &plan.shape())
         .to_frame()
         .len();
     let frame_line_us = plan

@@ -56,7 +56,7 @@ pub(super) async fn port(
         session: telemetry::session(shared.run, i as u32),
         max_message: None,
         resends: false,
-        layouts: telemetry::layouts(plan.readings, plan.compact),
+        layouts: telemetry::layouts(&plan.shape()),
     };
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
     let now = Instant::now();
@@ -315,13 +315,8 @@ impl Port {
                 .min(now),
         };
         let sent_ns = self.shared.ns_at(start);
-        let frame = telemetry::message(
-            seq,
-            self.shared.epoch_us(sent_ns),
-            self.plan.readings,
-            self.plan.compact,
-        )
-        .to_frame();
+        let frame =
+            telemetry::message(seq, self.shared.epoch_us(sent_ns), &self.plan.shape()).to_frame();
         let counters = &self.shared.sources[self.i];
         counters.sent.fetch_add(1, Relaxed);
         let measured = self.window.is_some_and(|w| sent_ns >= w.measure_from_ns);
