@@ -20,7 +20,8 @@ pub struct DevicesConfig {
     /// considered dead and closed.
     #[serde(deserialize_with = "duration::deserialize")]
     pub ping_timeout: Duration,
-    /// A device silent this long is offline (announced in Welcome, whole seconds).
+    /// A serial device silent this long is offline (announced in Welcome, whole
+    /// seconds). WebSocket devices are kept alive by ping/pong instead.
     #[serde(deserialize_with = "duration::deserialize")]
     pub heartbeat: Duration,
     /// Largest encoded message a device may send, in bytes.
