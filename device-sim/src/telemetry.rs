@@ -7,10 +7,14 @@
 //! `{"device":..,"session":"<16 hex digits>","seq":..,"readings":[{"name":..,"value":..}]}`.
 //! A run's sessions are `run id << 32 | source index`, so a subscriber tells this run's
 //! messages (and which device sent them) from any other device's without a lookup.
+//!
+//! With `--compact` the same readings go as compact telemetry (protocol 2): the Hello
+//! declares [`layout`] once and each message is a [`firmware_proto::Compact`] whose values
+//! the hub publishes with the declared names and units, so the subscribers see the same.
 
 use std::borrow::Cow;
 
-use firmware_proto::{Message, Reading, Telemetry};
+use firmware_proto::{Compact, Field, Layout, Message, Reading, Telemetry, Value, ValueType};
 use serde::Deserialize;
 
 use crate::delivery::{Shared, Stamp, StampReader};
@@ -28,20 +32,84 @@ pub fn device_id(prefix: &str, index: usize) -> String {
     format!("{prefix}-{index}")
 }
 
-/// Telemetry number `seq` (from 1), sent at `sent_us`, with `readings` readings in all.
-pub fn message(seq: u64, sent_us: u64, readings: usize) -> Message {
-    let mut list = Vec::with_capacity(readings.max(1));
+/// What each simulated message holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Readings per message, the first carrying the send time.
+    pub readings: usize,
+    /// Characters of each filler reading's name: `r1` with 2, `r0000001` with 8 (the
+    /// spec's size guide).
+    pub name_len: usize,
+    /// Compact telemetry (protocol 2) in one declared layout.
+    pub compact: bool,
+}
+
+/// The name of filler reading `r` (from 1), `name_len` characters when it fits.
+fn filler_name(r: usize, name_len: usize) -> String {
+    format!("r{r:0>width$}", width = name_len.saturating_sub(1))
+}
+
+/// Telemetry number `seq` (from 1), sent at `sent_us`, of `shape`: compact telemetry in
+/// [`layout`] when `shape.compact`.
+pub fn message(seq: u64, sent_us: u64, shape: &Shape) -> Message {
+    let mut list = Vec::with_capacity(shape.readings.max(1));
     list.push(Reading::new(SENT_READING, sent_us as i64).with_unit("us"));
-    for r in 1..readings {
+    for r in 1..shape.readings {
         // A plausible sensor value that changes with every message.
         let value = 20.0 + ((seq + r as u64) % 100) as f32 / 10.0;
-        list.push(Reading::new(format!("r{r}"), value).with_unit("Cel"));
+        list.push(Reading::new(filler_name(r, shape.name_len), value).with_unit("Cel"));
+    }
+    let time = Some(sent_us / 1000);
+    if shape.compact {
+        let values: Vec<Value> = list.into_iter().map(|r| r.value).collect();
+        // The values are made for the layout: packing them cannot fail.
+        let values = layout(shape).pack(&values).unwrap_or_default();
+        return Message::Compact(Compact {
+            seq,
+            time,
+            values,
+            layout: 0,
+        });
     }
     Message::Telemetry(Telemetry {
         seq,
-        time: Some(sent_us / 1000),
+        time,
         readings: list,
     })
+}
+
+/// The layout of compact messages of `shape`: `sent_us` (i64, "us"), then the filler
+/// readings (f32, "Cel"), as [`message`] fills them.
+pub fn layout(shape: &Shape) -> Layout {
+    let mut fields = vec![Field::new(SENT_READING, ValueType::I64).with_unit("us")];
+    fields.extend(
+        (1..shape.readings)
+            .map(|r| Field::new(filler_name(r, shape.name_len), ValueType::F32).with_unit("Cel")),
+    );
+    Layout(fields)
+}
+
+/// The layouts a Hello declares: the one [`layout`] for compact telemetry, else none.
+pub fn layouts(shape: &Shape) -> Vec<Layout> {
+    if shape.compact {
+        vec![layout(shape)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether the hub took the Hello's layout: compact telemetry needs a hub that speaks
+/// protocol 2.
+pub fn check_welcome(compact: bool, welcome: &firmware_proto::Welcome) -> Result<(), String> {
+    if compact && welcome.layouts == 0 {
+        return Err(format!(
+            "--compact: the hub did not take the layout (it speaks protocol {}; compact \
+             telemetry needs {})",
+            welcome.protocol,
+            firmware_proto::COMPACT_SINCE
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the hub's telemetry payloads (JSON or CBOR) of this run's devices.
@@ -110,21 +178,28 @@ impl StampReader for TelemetryReader {
 }
 
 /// The longest encoding of a telemetry message with `readings` readings.
-pub fn largest_message(readings: usize) -> usize {
-    message(u64::from(u32::MAX), u64::MAX >> 8, readings)
+pub fn largest_message(shape: &Shape) -> usize {
+    message(u64::from(u32::MAX), u64::MAX >> 8, shape)
         .to_vec()
         .len()
 }
 
-/// Whether messages of `readings` readings fit the limits the hub announced in Welcome.
-pub fn check_limits(readings: usize, limits: &firmware_proto::Limits) -> Result<(), String> {
+/// Whether messages of `shape` fit the limits the hub announced in Welcome.
+pub fn check_limits(shape: &Shape, limits: &firmware_proto::Limits) -> Result<(), String> {
+    let readings = shape.readings;
+    if shape.name_len > usize::from(limits.max_name_len) {
+        return Err(format!(
+            "--name-len {}: the hub accepts names of at most {} bytes ([devices] max_name_len)",
+            shape.name_len, limits.max_name_len
+        ));
+    }
     if readings > usize::from(limits.max_readings) {
         return Err(format!(
             "--readings {readings}: the hub accepts at most {} readings per message ([devices] max_readings)",
             limits.max_readings
         ));
     }
-    let largest = largest_message(readings);
+    let largest = largest_message(shape);
     if largest > limits.max_message as usize {
         return Err(format!(
             "--readings {readings}: messages of {largest} bytes exceed the hub's max_message {}",
@@ -218,8 +293,42 @@ mod tests {
     }
 
     #[test]
+    fn a_compact_message_stands_for_the_same_telemetry_in_a_fraction_of_the_bytes() {
+        let ten = Shape {
+            readings: 10,
+            name_len: 8,
+            compact: false,
+        };
+        let full = message(9, 1_700_000_000_123_456, &ten);
+        let shape = Shape {
+            compact: true,
+            ..ten
+        };
+        let compact = message(9, 1_700_000_000_123_456, &shape);
+        let Message::Compact(c) = &compact else {
+            panic!("compact expected");
+        };
+        let Message::Telemetry(t) = &full else {
+            panic!("telemetry expected");
+        };
+        assert_eq!(c.to_telemetry(&layouts(&shape)).as_ref(), Ok(t));
+        assert_eq!(t.readings[9].name, "r0000009");
+        assert!(
+            compact.to_vec().len() * 3 < full.to_vec().len(),
+            "{} vs {}",
+            compact.to_vec().len(),
+            full.to_vec().len()
+        );
+    }
+
+    #[test]
     fn a_message_carries_its_send_time_and_the_asked_number_of_readings() {
-        let Message::Telemetry(t) = message(9, 1_700_000_000_123_456, 4) else {
+        let shape = Shape {
+            readings: 4,
+            name_len: 2,
+            compact: false,
+        };
+        let Message::Telemetry(t) = message(9, 1_700_000_000_123_456, &shape) else {
             panic!("telemetry expected");
         };
         assert_eq!(t.seq, 9);

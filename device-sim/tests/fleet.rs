@@ -235,6 +235,51 @@ async fn serial_sensors_at_an_emulated_baud_rate_fill_their_lines_and_lose_nothi
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_sensors_sending_compact_telemetry_are_matched_message_for_message() {
+    let ports = tempfile::tempdir().expect("tempdir for the port links");
+    let config = serial_hub(ports.path());
+    let hub = TestHub::start(&config).await;
+    let out = hub.dir.path().join("serial.json");
+    let output = sim(args([
+        "serial",
+        "--dir",
+        path_arg(ports.path()),
+        "--ports",
+        "1",
+        "--readings",
+        "10",
+        "--compact",
+        "--baud",
+        "115200",
+        "--mqtt-url",
+        &hub.mqtt_url(),
+        "--wait",
+        "20",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--max-loss",
+        "0",
+        "--json",
+        path_arg(&out),
+    ]))
+    .await;
+    let text = describe(&output);
+    assert!(output.status.success(), "{text}");
+    let summary = json(&out);
+    assert_eq!(summary["compact"].as_bool(), Some(true), "{text}");
+    let sent = summary["sent"].as_u64().expect("sent");
+    assert!(sent > 0, "{text}");
+    // The subscriber recognises each by the hub's JSON: the layout's names came back.
+    assert_eq!(summary["received"].as_u64(), Some(sent), "{text}");
+    assert_eq!(summary["lost"].as_u64(), Some(0), "{text}");
+    // sent_us (i64) and nine f32 values: 44 bytes of values in a frame under 70.
+    let frame = summary["frame_bytes"].as_u64().expect("frame_bytes");
+    assert!(frame < 70, "{frame}\n{text}");
+}
+
 #[tokio::test]
 async fn wss_devices_without_a_pki_are_refused_naming_the_flag() {
     let output = sim(args(["devices", "--url", "wss://localhost:1/device"])).await;

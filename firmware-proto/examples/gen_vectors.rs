@@ -11,8 +11,8 @@
 //! and review the diff byte by byte.
 
 use firmware_proto::{
-    frame, Ack, Args, Command, CommandResult, ErrorCode, ErrorMsg, Heartbeat, Hello, Limits,
-    Message, Reading, Telemetry, Value, Welcome,
+    frame, Ack, Args, Command, CommandResult, Compact, ErrorCode, ErrorMsg, Field, Heartbeat,
+    Hello, Layout, Limits, Message, Reading, Telemetry, Value, ValueType, Welcome,
 };
 use serde::Serialize;
 
@@ -49,6 +49,54 @@ fn ten_readings() -> Message {
             Reading::new("rssi", -67i64).with_unit("dBm"),
             Reading::new("door_open", false),
         ],
+    })
+}
+
+/// The layout of [`ten_readings`]: the same names and units, each value in the narrowest
+/// type that holds it.
+fn ten_readings_layout() -> Layout {
+    Layout(vec![
+        Field::new("temperature", ValueType::F32).with_unit("Cel"),
+        Field::new("humidity", ValueType::F32).with_unit("%RH"),
+        Field::new("pressure", ValueType::F32).with_unit("hPa"),
+        Field::new("co2", ValueType::U16).with_unit("ppm"),
+        Field::new("pm2_5", ValueType::F32).with_unit("ug/m3"),
+        Field::new("voc", ValueType::F32).with_unit("mg/m3"),
+        Field::new("lux", ValueType::F32).with_unit("lx"),
+        Field::new("battery", ValueType::F32).with_unit("V"),
+        Field::new("rssi", ValueType::I8).with_unit("dBm"),
+        Field::new("door_open", ValueType::Bool),
+    ])
+}
+
+/// Ten f32 readings, the size target of compact telemetry: `t0` .. `t9` in degrees.
+fn ten_f32_layout() -> Layout {
+    Layout(
+        (0..10)
+            .map(|i| Field::new(format!("t{i}"), ValueType::F32).with_unit("Cel"))
+            .collect(),
+    )
+}
+
+fn ten_f32_values() -> Vec<Value> {
+    (0..10)
+        .map(|i| Value::Float(f64::from(20.5f32 + i as f32 * 0.1)))
+        .collect()
+}
+
+/// [`ten_readings`] as compact telemetry in [`ten_readings_layout`].
+fn ten_readings_compact() -> Message {
+    let Message::Telemetry(t) = ten_readings() else {
+        unreachable!("ten_readings is telemetry")
+    };
+    let values: Vec<Value> = t.readings.iter().map(|r| r.value.clone()).collect();
+    Message::Compact(Compact {
+        seq: t.seq,
+        time: t.time,
+        values: ten_readings_layout()
+            .pack(&values)
+            .expect("the layout fits the values"),
+        layout: 1,
     })
 }
 
@@ -116,6 +164,7 @@ fn main() {
         session: 0x5EED,
         max_message: None,
         resends: false,
+        layouts: Vec::new(),
     };
     let welcome = Welcome {
         hub_id: "hub-1".into(),
@@ -123,6 +172,7 @@ fn main() {
         protocol: 1,
         limits: Limits::default(),
         acked: None,
+        layouts: 0,
     };
 
     let cases: Vec<(&str, &str, Message)> = vec![
@@ -165,6 +215,7 @@ fn main() {
                     max_text_len: 64,
                     max_unacked: 32,
                     heartbeat: 30,
+                    max_violations: 3,
                 },
                 ..welcome.clone()
             }),
@@ -366,10 +417,67 @@ fn main() {
             Message::Unknown { kind: 42 },
         ),
         (
+            "hello_with_layouts",
+            "Protocol 2: Hello declaring two layouts (field 6): ten f32 readings t0..t9 \
+             (layout 0), and the ten readings of telemetry_ten_readings (layout 1). Each field \
+             is [name, type] or [name, type, unit]; types 0 bool, 2 i8, 3 u16, 8 f32.",
+            Message::Hello(Hello {
+                protocol: 2,
+                layouts: vec![ten_f32_layout(), ten_readings_layout()],
+                ..hello.clone()
+            }),
+        ),
+        (
+            "welcome_with_layouts",
+            "Protocol 2: Welcome taking the Hello's two layouts (field 5 = 2).",
+            Message::Welcome(Welcome {
+                protocol: 2,
+                layouts: 2,
+                ..welcome.clone()
+            }),
+        ),
+        (
+            "compact_ten_readings",
+            "Protocol 2: telemetry_ten_readings (176 bytes) as compact telemetry in layout 1: \
+             [seq, time, values, layout]; 32 bytes of values, little-endian (f32, u16 612, \
+             i8 -67, bool false).",
+            ten_readings_compact(),
+        ),
+        (
+            "compact_ten_f32_readings",
+            "Protocol 2: ten f32 readings with seq 2^20 and a time in layout 0 (left out): 40 \
+             bytes of values in a 59-byte message, the size target (151 as Telemetry with \
+             these names and units, 211 with 8-byte names).",
+            Message::Compact(Compact {
+                seq: 1_048_576,
+                time: Some(1_700_000_123_456),
+                values: ten_f32_layout()
+                    .pack(&ten_f32_values())
+                    .expect("the layout fits the values"),
+                layout: 0,
+            }),
+        ),
+        (
+            "compact_without_time",
+            "Protocol 2: compact telemetry from a device without a clock: time is null, \
+             layout 0 is left out.",
+            Message::Compact(Compact {
+                seq: 3,
+                time: None,
+                values: Layout(vec![
+                    Field::new("level", ValueType::U8),
+                    Field::new("ok", ValueType::Bool),
+                ])
+                .pack(&[Value::Int(200), Value::Bool(true)])
+                .expect("the layout fits the values"),
+                layout: 0,
+            }),
+        ),
+        (
             "frame_with_zero_bytes",
-            "Framing: the CBOR holds many 0x00 bytes (key 0, value 0), each replaced by COBS.",
+            "Framing: the CBOR holds many 0x00 bytes (keys 0, values 0), each replaced by COBS.",
             telemetry(
-                0,
+                1,
                 Some(0),
                 vec![Reading::new("a", 0i64), Reading::new("b", 0i64)],
             ),

@@ -19,6 +19,7 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::compact::{Compact, Layout};
 use crate::frame::{self, BufferTooSmall};
 
 /// A protocol message, as sent in one WebSocket binary message or one serial frame.
@@ -40,6 +41,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// Either direction, a refusal or protocol violation.
     Error(ErrorMsg),
+    /// Device → hub (protocol 2), telemetry as values by position in a declared layout.
+    Compact(Compact),
     /// A message kind this version does not know. Receivers ignore it.
     Unknown {
         /// The kind number received.
@@ -65,10 +68,12 @@ pub mod kind {
     pub const HEARTBEAT: u64 = 7;
     /// [`super::ErrorMsg`]
     pub const ERROR: u64 = 8;
+    /// [`crate::Compact`] (protocol 2)
+    pub const COMPACT: u64 = 9;
 }
 
 /// Device → hub: who I am. Field numbers: 0 `device_id`, 1 `firmware`, 2 `protocol`,
-/// 3 `session`, 4 `max_message`, 5 `resends`.
+/// 3 `session`, 4 `max_message`, 5 `resends`, 6 `layouts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The device's identity; over TLS it must equal the certificate's identity.
@@ -86,16 +91,37 @@ pub struct Hello {
     /// The device keeps unacknowledged telemetry and resends it when asked (see
     /// [`Ack::resend`]). The hub then accepts telemetry only in sequence order; for a device
     /// without it the hub accepts gaps and counts them as lost.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_false",
+        deserialize_with = "null_as_default"
+    )]
     pub resends: bool,
+    /// Protocol 2: the layouts of the Compact messages the device will send, declared
+    /// once for the session (see [`crate::compact`]). Empty: none.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::compact::deserialize_layouts"
+    )]
+    pub layouts: Vec<Layout>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// An optional field sent as `null` reads as absent (PROTOCOL.md §2.3).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 /// Hub → device: accepted. Field numbers: 0 `hub_id`, 1 `time`, 2 `protocol`, 3 `limits`,
-/// 4 `acked`.
+/// 4 `acked`, 5 `layouts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The hub's id, as in its MQTT topics.
@@ -111,11 +137,26 @@ pub struct Welcome {
     /// session: the device can drop everything up to it and resend only what follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked: Option<u64>,
+    /// Protocol 2: how many layouts of the Hello the hub took (all of them: a Hello with a
+    /// layout the hub cannot take is refused). 0, left out, when the Hello declared none.
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "null_as_default"
+    )]
+    pub layouts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Limits the hub enforces, announced in [`Welcome`]. Field numbers: 0 `max_message`,
-/// 1 `max_readings`, 2 `max_name_len`, 3 `max_text_len`, 4 `max_unacked`, 5 `heartbeat`.
+/// 1 `max_readings`, 2 `max_name_len`, 3 `max_text_len`, 4 `max_unacked`, 5 `heartbeat`,
+/// 6 `max_violations`. A limit missing from the map has its [`Default`] value, so a hub
+/// that announces a new limit does not break a device that predates it, nor the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LimitsWire")]
 pub struct Limits {
     /// Largest encoded message in bytes (before framing).
     pub max_message: u32,
@@ -127,9 +168,13 @@ pub struct Limits {
     pub max_text_len: u16,
     /// Most telemetry messages a device may send ahead of the hub's acks.
     pub max_unacked: u32,
-    /// Seconds of silence after which the hub considers the device gone; send a Heartbeat
-    /// well within it (every third of it) when there is nothing else to send.
+    /// Seconds of silence after which the hub considers a serial device gone; send a
+    /// Heartbeat well within it (every third of it) when there is nothing else to send.
+    /// WebSocket devices are kept alive by ping/pong instead.
     pub heartbeat: u32,
+    /// Refusals (Errors 1, 5, 6, 7) the hub counts before it closes the connection
+    /// (WebSocket) or ends the session (serial); a minute without one clears the count.
+    pub max_violations: u32,
 }
 
 impl Default for Limits {
@@ -141,6 +186,41 @@ impl Default for Limits {
             max_text_len: 128,
             max_unacked: 256,
             heartbeat: 60,
+            max_violations: 5,
+        }
+    }
+}
+
+/// [`Limits`] as read: every limit optional, `null` as absent, in field order.
+#[derive(Deserialize)]
+struct LimitsWire {
+    #[serde(default)]
+    max_message: Option<u32>,
+    #[serde(default)]
+    max_readings: Option<u16>,
+    #[serde(default)]
+    max_name_len: Option<u16>,
+    #[serde(default)]
+    max_text_len: Option<u16>,
+    #[serde(default)]
+    max_unacked: Option<u32>,
+    #[serde(default)]
+    heartbeat: Option<u32>,
+    #[serde(default)]
+    max_violations: Option<u32>,
+}
+
+impl From<LimitsWire> for Limits {
+    fn from(w: LimitsWire) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_message: w.max_message.unwrap_or(d.max_message),
+            max_readings: w.max_readings.unwrap_or(d.max_readings),
+            max_name_len: w.max_name_len.unwrap_or(d.max_name_len),
+            max_text_len: w.max_text_len.unwrap_or(d.max_text_len),
+            max_unacked: w.max_unacked.unwrap_or(d.max_unacked),
+            heartbeat: w.heartbeat.unwrap_or(d.heartbeat),
+            max_violations: w.max_violations.unwrap_or(d.max_violations),
         }
     }
 }
@@ -148,7 +228,9 @@ impl Default for Limits {
 /// Device → hub: readings. Field numbers: 0 `seq`, 1 `time`, 2 `readings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {
-    /// Sequence number, strictly increasing within the Hello's session.
+    /// Sequence number, strictly increasing within the Hello's session, starting at 1. A
+    /// message with `seq` 0 does not decode.
+    #[serde(deserialize_with = "deserialize_seq")]
     pub seq: u64,
     /// When the readings were taken, milliseconds since the Unix epoch, if the device knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +238,16 @@ pub struct Telemetry {
     /// The readings.
     #[serde(deserialize_with = "deserialize_readings")]
     pub readings: Vec<Reading>,
+}
+
+/// Sequence numbers start at 1: 0 is what an encoder that forgot to count sends.
+fn deserialize_seq<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(de::Error::custom(
+            "seq 0: telemetry sequence numbers start at 1",
+        )),
+        seq => Ok(seq),
+    }
 }
 
 /// Serde's own `Vec` impl pre-allocates up to 1 MiB from the declared array length, so a
@@ -274,12 +366,17 @@ pub struct Ack {
     pub seq: u64,
     /// The hub received a later sequence than `seq + 1` and dropped it: resend everything
     /// after `seq`. Sent only to devices whose Hello set `resends`.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_false",
+        deserialize_with = "null_as_default"
+    )]
     pub resend: bool,
 }
 
 /// Named arguments of a command or data of a result: a CBOR map from text to [`Value`],
-/// kept in the order received.
+/// kept in the order received. A name may appear only once: a map with a name twice does
+/// not decode.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Args(pub Vec<(String, Value)>);
 
@@ -456,6 +553,7 @@ impl Message {
             Message::CommandResult(_) => kind::COMMAND_RESULT,
             Message::Heartbeat(_) => kind::HEARTBEAT,
             Message::Error(_) => kind::ERROR,
+            Message::Compact(_) => kind::COMPACT,
             Message::Unknown { kind } => *kind,
         }
     }
@@ -508,6 +606,7 @@ impl Serialize for Message {
             Message::CommandResult(m) => t.serialize_element(m)?,
             Message::Heartbeat(m) => t.serialize_element(m)?,
             Message::Error(m) => t.serialize_element(m)?,
+            Message::Compact(m) => t.serialize_element(m)?,
             // An unknown message has no body we could reproduce; send an empty map.
             Message::Unknown { .. } => t.serialize_element(&EmptyMap)?,
         }
@@ -554,8 +653,9 @@ impl<'de> Deserialize<'de> for Message {
                     kind::COMMAND_RESULT => Message::CommandResult(body(&mut seq)?),
                     kind::HEARTBEAT => Message::Heartbeat(body(&mut seq)?),
                     kind::ERROR => Message::Error(body(&mut seq)?),
+                    kind::COMPACT => Message::Compact(body(&mut seq)?),
                     kind => {
-                        seq.next_element::<IgnoredAny>()?;
+                        body::<A, IgnoredAny>(&mut seq)?;
                         Message::Unknown { kind }
                     }
                 };
@@ -668,6 +768,15 @@ impl Serialize for Args {
     }
 }
 
+/// The error text for a name that appears twice in one map.
+struct DuplicateName<'a>(&'a str);
+
+impl fmt::Display for DuplicateName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "name {:?} appears twice in one map", self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for Args {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ArgsVisitor;
@@ -679,10 +788,20 @@ impl<'de> Deserialize<'de> for Args {
                 f.write_str("a map of names to values")
             }
 
+            // `null` for absent arguments or data (PROTOCOL.md §2.3).
+            fn visit_unit<E: de::Error>(self) -> Result<Args, E> {
+                Ok(Args::new())
+            }
+
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Args, A::Error> {
                 // Cap the pre-allocation: the declared length comes from the peer.
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    // At most a few dozen entries (max_message bounds them): a scan is
+                    // cheaper than a set.
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(de::Error::custom(DuplicateName(&k)));
+                    }
                     out.push((k, v));
                 }
                 Ok(Args(out))

@@ -143,8 +143,8 @@ fn garbage_between_frames_is_dropped_and_every_frame_after_a_delimiter_decodes()
     };
     let mut stream = Vec::new();
     let mut sent = Vec::new();
-    for seq in 0..20u64 {
-        stream.extend_from_slice(&noise(seq as usize * 7));
+    for seq in 1..=20u64 {
+        stream.extend_from_slice(&noise((seq as usize - 1) * 7));
         stream.extend_from_slice(&[0xff, 0xff, 0x00, 0x00]);
         stream.extend_from_slice(&telemetry(seq).to_frame());
         sent.push(telemetry(seq));

@@ -33,9 +33,10 @@ fn every_forward_compatible_input_decodes_to_the_expected_message() {
 }
 
 #[test]
-fn forward_compatible_cases_cover_newer_peers_other_encoders_and_leniencies() {
+fn forward_compatible_cases_cover_newer_and_older_peers_other_encoders_and_leniencies() {
     let cases: Vec<Case> = load_json("forward_compat.json");
-    for category in ["newer_peer", "other_encoder", "lenient"] {
+    const CATEGORIES: [&str; 4] = ["newer_peer", "older_peer", "other_encoder", "lenient"];
+    for category in CATEGORIES {
         assert!(
             cases.iter().any(|c| c.category == category),
             "no {category} case"
@@ -43,7 +44,7 @@ fn forward_compatible_cases_cover_newer_peers_other_encoders_and_leniencies() {
     }
     assert!(cases
         .iter()
-        .all(|c| ["newer_peer", "other_encoder", "lenient"].contains(&c.category.as_str())));
+        .all(|c| CATEGORIES.contains(&c.category.as_str())));
     for needle in [
         "unknown_body_keys",
         "unknown_kind",

@@ -56,7 +56,7 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 /// a few KiB; a decoder that believed a length field would need gigabytes.
 const ALLOCATION_LIMIT: isize = 16 * 1024;
 
-const CATEGORIES: [&str; 8] = [
+const CATEGORIES: [&str; 10] = [
     "truncated",
     "trailing",
     "wrong_types",
@@ -64,6 +64,8 @@ const CATEGORIES: [&str; 8] = [
     "out_of_range",
     "not_well_formed",
     "nesting",
+    "depth_limit",
+    "duplicate_keys",
     "huge_lengths",
 ];
 
@@ -152,6 +154,24 @@ fn deep_nesting_cases_really_are_ten_thousand_levels_deep() {
         assert_eq!(case.times, 10_000, "{}", case.name);
         assert!(case.bytes().len() > 10_000, "{}", case.name);
     }
+}
+
+#[test]
+fn a_message_127_levels_deep_decodes_and_the_depth_limit_cases_are_one_level_deeper() {
+    // PROTOCOL.md 2.3: the envelope is level 1; arrays, maps and tags each add one.
+    let nested = |levels: usize| {
+        let mut bytes = unhex("82 07 a1 05");
+        bytes.extend(std::iter::repeat_n(0x81, levels - 3));
+        bytes.push(0x80);
+        bytes
+    };
+    assert_eq!(
+        Message::decode(&nested(127)).ok(),
+        Some(Message::Heartbeat(firmware_proto::Heartbeat { time: None }))
+    );
+    assert!(Message::decode(&nested(128)).is_err());
+    let limit: Vec<Case> = load_json("malformed/depth_limit.json");
+    assert_eq!(limit[0].bytes(), nested(128));
 }
 
 #[test]

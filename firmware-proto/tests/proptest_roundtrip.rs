@@ -6,8 +6,9 @@ mod support;
 
 use firmware_proto::frame::encode_frame_vec;
 use firmware_proto::{
-    max_frame_len, Ack, Args, Command, CommandResult, ErrorMsg, FrameDecoder, FrameError,
-    Heartbeat, Hello, Limits, Message, Reading, Telemetry, Value, Welcome,
+    max_frame_len, Ack, Args, Command, CommandResult, Compact, ErrorMsg, Field, FrameDecoder,
+    FrameError, Heartbeat, Hello, Layout, Limits, Message, Reading, Telemetry, Value, ValueType,
+    Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -57,8 +58,13 @@ fn reading() -> impl Strategy<Value = Reading> {
     })
 }
 
+/// Arguments with distinct names: a map with a name twice does not decode.
 fn args() -> impl Strategy<Value = Args> {
-    vec((text(), value()), 0..5).prop_map(Args)
+    vec((text(), value()), 0..5).prop_map(|mut entries| {
+        let mut seen = std::collections::HashSet::new();
+        entries.retain(|(name, _)| seen.insert(name.clone()));
+        Args(entries)
+    })
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
@@ -69,9 +75,18 @@ fn limits() -> impl Strategy<Value = Limits> {
         any::<u16>(),
         any::<u32>(),
         any::<u32>(),
+        any::<u32>(),
     )
         .prop_map(
-            |(max_message, max_readings, max_name_len, max_text_len, max_unacked, heartbeat)| {
+            |(
+                max_message,
+                max_readings,
+                max_name_len,
+                max_text_len,
+                max_unacked,
+                heartbeat,
+                max_violations,
+            )| {
                 Limits {
                     max_message,
                     max_readings,
@@ -79,9 +94,66 @@ fn limits() -> impl Strategy<Value = Limits> {
                     max_text_len,
                     max_unacked,
                     heartbeat,
+                    max_violations,
                 }
             },
         )
+}
+
+/// Any type code: mostly known ones, sometimes a later version's.
+fn value_type() -> impl Strategy<Value = ValueType> {
+    prop_oneof![
+        8 => proptest::sample::select(ValueType::KNOWN.to_vec()),
+        1 => any::<u16>().prop_map(ValueType::from_code),
+    ]
+}
+
+fn field() -> impl Strategy<Value = Field> {
+    (text(), value_type(), proptest::option::of(text())).prop_map(|(name, kind, unit)| Field {
+        name,
+        kind,
+        unit,
+    })
+}
+
+fn layout() -> impl Strategy<Value = Layout> {
+    vec(field(), 0..12).prop_map(Layout)
+}
+
+/// A layout of known types and values that fit it.
+fn layout_and_values() -> impl Strategy<Value = (Layout, Vec<Value>)> {
+    vec(
+        proptest::sample::select(ValueType::KNOWN.to_vec()).prop_flat_map(|kind| {
+            let value = match kind {
+                ValueType::Bool => any::<bool>().prop_map(Value::Bool).boxed(),
+                ValueType::U8 => any::<u8>().prop_map(|v| Value::Int(v.into())).boxed(),
+                ValueType::I8 => any::<i8>().prop_map(|v| Value::Int(v.into())).boxed(),
+                ValueType::U16 => any::<u16>().prop_map(|v| Value::Int(v.into())).boxed(),
+                ValueType::I16 => any::<i16>().prop_map(|v| Value::Int(v.into())).boxed(),
+                ValueType::U32 => any::<u32>().prop_map(|v| Value::Int(v.into())).boxed(),
+                ValueType::I32 => any::<i32>().prop_map(|v| Value::Int(v.into())).boxed(),
+                ValueType::I64 => any::<i64>().prop_map(Value::Int).boxed(),
+                ValueType::F32 => any::<f32>()
+                    .prop_filter("not NaN: NaN != NaN", |v| !v.is_nan())
+                    .prop_map(|v| Value::Float(v.into()))
+                    .boxed(),
+                _ => any::<f64>()
+                    .prop_filter("not NaN: NaN != NaN", |v| !v.is_nan())
+                    .prop_map(Value::Float)
+                    .boxed(),
+            };
+            (text(), Just(kind), value)
+        }),
+        0..16,
+    )
+    .prop_map(|entries| {
+        let fields = entries
+            .iter()
+            .map(|(name, kind, _)| Field::new(name.clone(), *kind))
+            .collect();
+        let values = entries.into_iter().map(|(_, _, v)| v).collect();
+        (Layout(fields), values)
+    })
 }
 
 fn hello() -> impl Strategy<Value = Message> {
@@ -92,9 +164,10 @@ fn hello() -> impl Strategy<Value = Message> {
         any::<u64>(),
         any::<Option<u32>>(),
         any::<bool>(),
+        vec(layout(), 0..3),
     )
         .prop_map(
-            |(device_id, firmware, protocol, session, max_message, resends)| {
+            |(device_id, firmware, protocol, session, max_message, resends, layouts)| {
                 Message::Hello(Hello {
                     device_id,
                     firmware,
@@ -102,6 +175,7 @@ fn hello() -> impl Strategy<Value = Message> {
                     session,
                     max_message,
                     resends,
+                    layouts,
                 })
             },
         )
@@ -114,20 +188,22 @@ fn welcome() -> impl Strategy<Value = Message> {
         any::<u16>(),
         limits(),
         any::<Option<u64>>(),
+        prop_oneof![Just(0u32), any::<u32>()],
     )
-        .prop_map(|(hub_id, time, protocol, limits, acked)| {
+        .prop_map(|(hub_id, time, protocol, limits, acked, layouts)| {
             Message::Welcome(Welcome {
                 hub_id,
                 time,
                 protocol,
                 limits,
                 acked,
+                layouts,
             })
         })
 }
 
 fn telemetry() -> impl Strategy<Value = Message> {
-    (any::<u64>(), any::<Option<u64>>(), vec(reading(), 0..12)).prop_map(|(seq, time, readings)| {
+    (1..=u64::MAX, any::<Option<u64>>(), vec(reading(), 0..12)).prop_map(|(seq, time, readings)| {
         Message::Telemetry(Telemetry {
             seq,
             time,
@@ -162,6 +238,23 @@ fn command_result() -> impl Strategy<Value = Message> {
         })
 }
 
+fn compact() -> impl Strategy<Value = Message> {
+    (
+        1..=u64::MAX,
+        any::<Option<u64>>(),
+        vec(any::<u8>(), 0..64),
+        prop_oneof![Just(0u32), any::<u32>()],
+    )
+        .prop_map(|(seq, time, values, layout)| {
+            Message::Compact(Compact {
+                seq,
+                time,
+                values,
+                layout,
+            })
+        })
+}
+
 fn heartbeat() -> impl Strategy<Value = Message> {
     any::<Option<u64>>().prop_map(|time| Message::Heartbeat(Heartbeat { time }))
 }
@@ -172,7 +265,7 @@ fn error() -> impl Strategy<Value = Message> {
 
 fn unknown() -> impl Strategy<Value = Message> {
     prop_oneof![Just(0u64), 9u64..1000, any::<u64>()]
-        .prop_filter("not a known kind", |k| !(1..=8).contains(k))
+        .prop_filter("not a known kind", |k| !(1..=9).contains(k))
         .prop_map(|kind| Message::Unknown { kind })
 }
 
@@ -186,6 +279,7 @@ fn message() -> impl Strategy<Value = Message> {
         command_result(),
         heartbeat(),
         error(),
+        compact(),
         unknown(),
     ]
 }
@@ -243,6 +337,40 @@ proptest! {
 
     #[test]
     fn unknown_kinds_round_trip(m in unknown()) { assert_round_trip(&m)?; }
+
+    #[test]
+    fn compact_round_trips(m in compact()) { assert_round_trip(&m)?; }
+
+    #[test]
+    fn values_packed_for_a_layout_unpack_to_the_same_values(
+        (layout, values) in layout_and_values(),
+        seq in 1..=u64::MAX,
+        time in any::<Option<u64>>(),
+    ) {
+        let packed = layout.pack(&values).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(Some(packed.len()), layout.packed_len());
+        let readings = layout.unpack(&packed).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got: Vec<Value> = readings.iter().map(|r| r.value.clone()).collect();
+        prop_assert_eq!(&got, &values);
+        // Through the wire and back to the Telemetry it stands for.
+        let message = Message::Compact(Compact { seq, time, values: packed, layout: 0 });
+        let Ok(Message::Compact(decoded)) = Message::decode(&message.to_vec()) else {
+            return Err(TestCaseError::fail("a compact message did not decode"));
+        };
+        let telemetry = decoded.to_telemetry(std::slice::from_ref(&layout))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(telemetry, Telemetry { seq, time, readings });
+    }
+
+    #[test]
+    fn unpacking_any_bytes_with_any_layout_never_panics(
+        layout in layout(),
+        bytes in vec(any::<u8>(), 0..128),
+    ) {
+        let _ = layout.unpack(&bytes);
+        let compact = Compact { seq: 1, time: None, values: bytes, layout: 0 };
+        let _ = compact.to_telemetry(std::slice::from_ref(&layout));
+    }
 
     #[test]
     fn encoding_into_a_slice_matches_to_vec_and_a_short_slice_is_an_error(m in message()) {

@@ -3,7 +3,9 @@
 
 mod support;
 
-use firmware_proto::{max_frame_len, Feed, FrameDecoder, Message};
+use firmware_proto::{
+    max_frame_len, Ack, Feed, FrameDecoder, Heartbeat, Limits, Message, Reading, Telemetry, Welcome,
+};
 use support::{hex, reference_frame, unhex, vector, vectors};
 
 #[test]
@@ -72,7 +74,7 @@ fn the_vectors_cover_every_message_kind_and_have_unique_names() {
     let mut kinds: Vec<u64> = all.iter().map(|v| v.message.kind()).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    assert_eq!(kinds, vec![1, 2, 3, 4, 5, 6, 7, 8, 42]);
+    assert_eq!(kinds, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 42]);
     let mut names: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
     names.sort_unstable();
     let count = names.len();
@@ -197,4 +199,159 @@ fn a_ten_reading_telemetry_message_is_well_under_200_bytes() {
     let frame = v.message.to_frame().len();
     println!("10-reading telemetry: {size} bytes of CBOR, {frame} bytes framed");
     assert!(size < 200, "10-reading telemetry grew to {size} bytes");
+}
+
+#[test]
+fn the_size_guide_of_section_3_3_matches_the_encoder() {
+    // Ten readings, 8-byte names, f32 values that no half float holds, 3-byte units.
+    let readings: Vec<Reading> = (0..10)
+        .map(|i| Reading::new(format!("reading{i}"), 21.7f32 + i as f32).with_unit("Cel"))
+        .collect();
+    let telemetry = |seq, time| {
+        Message::Telemetry(Telemetry {
+            seq,
+            time,
+            readings: readings.clone(),
+        })
+    };
+    let smallest = telemetry(1, None);
+    let largest = telemetry(65_536, Some(1_700_000_000_000));
+    assert_eq!(smallest.to_vec().len(), 197);
+    assert_eq!(largest.to_vec().len(), 211);
+    // The CRC, one COBS code byte (no run of 254 non-zero bytes), the delimiter.
+    assert_eq!(largest.to_frame().len(), 211 + 6);
+}
+
+#[test]
+fn the_hubs_own_messages_stay_within_the_bounds_section_3_1_gives() {
+    let all_max = Limits {
+        max_message: u32::MAX,
+        max_readings: u16::MAX,
+        max_name_len: u16::MAX,
+        max_text_len: u16::MAX,
+        max_unacked: u32::MAX,
+        heartbeat: u32::MAX,
+        max_violations: u32::MAX,
+    };
+    for hub_id in ["h".repeat(23), "h".repeat(64), "é".repeat(64)] {
+        let welcome = Message::Welcome(Welcome {
+            hub_id: hub_id.clone(),
+            time: u64::MAX,
+            protocol: 2,
+            limits: all_max,
+            acked: Some(u64::MAX),
+            layouts: u32::MAX,
+        });
+        assert!(welcome.to_vec().len() <= 73 + hub_id.len(), "{hub_id}");
+    }
+    let ack = Message::Ack(Ack {
+        seq: u64::MAX,
+        resend: true,
+    });
+    assert_eq!(ack.to_vec().len(), 15);
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        time: Some(u64::MAX),
+    });
+    assert!(heartbeat.to_vec().len() <= 15);
+}
+
+#[test]
+fn each_compact_vector_reads_back_as_the_telemetry_it_stands_for() {
+    let Message::Hello(hello) = vector("hello_with_layouts").message else {
+        panic!("hello_with_layouts is a Hello");
+    };
+    assert_eq!(hello.layouts.len(), 2);
+    let Message::Compact(compact) = vector("compact_ten_readings").message else {
+        panic!("compact_ten_readings is a Compact message");
+    };
+    let Message::Telemetry(full) = vector("telemetry_ten_readings").message else {
+        panic!("telemetry_ten_readings is Telemetry");
+    };
+    assert_eq!(compact.to_telemetry(&hello.layouts), Ok(full));
+    let Message::Compact(f32s) = vector("compact_ten_f32_readings").message else {
+        panic!("compact_ten_f32_readings is a Compact message");
+    };
+    let t = f32s.to_telemetry(&hello.layouts).expect("layout 0 fits");
+    assert_eq!(t.readings.len(), 10);
+    assert!(t.readings.iter().all(|r| r.unit.as_deref() == Some("Cel")));
+}
+
+#[test]
+fn ten_f32_readings_with_seq_and_time_take_at_most_60_bytes_as_compact_telemetry() {
+    let v = vector("compact_ten_f32_readings");
+    let cbor = unhex(&v.cbor);
+    println!(
+        "compact: {} bytes of CBOR, {} framed",
+        cbor.len(),
+        unhex(&v.frame).len()
+    );
+    assert!(cbor.len() <= 60, "{} bytes", cbor.len());
+}
+
+/// `compact_ten_f32_readings` spelled out from RFC 8949 §3 and IEEE 754.
+#[test]
+fn compact_ten_f32_readings_is_byte_for_byte_what_the_spec_prescribes() {
+    let mut cbor: Vec<u8> = vec![
+        0x82, 0x09, // envelope [9 = Compact, body]
+        0x83, // body: array of 3 (layout 0 is left out)
+        0x1a, 0x00, 0x10, 0x00, 0x00, // seq: 4-byte uint 0x00100000 = 2^20
+        0x1b, 0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe7, 0x4a, 0x40, // time 1_700_000_123_456
+        0x58, 0x28, // values: byte string, 1-byte length 40
+    ];
+    for i in 0..10 {
+        // Each value little-endian: 20.5f32 = 0x41a40000 is 00 00 a4 41.
+        cbor.extend_from_slice(&(20.5f32 + i as f32 * 0.1).to_le_bytes());
+    }
+    assert_eq!(&cbor[19..23], &[0x00, 0x00, 0xa4, 0x41]);
+    assert_eq!(hex(&cbor), vector("compact_ten_f32_readings").cbor);
+}
+
+/// The worked example of PROTOCOL.md §6.3, as the crate encodes it.
+#[test]
+fn the_worked_compact_example_is_what_the_crate_encodes() {
+    use firmware_proto::{Compact, Field, Hello, Layout, Value, ValueType};
+    let layout = Layout(vec![
+        Field::new("t", ValueType::F32).with_unit("Cel"),
+        Field::new("door", ValueType::Bool),
+    ]);
+    let hello = Message::Hello(Hello {
+        device_id: "th-01".into(),
+        firmware: "1.2.0".into(),
+        protocol: 2,
+        session: 0x1234,
+        max_message: None,
+        resends: false,
+        layouts: vec![layout.clone()],
+    });
+    assert_eq!(
+        hex(&hello.to_vec()),
+        "8201a500657468 2d3031 0165312e322e30 0202 03191234 06 81 82 836174086343656c 8264646f6f7200"
+            .replace(' ', "")
+    );
+    let compact = Message::Compact(Compact {
+        seq: 7,
+        time: None,
+        values: layout
+            .pack(&[Value::Float(21.5), Value::Bool(true)])
+            .expect("the values fit"),
+        layout: 0,
+    });
+    assert_eq!(hex(&compact.to_vec()), "82098307f6450000ac4101");
+    assert_eq!(
+        firmware_proto::frame::CRC32.checksum(&compact.to_vec()),
+        0xfb3e_5d01
+    );
+    assert_eq!(
+        hex(&compact.to_frame()),
+        "0782098307f6450108ac4101015d3efb00"
+    );
+    let full = Message::Telemetry(Telemetry {
+        seq: 7,
+        time: None,
+        readings: vec![
+            Reading::new("t", 21.5).with_unit("Cel"),
+            Reading::new("door", true),
+        ],
+    });
+    assert_eq!(full.to_vec().len(), 24);
 }

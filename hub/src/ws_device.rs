@@ -11,20 +11,22 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::acl::{Acl, Subject};
-use crate::devices::link::{Link, Pending, Place, MAX_PENDING};
+use crate::devices::link::{Link, Pending, Place};
 use crate::devices::session::{Claim, Close};
 use crate::devices::{Downlink, Gateway, Transport, Violation};
 use crate::front::policy::Policy;
 use crate::tls::PeerIdentity;
 use firmware_proto::{ErrorCode, ErrorMsg, Message};
 
-/// Close code for a connection replaced by a newer one of the same device.
+/// Close code for a connection replaced by a newer one of the same device
+/// (PROTOCOL.md §4.1).
 pub const CLOSE_REPLACED: u16 = 4000;
 
 /// Messages handled before an Ack is forced out even if more input is waiting, so a
@@ -128,9 +130,10 @@ pub async fn serve<S>(
     let mut ping_sent: Option<Instant> = None;
     let mut dead_check = Box::pin(tokio::time::sleep(FAR));
     let mut durable = Pending::new();
-    // Devices that say nothing for the announced heartbeat are gone even if their
-    // WebSocket stack still answers pings (PROTOCOL.md §5.5).
-    let mut silence = tokio::time::interval(Duration::from_secs(1));
+    let window = link.window();
+    // Liveness on WebSocket is ping/pong (PROTOCOL.md §5.5): a device with nothing to say
+    // stays online as long as it answers pings. This only enforces the Hello deadline.
+    let mut hello_check = tokio::time::interval(Duration::from_secs(1));
     // The session does not outlive the certificate that admitted it.
     let expiry = tokio::time::sleep(
         cert.id
@@ -140,7 +143,7 @@ pub async fn serve<S>(
             .min(FAR),
     );
     tokio::pin!(expiry);
-    silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    hello_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Binary messages and their bytes received, added to the shared counters per batch.
     let mut received = (0u64, 0u64);
 
@@ -169,29 +172,25 @@ pub async fn serve<S>(
             Some(Downlink::Command(command)) = downlink.recv() => {
                 let encoded = Message::Command(command).to_vec();
                 let len = encoded.len() as u64;
-                if send(&mut tx, WsMessage::binary(encoded), write_timeout).await.is_err() {
-                    break 'conn ("timeout", None);
+                if let Err(end) = send(&mut tx, WsMessage::binary(encoded), write_timeout, &shutdown).await {
+                    break 'conn end;
                 }
                 gateway.stats.command_bytes.fetch_add(len, Ordering::Relaxed);
             }
             _ = ping.tick() => {
-                if send(&mut tx, WsMessage::Ping(Default::default()), write_timeout).await.is_err() {
-                    break 'conn ("timeout", None);
+                if let Err(end) = send(&mut tx, WsMessage::Ping(Default::default()), write_timeout, &shutdown).await {
+                    break 'conn end;
                 }
                 if ping_sent.is_none() {
                     ping_sent = Some(Instant::now());
                     dead_check.as_mut().reset((Instant::now() + ping_timeout).into());
                 }
             }
-            _ = silence.tick() => {
-                if link.device().is_none() && Instant::now() > hello_deadline {
+            _ = hello_check.tick(), if link.device().is_none() => {
+                if Instant::now() > hello_deadline {
                     gateway.stats.violation(Violation::HelloRequired);
                     crate::info_limited!(gateway.stats.log, "no Hello in time", timeout = ?limits.connect_timeout, "no Hello within the connect timeout");
                     break 'conn ("timeout", Some(close(CloseCode::Policy, "no Hello in time")));
-                }
-                if link.is_silent() {
-                    tracing::info!(heartbeat = ?gateway.config.heartbeat, "device sent no message within the heartbeat period");
-                    break 'conn ("silent", Some(close(CloseCode::Policy, "no message within the heartbeat period")));
                 }
             }
             () = &mut dead_check => {
@@ -204,24 +203,36 @@ pub async fn serve<S>(
             Some(first) = durable.next(), if !durable.is_empty() => {
                 // Everything already on disk in one go, then one Ack for all of it.
                 for reply in link.durable_ready(first, &mut durable) {
-                    if send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await.is_err() {
-                        break 'conn ("timeout", None);
+                    if let Err(end) = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout, &shutdown).await {
+                        break 'conn end;
                     }
                 }
             }
-            // A device whose messages wait for the disk is not read further meanwhile.
-            first = rx.next(), if durable.len() < MAX_PENDING => {
+            // A device whose window of messages waits for the disk is not read further
+            // meanwhile (PROTOCOL.md §5.3): TCP pushes back.
+            first = rx.next(), if durable.len() < window => {
                 let mut next = first;
                 let mut handled = 0;
                 // Handle everything already received, then send one Ack for all of it.
                 loop {
                     let message = match next {
                         Some(Ok(m)) => m,
+                        Some(Err(WsError::Capacity(e))) => {
+                            // Over the size limit: refused before it was read, as one over
+                            // max_message is after (PROTOCOL.md §4.1).
+                            let len = match e {
+                                CapacityError::MessageTooLong { size, .. } => Some(size),
+                                CapacityError::TooManyHeaders => None,
+                            };
+                            let outcome = link.reject_too_large(len).await;
+                            if let Some(reply) = outcome.reply {
+                                let _ = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout, &shutdown).await;
+                            }
+                            break 'conn ("error", Some(close(CloseCode::Size, "message too big")));
+                        }
                         Some(Err(e)) => {
                             crate::info_limited!(gateway.stats.log, "device connection failed", error = %e, "device connection failed");
-                            let frame = matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
-                                .then(|| close(CloseCode::Size, "message too big"));
-                            break 'conn ("lost", frame);
+                            break 'conn ("lost", None);
                         }
                         None => break 'conn ("lost", None),
                     };
@@ -236,25 +247,23 @@ pub async fn serve<S>(
                                 durable.push_back(pending);
                             }
                             if let Some(reply) = outcome.reply {
-                                if send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await.is_err() {
-                                    break 'conn ("timeout", None);
+                                if let Err(end) = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout, &shutdown).await {
+                                    break 'conn end;
                                 }
                             }
                             if let Some(c) = outcome.close {
-                                let frame = match c {
-                                    Close::Protocol => close(CloseCode::Protocol, "protocol error"),
-                                    Close::Policy => close(CloseCode::Policy, "policy violation"),
-                                };
-                                break 'conn ("error", Some(frame));
+                                break 'conn ("error", Some(close_for(c)));
                             }
                         }
                         WsMessage::Text(_) => {
                             let outcome = link.reject_text().await;
                             if let Some(reply) = outcome.reply {
-                                let _ = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout).await;
+                                if let Err(end) = send(&mut tx, WsMessage::binary(reply.to_vec()), write_timeout, &shutdown).await {
+                                    break 'conn end;
+                                }
                             }
-                            if outcome.close.is_some() {
-                                break 'conn ("error", Some(close(CloseCode::Policy, "policy violation")));
+                            if let Some(c) = outcome.close {
+                                break 'conn ("error", Some(close_for(c)));
                             }
                         }
                         WsMessage::Close(_) => break 'conn ("closed", None),
@@ -272,8 +281,8 @@ pub async fn serve<S>(
                 }
                 gateway.stats.ws_received(std::mem::take(&mut received));
                 if let Some(ack) = link.take_ack() {
-                    if send(&mut tx, WsMessage::binary(ack.to_vec()), write_timeout).await.is_err() {
-                        break 'conn ("timeout", None);
+                    if let Err(end) = send(&mut tx, WsMessage::binary(ack.to_vec()), write_timeout, &shutdown).await {
+                        break 'conn end;
                     }
                 }
             }
@@ -311,16 +320,39 @@ fn close(code: CloseCode, reason: &'static str) -> WsMessage {
     }))
 }
 
-async fn send<T>(tx: &mut T, message: WsMessage, limit: Duration) -> Result<(), ()>
+/// The close frame after an Error that closes (PROTOCOL.md §4.1).
+fn close_for(c: Close) -> WsMessage {
+    match c {
+        Close::Policy => close(CloseCode::Policy, "policy violation"),
+        Close::TooLarge => close(CloseCode::Size, "message too big"),
+    }
+}
+
+/// How a connection ends: the status reason and the close frame to send, if any.
+type End = (&'static str, Option<WsMessage>);
+
+/// Sends one message; gives up when the device takes nothing for `limit`, or at once when
+/// the hub stops, so a device that stopped reading holds neither its task nor the
+/// shutdown.
+async fn send<T>(
+    tx: &mut T,
+    message: WsMessage,
+    limit: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), End>
 where
     T: futures_util::Sink<WsMessage> + Unpin,
 {
-    match tokio::time::timeout(limit, tx.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(()),
-        Err(_) => {
-            tracing::info!(timeout = ?limit, "device stopped reading; closing");
-            Err(())
-        }
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Err(("hub stopped", Some(close(CloseCode::Away, "hub shutting down")))),
+        sent = tokio::time::timeout(limit, tx.send(message)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(("timeout", None)),
+            Err(_) => {
+                tracing::info!(timeout = ?limit, "device stopped reading; closing");
+                Err(("timeout", None))
+            }
+        },
     }
 }

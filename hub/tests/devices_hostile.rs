@@ -4,9 +4,12 @@
 
 mod support;
 
-use firmware_proto::{ErrorCode, Message, Reading, Telemetry};
+use firmware_proto::{
+    Compact, ErrorCode, Field, Hello, Layout, Message, Reading, Telemetry, ValueType,
+};
 use support::device::{
-    hello, new_session, sample_readings, still_served, Device, Event, Refused, Watcher,
+    hello, hello_body, new_session, sample_compact, sample_layout, sample_readings, still_served,
+    telemetry_of_len, Device, Event, Refused, Watcher,
 };
 use support::hub::{TestHub, WS, WSS, WSS_LOGIN};
 use support::serial::{Ports, SerialSensor};
@@ -32,18 +35,6 @@ fn telemetry_with(seq: u64, readings: Vec<Reading>) -> Message {
         time: None,
         readings,
     })
-}
-
-/// Telemetry whose encoding is between `min` and `min + 64` bytes, with few readings.
-fn telemetry_of_size(seq: u64, min: usize) -> Message {
-    let mut text = String::new();
-    loop {
-        let message = telemetry_with(seq, vec![Reading::new("note", text.as_str())]);
-        if message.to_vec().len() >= min {
-            return message;
-        }
-        text.push('x');
-    }
 }
 
 #[tokio::test]
@@ -182,7 +173,7 @@ async fn the_plain_ws_listener_does_not_serve_devices_without_certificates() {
 }
 
 #[tokio::test]
-async fn a_message_before_hello_is_answered_with_error_3_and_close_1002() {
+async fn a_message_before_hello_is_answered_with_error_3_and_close_1008() {
     let hub = TestHub::start("").await;
     let (mut good, mut watcher) = good_device(&hub).await;
     let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
@@ -195,7 +186,65 @@ async fn a_message_before_hello_is_answered_with_error_3_and_close_1002() {
         Some(ErrorCode::HelloRequired),
         "{error:?}"
     );
-    assert_eq!(device.ended().await.code(), Some(1002));
+    assert_eq!(
+        device.ended().await.code(),
+        Some(1008),
+        "§4.1: 1008 after an Error that closes"
+    );
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn a_hello_with_protocol_0_is_answered_with_error_2_and_close_1008() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects");
+    device.send(&Message::Hello(Hello {
+        protocol: 0,
+        ..hello_body("device-0001", new_session())
+    }));
+    let error = device.expect_error().await;
+    assert_eq!(
+        error.known_code(),
+        Some(ErrorCode::UnsupportedVersion),
+        "{error:?}"
+    );
+    assert_eq!(device.ended().await.code(), Some(1008));
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn a_firmware_text_of_65_bytes_is_refused_with_error_6_and_64_bytes_are_welcomed() {
+    let hub = TestHub::start("").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects");
+    device.send(&Message::Hello(Hello {
+        firmware: "f".repeat(65),
+        ..hello_body("device-0001", new_session())
+    }));
+    let error = device.expect_error().await;
+    assert_eq!(
+        error.known_code(),
+        Some(ErrorCode::LimitExceeded),
+        "{error:?}"
+    );
+    assert!(error.message.contains("64"), "{error:?}");
+    assert_eq!(device.ended().await.code(), Some(1008));
+
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects again");
+    device.send(&Message::Hello(Hello {
+        firmware: "f".repeat(64),
+        ..hello_body("device-0001", new_session())
+    }));
+    assert!(matches!(device.recv().await, Message::Welcome(_)));
+    let online = watcher.status("device-0001", "online").await;
+    assert_eq!(online["firmware"], "f".repeat(64));
     still_served(&mut good, &mut watcher, GOOD, 1).await;
 }
 
@@ -234,57 +283,42 @@ async fn text_frames_count_as_malformed_and_repeated_ones_close_the_connection()
 }
 
 #[tokio::test]
-async fn an_oversized_message_is_answered_with_error_5_and_repeated_violations_close_with_1008() {
-    let hub = TestHub::start("[devices]\nmax_message = 256\nmax_violations = 3\n").await;
+async fn a_websocket_message_at_max_message_is_served_and_any_longer_one_gets_error_5_and_close_1009(
+) {
+    // One rule at every size (PROTOCOL.md §4.1): just over the limit, just over twice it
+    // (where the hub stops reading before the end), and far above it.
+    let hub = TestHub::start("[devices]\nmax_message = 256\nmax_violations = 100\n").await;
     let (mut good, mut watcher) = good_device(&hub).await;
     let mut device = welcomed_device(&hub).await;
-    let big = telemetry_of_size(1, 300);
-    assert!(
-        big.to_vec().len() < 512,
-        "over max_message, not over the frame limit"
-    );
-    device.send(&big);
-    let error = device.expect_error().await;
-    assert_eq!(error.known_code(), Some(ErrorCode::TooLarge), "{error:?}");
-    // One violation does not close: the same seq, small, is accepted.
-    still_served(&mut device, &mut watcher, "device-0001", 1).await;
-    device.send(&telemetry_of_size(2, 300));
-    device.send(&telemetry_of_size(3, 300));
-    let ended = device.ended().await;
-    assert_eq!(
-        ended.code(),
-        Some(1008),
-        "closed after 3 violations: {ended:?}"
-    );
-    let errors: Vec<_> = device
-        .take_messages()
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Error(e) => Some(e.code),
-            _ => None,
-        })
-        .collect();
-    assert!(
-        errors.iter().all(|&c| c == ErrorCode::TooLarge as u16),
-        "every refusal says TooLarge: {errors:?}"
-    );
+    let at_limit = telemetry_of_len(1, 256);
+    device.send(&at_limit);
+    device.expect_ack(1).await;
+    watcher.telemetry("device-0001", 1).await;
+    for len in [257, 2 * 256 + 1, 4096, 64 * 1024] {
+        let mut device = welcomed_device(&hub).await;
+        let message = if len <= 2 * 256 + 1 {
+            telemetry_of_len(2, len).to_vec()
+        } else {
+            vec![0x42; len]
+        };
+        device.send_raw(message);
+        let error = device.expect_error().await;
+        assert_eq!(
+            error.known_code(),
+            Some(ErrorCode::TooLarge),
+            "{len}: {error:?}"
+        );
+        assert!(error.message.contains("256"), "{len}: {error:?}");
+        let ended = device.ended().await;
+        assert_eq!(ended.code(), Some(1009), "{len}: {ended:?}");
+        let offline = watcher.status("device-0001", "offline").await;
+        assert_eq!(offline["reason"], "error", "{len}: {offline}");
+    }
     assert_eq!(
         watcher.telemetry_seqs("device-0001"),
         [1],
         "nothing oversized published"
     );
-    still_served(&mut good, &mut watcher, GOOD, 1).await;
-}
-
-#[tokio::test]
-async fn a_websocket_message_far_above_the_limit_closes_the_connection_with_1009() {
-    let hub = TestHub::start("[devices]\nmax_message = 256\n").await;
-    let (mut good, mut watcher) = good_device(&hub).await;
-    let mut device = welcomed_device(&hub).await;
-    // Far above max_message * 2, the frame-level limit: refused before it is buffered.
-    device.send_raw(vec![0x42; 4096]);
-    let ended = device.ended().await;
-    assert_eq!(ended.code(), Some(1009), "{ended:?}");
     still_served(&mut good, &mut watcher, GOOD, 1).await;
 }
 
@@ -551,6 +585,75 @@ async fn a_serial_message_over_the_limits_is_refused_and_the_port_keeps_working(
 }
 
 #[tokio::test]
+async fn a_serial_message_at_max_message_is_served_and_a_longer_one_gets_error_5_on_a_line_that_stays_up(
+) {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = TestHub::start(&format!(
+        "[devices]\nmax_message = 256\nmax_violations = 100\n\n{}",
+        ports.config("")
+    ))
+    .await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    sensor
+        .hello("pump-1", new_session())
+        .await
+        .expect("welcomed");
+    sensor.send(&telemetry_of_len(1, 256)).await;
+    sensor.expect_ack(1).await;
+    for len in [257, 2 * 256 + 1, 4096] {
+        sensor.send(&telemetry_of_len(2, len)).await;
+        let error = sensor.expect_error().await;
+        assert_eq!(
+            error.known_code(),
+            Some(ErrorCode::TooLarge),
+            "{len}: {error:?}"
+        );
+    }
+    sensor.send(&telemetry_of_len(2, 100)).await;
+    sensor.expect_ack(2).await;
+    watcher.telemetry("pump-1", 2).await;
+    assert_eq!(watcher.telemetry_seqs("pump-1"), [1, 2]);
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn serial_hellos_with_ids_outside_the_grammar_are_refused_with_error_4_and_never_published() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = TestHub::start(&ports.config("")).await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let long = "x".repeat(65);
+    for bad in ["a b", "café", long.as_str()] {
+        let error = sensor
+            .hello(bad, new_session())
+            .await
+            .expect_err("an id outside [A-Za-z0-9._-]{1,64} is refused");
+        assert_eq!(
+            error.known_code(),
+            Some(ErrorCode::IdentityMismatch),
+            "{bad:?}: {error:?}"
+        );
+    }
+    sensor
+        .hello("pump-1", new_session())
+        .await
+        .expect("a valid id is welcomed on the same line");
+    sensor.telemetry(1, sample_readings(1)).await;
+    sensor.expect_ack(1).await;
+    watcher.telemetry("pump-1", 1).await;
+    let topics = watcher.topics();
+    assert!(
+        topics
+            .iter()
+            .filter(|t| t.starts_with("devices/"))
+            .all(|t| t.starts_with("devices/pump-1/") || t.starts_with(&format!("devices/{GOOD}/"))),
+        "{topics:?}"
+    );
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
 async fn a_device_that_connects_and_never_says_hello_is_closed_after_the_connect_timeout() {
     let hub = TestHub::start("[limits]\nconnect_timeout = \"300ms\"\n").await;
     let (mut good, mut watcher) = good_device(&hub).await;
@@ -617,4 +720,92 @@ async fn two_hundred_devices_closed_for_garbage_log_a_few_lines_and_are_all_coun
     good.hello(GOOD, new_session(), false)
         .await
         .expect("a good device is still welcomed");
+}
+
+#[tokio::test]
+async fn a_hello_whose_layout_breaks_the_limits_is_refused_with_error_6_and_closed() {
+    let hub = TestHub::start("[devices]\nmax_name_len = 8\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let bad_layouts = [
+        (
+            Layout(vec![Field::new("t", ValueType::from_code(42))]),
+            "type 42",
+        ),
+        (
+            Layout(vec![Field::new("much_too_long", ValueType::F32)]),
+            "max_name_len",
+        ),
+        (
+            Layout(vec![
+                Field::new("t", ValueType::F32),
+                Field::new("t", ValueType::U8),
+            ]),
+            "twice",
+        ),
+        (Layout(Vec::new()), "0 fields"),
+    ];
+    for (layout, needle) in bad_layouts {
+        let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+            .await
+            .expect("connects");
+        let error = device
+            .hello_with(Hello {
+                layouts: vec![layout],
+                ..hello_body("device-0001", new_session())
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            error.known_code(),
+            Some(ErrorCode::LimitExceeded),
+            "{error:?}"
+        );
+        assert!(error.message.contains(needle), "{needle}: {error:?}");
+        assert_eq!(device.ended().await.code(), Some(1008));
+    }
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
+}
+
+#[tokio::test]
+async fn compact_values_that_do_not_fit_their_layout_are_refused_with_error_1() {
+    let hub = TestHub::start("[devices]\nmax_violations = 10\n").await;
+    let (mut good, mut watcher) = good_device(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some("devices/device-0001"))
+        .await
+        .expect("connects");
+    device
+        .hello_with(Hello {
+            layouts: vec![sample_layout()],
+            ..hello_body("device-0001", new_session())
+        })
+        .await
+        .expect("welcomed");
+    let Message::Compact(good_compact) = sample_compact(1) else {
+        panic!("compact");
+    };
+    let short = Compact {
+        values: good_compact.values[1..].to_vec(),
+        ..good_compact.clone()
+    };
+    let undeclared = Compact {
+        layout: 1,
+        ..good_compact.clone()
+    };
+    let mut bad_bool = good_compact.clone();
+    bad_bool.values[4] = 7;
+    for (compact, needle) in [
+        (short, "packs into 13"),
+        (undeclared, "layout 1"),
+        (bad_bool, "bool"),
+    ] {
+        device.send(&Message::Compact(compact));
+        let error = device.expect_error().await;
+        assert_eq!(error.known_code(), Some(ErrorCode::Malformed), "{error:?}");
+        assert!(error.message.contains(needle), "{needle}: {error:?}");
+    }
+    device.send(&Message::Compact(good_compact));
+    device.expect_ack(1).await;
+    watcher.telemetry("device-0001", 1).await;
+    assert_eq!(watcher.telemetry_seqs("device-0001"), [1]);
+    still_served(&mut good, &mut watcher, GOOD, 1).await;
 }

@@ -7,7 +7,10 @@ mod support;
 
 use firmware_proto::{Args, ErrorCode, Heartbeat, Message, Reading, Value, PROTOCOL_VERSION};
 use serde_json::json;
-use support::device::{keys, new_session, now_ms, sample_readings, session_hex, Watcher, FIRMWARE};
+use support::device::{
+    hello_body, keys, new_session, now_ms, sample_compact, sample_layout, sample_readings,
+    session_hex, Watcher, FIRMWARE,
+};
 use support::hub::TestHub;
 use support::serial::{Ports, SerialSensor};
 
@@ -348,4 +351,99 @@ async fn a_hub_with_a_serial_sensor_stops_cleanly_and_closes_the_port_with_the_d
     );
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("edgehub stopped cleanly"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_hub_whose_serial_device_stopped_reading_still_stops_within_its_grace_period() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    // A grace period shorter than the port's write timeout: a shutdown that waits for a
+    // write to a line nobody reads runs out of it.
+    let hub = hub_with(&ports, "[shutdown]\ngrace_period = \"2s\"\n", "").await;
+    welcomed(&mut sensor, PUMP, new_session()).await;
+    sensor.stop_reading();
+    // A Heartbeat is answered at once: the hub's answer now waits on the line.
+    sensor
+        .send(&Message::Heartbeat(Heartbeat { time: None }))
+        .await;
+    let port = sensor.port_str().to_owned();
+    support::admin::scrape_until(
+        hub.admin,
+        "edgehub_serial_frames_total",
+        &[("port", &port)],
+        2.0,
+    )
+    .await;
+    let stopped = hub.stop().await;
+    assert!(
+        stopped.is_ok(),
+        "the port's pending write must not hold the shutdown: {stopped:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_serial_device_that_says_hello_again_on_the_same_line_starts_a_new_session() {
+    // A sensor that reboots while its line stays up sends 0x00 and Hello (§4.2), in a new
+    // session: the line is its, nothing is replaced, and seq starts again at 1.
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = hub_with(&ports, "", "").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let first = new_session();
+    welcomed(&mut sensor, PUMP, first).await;
+    sensor.telemetry(1, sample_readings(1)).await;
+    sensor.expect_ack(1).await;
+
+    let second = first.wrapping_add(1);
+    let welcome = welcomed(&mut sensor, PUMP, second).await;
+    assert_eq!(welcome.acked, None, "a new session: nothing held yet");
+    sensor.telemetry(1, sample_readings(1)).await;
+    let ack = sensor.expect_ack(1).await;
+    assert_eq!(ack.seq, 1);
+    let published = watcher
+        .wait_for("seq 1 of the second session", |p| {
+            p.topic == format!("devices/{PUMP}/telemetry")
+                && p.json["session"] == session_hex(second)
+        })
+        .await
+        .json;
+    assert_eq!(published["seq"], 1);
+    sensor.telemetry(2, sample_readings(2)).await;
+    sensor.expect_ack(2).await;
+    watcher.telemetry(PUMP, 2).await;
+    assert_eq!(
+        watcher.states(PUMP),
+        ["online", "online"],
+        "online in each session, never offline"
+    );
+    let online = watcher.seen(&format!("devices/{PUMP}/status"));
+    assert_eq!(online[1]["session"], session_hex(second));
+}
+
+#[tokio::test]
+async fn a_serial_sensor_sends_compact_frames_and_they_are_published_like_telemetry() {
+    let ports = Ports::new();
+    let mut sensor = SerialSensor::plug(ports.path(0));
+    let hub = hub_with(&ports, "", "").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let welcome = sensor
+        .hello_with(firmware_proto::Hello {
+            layouts: vec![sample_layout()],
+            ..hello_body(PUMP, new_session())
+        })
+        .await
+        .expect("welcomed");
+    assert_eq!((welcome.protocol, welcome.layouts), (2, 1));
+    sensor.send(&sample_compact(1)).await;
+    sensor.expect_ack(1).await;
+    let published = watcher.telemetry(PUMP, 1).await;
+    assert_eq!(published["transport"], "serial");
+    assert_eq!(
+        published["readings"],
+        json!([
+            {"name": "t", "value": 22.5, "unit": "Cel"},
+            {"name": "ok", "value": true},
+            {"name": "n", "value": -1},
+        ])
+    );
 }

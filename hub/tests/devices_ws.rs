@@ -11,8 +11,8 @@ mod support;
 use firmware_proto::{Args, Message, Reading, Telemetry, Value, PROTOCOL_VERSION, WS_SUBPROTOCOL};
 use serde_json::{json, Value as Json};
 use support::device::{
-    keys, new_session, now_ms, sample_readings, session_hex, still_served, Device, Watcher,
-    FIRMWARE,
+    hello_body, keys, new_session, now_ms, sample_compact, sample_compact_readings, sample_layout,
+    sample_readings, session_hex, still_served, Device, Watcher, FIRMWARE,
 };
 use support::hub::{TestHub, MQTT, WSS};
 use support::mqtt::Via;
@@ -99,6 +99,33 @@ async fn a_device_certificate_issued_later_is_welcomed_as_its_common_name() {
         .expect("th-01 connects");
     device.hello("th-01", 7, false).await.expect("welcomed");
     still_served(&mut device, &mut watcher, "th-01", 1).await;
+}
+
+#[tokio::test]
+async fn a_single_precision_reading_is_published_as_its_shortest_decimal() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let (mut device, _) = Device::online(&hub, D1, new_session()).await;
+    device.telemetry(
+        1,
+        vec![
+            Reading::new("t", 21.7f32),
+            Reading::new("p", 1013.2f32),
+            Reading::new("d", 21.7f64),
+        ],
+    );
+    device.expect_ack(1).await;
+    let topic = format!("devices/{D1}/telemetry");
+    let published = watcher
+        .wait_for("seq 1", |p| p.topic == topic && p.json["seq"] == 1)
+        .await;
+    assert!(
+        published.payload.contains(r#"{"name":"t","value":21.7}"#)
+            && published.payload.contains(r#"{"name":"p","value":1013.2}"#)
+            && published.payload.contains(r#"{"name":"d","value":21.7}"#),
+        "{}",
+        published.payload
+    );
 }
 
 #[tokio::test]
@@ -437,6 +464,61 @@ async fn a_command_that_is_not_valid_is_answered_invalid() {
     assert_eq!(result["status"], "invalid");
 }
 
+#[tokio::test]
+async fn a_command_larger_than_the_devices_max_message_is_refused_too_large_and_never_sent() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("connects");
+    device.send(&Message::Hello(firmware_proto::Hello {
+        max_message: Some(128),
+        ..hello_body(D1, new_session())
+    }));
+    device.recv().await;
+    // About 226 bytes encoded, as in the report: more than the 128 the device can take,
+    // though every argument is within the hub's limits.
+    watcher
+        .command(
+            D1,
+            &json!({"id": "big", "name": "set_text", "args": {"a": "x".repeat(100), "b": "y".repeat(100)}}),
+        )
+        .await;
+    let result = watcher.result(D1, &json!("big")).await;
+    assert_eq!(result["ok"], false);
+    assert_eq!(result["status"], "too_large", "{result}");
+    let error = result["error"].as_str().expect("an error text");
+    assert!(
+        error.contains("128") && error.contains("max_message"),
+        "{error}"
+    );
+    // One that fits arrives, and it is the first Command the device sees.
+    watcher
+        .command(
+            D1,
+            &json!({"id": "small", "name": "set_text", "args": {"text": "x"}}),
+        )
+        .await;
+    let command = device.next_command().await;
+    assert_eq!(command.args.get("text"), Some(&Value::Text("x".into())));
+    assert!(Message::Command(command.clone()).to_vec().len() <= 128);
+    device.answer(&command, true, None, Args::new());
+    assert_eq!(watcher.result(D1, &json!("small")).await["status"], "done");
+}
+
+#[tokio::test]
+async fn command_arguments_reach_the_device_in_the_order_the_payload_gives_them() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let (mut device, _) = Device::online(&hub, D1, new_session()).await;
+    // Written out by hand: a JSON value would sort the keys before they are sent.
+    let payload = r#"{"id": "o", "name": "mix", "args": {"zeta": 1, "alpha": true, "mu": "m"}}"#;
+    watcher.publish(&format!("devices/{D1}/cmd"), payload).await;
+    let command = device.next_command().await;
+    let names: Vec<&str> = command.args.0.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["zeta", "alpha", "mu"]);
+}
+
 // ------------------------------------------------------------------ status
 
 #[tokio::test]
@@ -519,21 +601,57 @@ async fn a_device_that_answers_pings_stays_online_across_many_ping_intervals() {
 }
 
 #[tokio::test]
-async fn a_device_silent_past_the_heartbeat_goes_offline_with_reason_silent() {
-    let hub = TestHub::start("[devices]\nheartbeat = \"1s\"\n").await;
+async fn a_websocket_device_that_only_answers_pings_stays_online_past_the_heartbeat() {
+    // Liveness on WebSocket is ping/pong (PROTOCOL.md §4.1, §5.5): the heartbeat is a
+    // serial rule, and a device with nothing to say is not "silent" while it answers.
+    let hub = TestHub::start(
+        "[devices]\nheartbeat = \"1s\"\nping_interval = \"200ms\"\nping_timeout = \"1s\"\n",
+    )
+    .await;
     let mut watcher = Watcher::start(&hub).await;
     let (mut device, welcome) = Device::online(&hub, D1, new_session()).await;
     assert_eq!(welcome.limits.heartbeat, 1);
-    let last_message = now_ms();
     still_served(&mut device, &mut watcher, D1, 1).await;
-    // The device's WebSocket stack keeps answering pings; it just has nothing to say.
-    let offline = watcher.status(D1, "offline").await;
-    assert_offline(&offline, "silent", last_message);
-    let since = offline["since"].as_u64().expect("since");
-    assert!(
-        since >= last_message + 1000,
-        "not before a heartbeat of silence: {offline}"
-    );
+    // Nothing but pongs from the device's WebSocket stack for several heartbeats.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    still_served(&mut device, &mut watcher, D1, 2).await;
+    assert_eq!(watcher.states(D1), ["online"]);
+}
+
+#[tokio::test]
+async fn a_second_hello_on_a_websocket_starts_a_new_session_and_keeps_the_connection() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let first = new_session();
+    let (mut device, _) = Device::online(&hub, D1, first).await;
+    still_served(&mut device, &mut watcher, D1, 1).await;
+    // The device restarted its firmware without dropping the connection (PROTOCOL.md
+    // §5.1): a new session on the same connection.
+    let second = first.wrapping_add(1);
+    let welcome = device
+        .hello(D1, second, false)
+        .await
+        .expect("the second Hello is welcomed");
+    assert_eq!(welcome.acked, None, "a new session: nothing held yet");
+    device.telemetry(1, sample_readings(1));
+    device.expect_ack(1).await;
+    let published = watcher
+        .wait_for("seq 1 of the second session", |p| {
+            p.topic == format!("devices/{D1}/telemetry") && p.json["session"] == session_hex(second)
+        })
+        .await
+        .json;
+    assert_eq!(published["seq"], 1);
+    still_served(&mut device, &mut watcher, D1, 2).await;
+    let online = watcher.status(D1, "online").await;
+    assert_eq!(online["session"], session_hex(first));
+    let online = watcher.status(D1, "online").await;
+    assert_eq!(online["session"], session_hex(second));
+    assert_eq!(watcher.states(D1), ["online", "online"], "never offline");
+    assert!(device
+        .take_messages()
+        .iter()
+        .all(|m| !matches!(m, Message::Error(_))));
 }
 
 #[tokio::test]
@@ -633,4 +751,75 @@ async fn with_cbor_telemetry_subscribers_get_the_same_structure_in_cbor() {
         decoded["readings"],
         json!([{"name": "t", "value": 21.5, "unit": "Cel"}])
     );
+}
+
+// ------------------------------------------------------------------ compact telemetry
+
+#[tokio::test]
+async fn a_device_declares_its_layout_once_and_compact_values_are_published_as_the_same_json() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("connects");
+    let welcome = device
+        .hello_with(firmware_proto::Hello {
+            layouts: vec![sample_layout()],
+            ..hello_body(D1, new_session())
+        })
+        .await
+        .expect("welcomed");
+    assert_eq!(welcome.protocol, 2);
+    assert_eq!(welcome.layouts, 1, "the Welcome takes the layout");
+    // The same readings, compact and in full: the hub publishes one JSON shape.
+    device.send(&sample_compact(1));
+    device.telemetry(2, sample_compact_readings(1));
+    device.expect_ack(2).await;
+    let compact = watcher.telemetry(D1, 1).await;
+    let full = watcher.telemetry(D1, 2).await;
+    assert_eq!(compact["readings"], full["readings"]);
+    assert_eq!(
+        compact["readings"],
+        json!([
+            {"name": "t", "value": 22.5, "unit": "Cel"},
+            {"name": "ok", "value": true},
+            {"name": "n", "value": -1},
+        ])
+    );
+    assert_eq!(keys(&compact), keys(&full));
+    // Acks cover compact and full telemetry alike: one sequence per session.
+    device.send(&sample_compact(3));
+    device.expect_ack(3).await;
+    watcher.telemetry(D1, 3).await;
+}
+
+#[tokio::test]
+async fn a_protocol_1_device_is_welcomed_in_protocol_1_and_served_as_before() {
+    let hub = TestHub::start("").await;
+    let mut watcher = Watcher::start(&hub).await;
+    let mut device = Device::connect(&hub, WSS, Some(&format!("devices/{D1}")))
+        .await
+        .expect("connects");
+    // A device that predates compact telemetry, or sends layouts it may not use yet.
+    let welcome = device
+        .hello_with(firmware_proto::Hello {
+            protocol: 1,
+            layouts: vec![sample_layout()],
+            ..hello_body(D1, new_session())
+        })
+        .await
+        .expect("welcomed");
+    assert_eq!(welcome.protocol, 1);
+    assert_eq!(welcome.layouts, 0, "no layouts in a protocol 1 session");
+    still_served(&mut device, &mut watcher, D1, 1).await;
+    assert_eq!(watcher.status(D1, "online").await["protocol"], 1);
+    device.send(&sample_compact(2));
+    let error = device.expect_error().await;
+    assert_eq!(
+        error.known_code(),
+        Some(firmware_proto::ErrorCode::Malformed),
+        "{error:?}"
+    );
+    assert!(error.message.contains("protocol 2"), "{error:?}");
+    still_served(&mut device, &mut watcher, D1, 2).await;
 }

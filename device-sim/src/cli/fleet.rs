@@ -151,6 +151,14 @@ pub struct DevicesArgs {
     /// Readings per message (the first carries the send time).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub readings: usize,
+    /// Send compact telemetry (protocol 2): the readings' names and units declared once
+    /// in Hello, each message their values by position. The hub publishes the same JSON.
+    #[arg(long)]
+    pub compact: bool,
+    /// Characters of each filler reading's name: r1 with 2, r0000001 with 8 (the
+    /// protocol's size guide); sent_us keeps its name.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=32))]
+    pub name_len: u16,
     /// Device ids are PREFIX-0, PREFIX-1, ... when certificates are issued [default:
     /// sim-PID].
     #[arg(long, value_name = "PREFIX")]
@@ -271,6 +279,14 @@ pub struct SerialArgs {
     /// Readings per message (the first carries the send time).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub readings: usize,
+    /// Send compact telemetry (protocol 2): the readings' names and units declared once
+    /// in Hello, each frame their values by position. The hub publishes the same JSON.
+    #[arg(long)]
+    pub compact: bool,
+    /// Characters of each filler reading's name: r1 with 2, r0000001 with 8 (the
+    /// protocol's size guide); sent_us keeps its name.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=32))]
+    pub name_len: u16,
     /// Device ids are PREFIX-0, PREFIX-1, ... [default: sim-PID].
     #[arg(long, value_name = "PREFIX")]
     pub id_prefix: Option<String>,
@@ -429,6 +445,8 @@ pub fn devices_plan(args: &DevicesArgs) -> anyhow::Result<crate::devices::Plan> 
         firmware: args.firmware.clone(),
         rate,
         readings: args.readings,
+        compact: args.compact,
+        name_len: usize::from(args.name_len),
         pacer: Arc::new(args.pacing.pacer()),
         subscriber_spec: measure.spec,
         subscribers: m.subscribers,
@@ -472,6 +490,8 @@ pub fn serial_plan(args: &SerialArgs) -> anyhow::Result<crate::serial::Plan> {
         baud: args.baud,
         rate,
         readings: args.readings,
+        compact: args.compact,
+        name_len: usize::from(args.name_len),
         wait: seconds("--wait", args.wait)?,
         subscriber_spec: measure.spec,
         subscribers: m.subscribers,

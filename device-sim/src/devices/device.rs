@@ -55,6 +55,7 @@ pub(super) async fn device(
         session: telemetry::session(shared.run, i as u32),
         max_message: None,
         resends: plan.faults.resends(),
+        layouts: telemetry::layouts(&plan.shape()),
     };
     tokio::time::sleep(plan.faults.ramp_delay(i, plan.ids.len())).await;
     let first = {
@@ -63,6 +64,7 @@ pub(super) async fn device(
     };
     let (ws, welcome) = match first.and_then(|(ws, welcome)| {
         plan.check_limits(&welcome.limits)?;
+        telemetry::check_welcome(plan.compact, &welcome)?;
         Ok((ws, welcome))
     }) {
         Ok(ok) => ok,
@@ -300,7 +302,7 @@ impl Device {
         let seq = self.flow.take(now);
         self.stats.flow(&self.flow, &mut self.flow_counted);
         let sent_ns = self.shared.now_ns();
-        let message = telemetry::message(seq, self.shared.epoch_us(sent_ns), self.plan.readings);
+        let message = telemetry::message(seq, self.shared.epoch_us(sent_ns), &self.plan.shape());
         let counters = &self.shared.sources[self.i];
         // Counted before the write: a message lost with the connection is lost, and
         // sequence numbers must stay 1..=sent.

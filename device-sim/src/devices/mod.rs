@@ -44,6 +44,10 @@ pub struct Plan {
     pub rate: f64,
     /// Readings per message.
     pub readings: usize,
+    /// Send compact telemetry (protocol 2) in one declared layout.
+    pub compact: bool,
+    /// Characters of each filler reading's name.
+    pub name_len: usize,
     /// Connection pacing (devices and subscribers).
     pub pacer: Arc<Pacer>,
     /// Subscriber clients.
@@ -84,7 +88,16 @@ impl Plan {
 
     /// Whether this run's messages fit the limits the hub announced.
     fn check_limits(&self, limits: &firmware_proto::Limits) -> Result<(), String> {
-        crate::telemetry::check_limits(self.readings, limits)
+        crate::telemetry::check_limits(&self.shape(), limits)
+    }
+
+    /// What each message holds.
+    pub fn shape(&self) -> crate::telemetry::Shape {
+        crate::telemetry::Shape {
+            readings: self.readings,
+            name_len: self.name_len,
+            compact: self.compact,
+        }
     }
 }
 
@@ -101,6 +114,8 @@ pub struct DevicesSummary {
     pub subscribers: usize,
     /// Readings per message.
     pub readings: usize,
+    /// Compact telemetry (protocol 2).
+    pub compact: bool,
     /// Bytes of one telemetry message (CBOR, as sent in one WebSocket message).
     pub message_bytes: usize,
     /// Target rate per device (msgs/s), 0 for as fast as the window allows.
@@ -134,13 +149,14 @@ impl DevicesSummary {
         };
         let _ = writeln!(
             t,
-            "edgehub-sim devices: {} devices {} -> {} subscriber(s) {}, {} readings ({} B), {}, {} s (+{} s warm-up)",
+            "edgehub-sim devices: {} devices {} -> {} subscriber(s) {}, {} readings ({} B{}), {}, {} s (+{} s warm-up)",
             self.devices,
             self.url,
             self.subscribers,
             self.mqtt_url,
             self.readings,
             self.message_bytes,
+            if self.compact { ", compact" } else { "" },
             rate,
             self.delivery.duration_s,
             self.delivery.warmup_s
@@ -203,7 +219,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<DevicesSummary> {
         devices,
         subscribers: plan.subscribers,
         readings: plan.readings,
-        message_bytes: telemetry::message(1000, shared.epoch_us(0), plan.readings)
+        compact: plan.compact,
+        message_bytes: telemetry::message(1000, shared.epoch_us(0), &plan.shape())
             .to_vec()
             .len(),
         rate_per_device: plan.rate,

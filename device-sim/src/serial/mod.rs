@@ -41,6 +41,10 @@ pub struct Plan {
     pub rate: f64,
     /// Readings per message.
     pub readings: usize,
+    /// Send compact telemetry (protocol 2) in one declared layout.
+    pub compact: bool,
+    /// Characters of each filler reading's name.
+    pub name_len: usize,
     /// How long to wait for the hub to open the ports and answer.
     pub wait: Duration,
     /// Subscriber clients.
@@ -83,7 +87,16 @@ impl Plan {
     }
 
     fn check_limits(&self, limits: &firmware_proto::Limits) -> Result<(), String> {
-        crate::telemetry::check_limits(self.readings, limits)
+        crate::telemetry::check_limits(&self.shape(), limits)
+    }
+
+    /// What each message holds.
+    pub fn shape(&self) -> crate::telemetry::Shape {
+        crate::telemetry::Shape {
+            readings: self.readings,
+            name_len: self.name_len,
+            compact: self.compact,
+        }
     }
 }
 
@@ -124,6 +137,8 @@ pub struct SerialSummary {
     pub subscribers: usize,
     /// Readings per message.
     pub readings: usize,
+    /// Compact telemetry (protocol 2).
+    pub compact: bool,
     /// Bytes of one telemetry frame.
     pub frame_bytes: usize,
     /// Time one frame takes on the emulated line, µs (0 if unpaced).
@@ -283,7 +298,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<SerialSummary> {
             }
         })
         .collect();
-    let frame_bytes = telemetry::message(1000, shared.epoch_us(0), plan.readings)
+    let frame_bytes = telemetry::message(1000, shared.epoch_us(0), &plan.shape())
         .to_frame()
         .len();
     let frame_line_us = plan
@@ -298,6 +313,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<SerialSummary> {
         mqtt_url: plan.subscriber_spec.endpoint.to_string(),
         subscribers: plan.subscribers,
         readings: plan.readings,
+        compact: plan.compact,
         frame_bytes,
         frame_line_us,
         line_capacity_msgs_per_s: if plan.baud > 0 {

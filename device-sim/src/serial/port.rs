@@ -56,6 +56,7 @@ pub(super) async fn port(
         session: telemetry::session(shared.run, i as u32),
         max_message: None,
         resends: false,
+        layouts: telemetry::layouts(&plan.shape()),
     };
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
     let now = Instant::now();
@@ -169,7 +170,10 @@ impl Port {
                     };
                     for message in self.frames(&buf[..n]) {
                         match message {
-                            Message::Welcome(welcome) => return Ok(welcome.limits),
+                            Message::Welcome(welcome) => {
+                                telemetry::check_welcome(self.plan.compact, &welcome)?;
+                                return Ok(welcome.limits);
+                            }
                             Message::Error(e) => {
                                 last_error = Some(format!("Error {}: {}", e.code, e.message))
                             }
@@ -312,7 +316,7 @@ impl Port {
         };
         let sent_ns = self.shared.ns_at(start);
         let frame =
-            telemetry::message(seq, self.shared.epoch_us(sent_ns), self.plan.readings).to_frame();
+            telemetry::message(seq, self.shared.epoch_us(sent_ns), &self.plan.shape()).to_frame();
         let counters = &self.shared.sources[self.i];
         counters.sent.fetch_add(1, Relaxed);
         let measured = self.window.is_some_and(|w| sent_ns >= w.measure_from_ns);

@@ -20,7 +20,8 @@ pub struct DevicesConfig {
     /// considered dead and closed.
     #[serde(deserialize_with = "duration::deserialize")]
     pub ping_timeout: Duration,
-    /// A device silent this long is offline (announced in Welcome, whole seconds).
+    /// A serial device silent this long is offline (announced in Welcome, whole
+    /// seconds). WebSocket devices are kept alive by ping/pong instead.
     #[serde(deserialize_with = "duration::deserialize")]
     pub heartbeat: Duration,
     /// Largest encoded message a device may send, in bytes.
@@ -35,8 +36,9 @@ pub struct DevicesConfig {
     pub max_unacked: NonZeroU32,
     /// Messages per second one device may send (burst: twice as many).
     pub message_rate: NonZeroU32,
-    /// Violations (malformed, oversized, over a limit or the rate) one connection may
-    /// commit before the hub closes it.
+    /// Refusals (malformed, oversized, over a limit or the rate) a device may collect
+    /// before the hub closes its connection (serial: ends its session); a minute without
+    /// one clears the count. Announced in Welcome.
     pub max_violations: NonZeroU32,
     /// How long a command waits for the device's result when it does not say.
     #[serde(deserialize_with = "duration::deserialize")]
@@ -63,7 +65,7 @@ impl Default for DevicesConfig {
             max_text_len: NonZeroU16::new(limits.max_text_len).unwrap_or(NonZeroU16::MIN),
             max_unacked: NonZeroU32::new(limits.max_unacked).unwrap_or(NonZeroU32::MIN),
             message_rate: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
-            max_violations: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            max_violations: NonZeroU32::new(limits.max_violations).unwrap_or(NonZeroU32::MIN),
             command_timeout: Duration::from_secs(30),
             max_command_timeout: Duration::from_secs(300),
             max_pending_commands: NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN),
@@ -82,6 +84,7 @@ impl DevicesConfig {
             max_text_len: self.max_text_len.get(),
             max_unacked: self.max_unacked.get(),
             heartbeat: u32::try_from(self.heartbeat.as_secs().max(1)).unwrap_or(u32::MAX),
+            max_violations: self.max_violations.get(),
         }
     }
 }

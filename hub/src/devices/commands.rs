@@ -9,6 +9,49 @@ use serde::Serialize;
 
 use super::payload::ArgsPayload;
 
+/// The payload's `args`, in the order written; the other fields are checked elsewhere.
+#[derive(serde::Deserialize)]
+struct InOrder {
+    #[serde(default)]
+    args: OrderedArgs,
+}
+
+/// A JSON object as a list of its members, in order; a name twice is refused.
+#[derive(Default)]
+struct OrderedArgs(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = OrderedArgs;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of arguments")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedArgs, A::Error> {
+                let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom(format!(
+                            "argument {k:?} appears twice"
+                        )));
+                    }
+                    out.push((k, v));
+                }
+                Ok(OrderedArgs(out))
+            }
+        }
+
+        d.deserialize_map(Members)
+    }
+}
+
 /// A command as published on `devices/{id}/cmd`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandRequest {
@@ -77,8 +120,14 @@ impl CommandRequest {
         let mut args = Args::new();
         match obj.get("args") {
             None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::Object(map)) => {
-                for (k, v) in map {
+            Some(serde_json::Value::Object(_)) => {
+                // serde_json's map sorts its keys; the device gets them in the order the
+                // caller wrote them (PROTOCOL.md §3.5), so read them again in order.
+                let ordered = match serde_json::from_slice::<InOrder>(payload) {
+                    Ok(InOrder { args }) => args.0,
+                    Err(e) => return bad(&id, format!("\"args\": {e}")),
+                };
+                for (k, v) in &ordered {
                     let value = match v {
                         serde_json::Value::Bool(b) => Value::Bool(*b),
                         serde_json::Value::String(s) => Value::Text(s.clone()),
@@ -142,11 +191,14 @@ pub enum Outcome {
     Disconnected,
     /// Too many commands outstanding for the device.
     Busy,
+    /// The encoded command is larger than the device can receive (its Hello's
+    /// `max_message`); it was not sent.
+    TooLarge,
 }
 
 impl Outcome {
     /// Every outcome, for stats.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Done,
         Outcome::Failed,
         Outcome::Timeout,
@@ -154,6 +206,7 @@ impl Outcome {
         Outcome::Invalid,
         Outcome::Disconnected,
         Outcome::Busy,
+        Outcome::TooLarge,
     ];
 
     /// The `status` text.
@@ -166,6 +219,7 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Disconnected => "disconnected",
             Outcome::Busy => "busy",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -358,19 +412,24 @@ mod tests {
         CommandRequest::parse(v.to_string().as_bytes(), &firmware_proto::Limits::default())
     }
 
+    fn parse_text(text: &str) -> Result<CommandRequest, (serde_json::Value, InvalidCommand)> {
+        CommandRequest::parse(text.as_bytes(), &firmware_proto::Limits::default())
+    }
+
     #[test]
     fn a_command_with_args_and_timeout_parses() {
-        let c = parse(json!({"id": "c-1", "name": "reboot", "args": {"delay": 5, "f": 1.5, "b": true, "s": "x"}, "timeout": 2000})).unwrap();
+        let c = parse_text(r#"{"id": "c-1", "name": "reboot", "args": {"delay": 5, "f": 1.5, "b": true, "s": "x"}, "timeout": 2000}"#).unwrap();
         assert_eq!(c.id, json!("c-1"));
         assert_eq!(c.name, "reboot");
         assert_eq!(
             c.args.0,
             vec![
-                ("b".to_owned(), Value::Bool(true)),
                 ("delay".to_owned(), Value::Int(5)),
                 ("f".to_owned(), Value::Float(1.5)),
+                ("b".to_owned(), Value::Bool(true)),
                 ("s".to_owned(), Value::Text("x".into())),
-            ]
+            ],
+            "in the order the payload gives them"
         );
         assert_eq!(c.timeout, Some(Duration::from_secs(2)));
     }
@@ -395,6 +454,10 @@ mod tests {
                 assert_eq!(id, json!(1));
             }
         }
+        let (id, e) =
+            parse_text(r#"{"id": 1, "name": "x", "args": {"a": 1, "a": 2}}"#).unwrap_err();
+        assert_eq!(id, json!(1));
+        assert!(e.0.contains("\"a\" appears twice"), "{e}");
         let (id, e) = CommandRequest::parse(b"not json", &Default::default()).unwrap_err();
         assert_eq!(id, serde_json::Value::Null);
         assert!(e.0.contains("not JSON"));

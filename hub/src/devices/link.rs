@@ -162,6 +162,14 @@ impl Link {
         self.carry_out(step, now).await
     }
 
+    /// Refuses a WebSocket message the transport would not read because it is over the
+    /// size limit (`len` if known): Error 5, then the connection closes.
+    pub async fn reject_too_large(&mut self, len: Option<usize>) -> Handled {
+        let now = Now::current();
+        let step = self.conversation.reject_too_large(len, now.at);
+        self.carry_out(step, now).await
+    }
+
     async fn carry_out(&mut self, step: Step, now: Now) -> Handled {
         let registry = &self.gateway.registry;
         let stats = &self.gateway.stats;
@@ -275,7 +283,7 @@ impl Link {
                     );
                 }
                 Handled {
-                    reply: Some(Message::Error(error)),
+                    reply: Some(Message::Error(self.fit(error))),
                     close,
                     durable: None,
                 }
@@ -342,6 +350,34 @@ impl Link {
         .await;
     }
 
+    /// An Error whose text is cut, if need be, so that it fits what the device can
+    /// receive (its Hello's `max_message`; the hub's own before a Hello).
+    fn fit(&self, mut error: firmware_proto::ErrorMsg) -> firmware_proto::ErrorMsg {
+        let max = self
+            .attached
+            .as_ref()
+            .map_or(self.gateway.rules.limits.max_message, |a| {
+                a.info.max_message
+            }) as usize;
+        // Envelope, body map, code and the text's header: at most 10 bytes.
+        let room = max.saturating_sub(10);
+        if error.message.len() > room {
+            let mut end = room;
+            while !error.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.message.truncate(end);
+        }
+        error
+    }
+
+    /// How many of this connection's telemetry messages may wait for the journal before
+    /// the transport stops reading from the device: its `max_unacked` window (PROTOCOL.md
+    /// §5.3), at most [`MAX_PENDING`].
+    pub fn window(&self) -> usize {
+        (self.gateway.rules.limits.max_unacked as usize).clamp(1, MAX_PENDING)
+    }
+
     /// The cumulative Ack due after the messages handled so far, if any. Call when no
     /// more input is immediately available, so one Ack covers a burst.
     pub fn take_ack(&mut self) -> Option<Message> {
@@ -355,12 +391,21 @@ impl Link {
                 // A second Hello naming another device (serial without a fixed id):
                 // the first one is gone from this port.
                 self.detach(&previous, "replaced on the same line").await;
+            } else if previous.info.session != info.session {
+                // The same device in a new session (it restarted while the line stayed
+                // up): commands sent to its old session will never be answered.
+                let ended = RouterInput::Ended {
+                    device: previous.info.device.clone(),
+                    conn: self.conn,
+                };
+                to_router(&gateway, ended).await;
             }
         }
         let live = Live {
             conn: self.conn,
             downlink: self.downlink.clone(),
             replaced: self.replaced.clone(),
+            max_message: info.max_message,
         };
         let replaced = gateway.registry.attach(&info.device, live);
         gateway.stats.sessions.fetch_add(1, Ordering::Relaxed);

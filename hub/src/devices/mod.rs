@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::commands::{CommandRequest, CommandTable, Outcome, ResultPayload};
-pub use self::registry::{Downlink, Registry};
+pub use self::registry::{Downlink, Registry, Route};
 pub use self::session::{wall_ms, Transport, Violation};
 use crate::config::DevicesConfig;
 use crate::publisher::{IncomingCommand, Publisher};
@@ -258,7 +258,7 @@ pub async fn run_router(
                 }
                 RouterInput::Ended { device, conn } => {
                     for p in table.end_connection(&device, conn) {
-                        fail(&gateway, &p.request_id, &device, Outcome::Disconnected, "the device disconnected before answering").await;
+                        fail(&gateway, &p.request_id, &device, Outcome::Disconnected, "the device's session ended (it disconnected or restarted) before it answered").await;
                     }
                 }
             },
@@ -287,7 +287,12 @@ async fn command(gateway: &Gateway, table: &mut CommandTable, cmd: IncomingComma
             return;
         }
     };
-    let Some((conn, downlink)) = live else {
+    let Some(Route {
+        conn,
+        downlink,
+        max_message,
+    }) = live
+    else {
         fail(
             gateway,
             &request.id,
@@ -314,6 +319,19 @@ async fn command(gateway: &Gateway, table: &mut CommandTable, cmd: IncomingComma
         name: request.name,
         args: request.args,
     };
+    // A device is never sent more than its Hello said it can receive.
+    let len = firmware_proto::Message::Command(message.clone())
+        .to_vec()
+        .len();
+    if len > max_message as usize {
+        table.remove(&device, wire_id);
+        let why = format!(
+            "the command is {len} bytes encoded, more than the {max_message} the device can              receive (its Hello's max_message): send fewer or shorter arguments"
+        );
+        tracing::info!(%device, len, max_message, "command too large for the device refused");
+        fail(gateway, &request.id, &device, Outcome::TooLarge, &why).await;
+        return;
+    }
     if downlink.try_send(Downlink::Command(message)).is_err() {
         table.remove(&device, wire_id);
         fail(

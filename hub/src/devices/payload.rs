@@ -103,6 +103,11 @@ impl Serialize for ReadingPayload<'_> {
 }
 
 /// A value as its natural JSON/CBOR type (non-finite floats become null in JSON).
+///
+/// A float that a single-precision float holds exactly is written as the shortest decimal
+/// that reads back as that single (`21.7`, not the `21.700000762939453` its widening to
+/// double would print): sensors send f32, and CBOR does not tell a single from a double of
+/// the same value (PROTOCOL.md §2.5).
 #[derive(Debug)]
 pub struct ValuePayload<'a>(pub &'a Value);
 
@@ -110,6 +115,7 @@ impl Serialize for ValuePayload<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) if f64::from(*f as f32) == *f => s.serialize_f32(*f as f32),
             Value::Float(f) => s.serialize_f64(*f),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Text(t) => s.serialize_str(t),
@@ -194,6 +200,42 @@ mod tests {
                 ]
             })
         );
+    }
+
+    #[test]
+    fn single_precision_readings_are_published_as_their_shortest_decimal() {
+        let t = Telemetry {
+            seq: 1,
+            time: None,
+            readings: vec![
+                Reading::new("t", 21.7f32),
+                Reading::new("p", 1013.2f32),
+                Reading::new("v", 0.41f32),
+                Reading::new("whole", 48.0f32),
+                Reading::new("double", 21.7f64),
+                Reading::new("tiny", f32::MIN_POSITIVE),
+                Reading::new("inf", f32::INFINITY),
+                Reading::new("nan", f64::NAN),
+            ],
+        };
+        let p = TelemetryPayload::new("d", 1, "serial", &t, 5);
+        let text = String::from_utf8(p.encode(TelemetryFormat::Json)).unwrap();
+        for expected in [
+            r#""value":21.7}"#,
+            r#""value":1013.2}"#,
+            r#""value":0.41}"#,
+            r#""value":48.0}"#,
+            // A double that no single holds keeps its own shortest form.
+            r#"{"name":"double","value":21.7}"#,
+            r#""value":1.1754944e-38}"#,
+            r#"{"name":"inf","value":null}"#,
+            r#"{"name":"nan","value":null}"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        // Read back as doubles, they are the decimals, not the singles' widenings.
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["readings"][0]["value"], serde_json::json!(21.7));
     }
 
     #[test]

@@ -26,6 +26,19 @@ pub struct Live {
     pub downlink: mpsc::Sender<Downlink>,
     /// Cancelled when a newer connection of the same device replaces it.
     pub replaced: CancellationToken,
+    /// The largest message the device can receive (its Hello's `max_message`).
+    pub max_message: u32,
+}
+
+/// Where to send a device's commands: its connection, and what it can receive.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Connection number.
+    pub conn: u64,
+    /// Commands for it.
+    pub downlink: mpsc::Sender<Downlink>,
+    /// The largest message the device can receive.
+    pub max_message: u32,
 }
 
 #[derive(Debug, Default)]
@@ -113,12 +126,16 @@ impl Registry {
     }
 
     /// Attaches `device` through `live`. A connection it replaces is told through its
-    /// `replaced` token; returns true when there was one.
+    /// `replaced` token; returns true when there was one. Attaching again through the
+    /// same connection (a second Hello on it) replaces nothing: it updates what the
+    /// registry knows of the session.
     pub fn attach(&self, device: &str, live: Live) -> bool {
         let mut inner = lock(&self.inner);
         let entry = inner.devices.entry(device.to_owned()).or_default();
+        let conn = live.conn;
         let old = entry.live.replace(live);
         let replaced = match old {
+            Some(old) if old.conn == conn => return false,
             Some(old) => {
                 old.replaced.cancel();
                 true
@@ -148,12 +165,16 @@ impl Registry {
     }
 
     /// The connection `device` is attached through.
-    pub fn live(&self, device: &str) -> Option<(u64, mpsc::Sender<Downlink>)> {
+    pub fn live(&self, device: &str) -> Option<Route> {
         lock(&self.inner)
             .devices
             .get(device)
             .and_then(|e| e.live.as_ref())
-            .map(|l| (l.conn, l.downlink.clone()))
+            .map(|l| Route {
+                conn: l.conn,
+                downlink: l.downlink.clone(),
+                max_message: l.max_message,
+            })
     }
 
     /// Devices attached now.
@@ -197,6 +218,7 @@ mod tests {
                 conn: registry.next_conn(),
                 downlink: tx,
                 replaced: CancellationToken::new(),
+                max_message: 1024,
             },
             rx,
         )
@@ -215,10 +237,30 @@ mod tests {
             !r.detach("d", a.conn),
             "the replaced connection must not detach"
         );
-        assert_eq!(r.live("d").map(|l| l.0), Some(b.conn));
+        assert_eq!(r.live("d").map(|l| l.conn), Some(b.conn));
         assert!(r.detach("d", b.conn));
         assert_eq!(r.online(), 0);
         assert!(r.live("d").is_none());
+    }
+
+    #[test]
+    fn attaching_again_through_the_same_connection_replaces_nothing() {
+        let r = Registry::default();
+        let (a, _ra) = live(&r);
+        assert!(!r.attach("d", a.clone()));
+        let again = Live {
+            max_message: 128,
+            ..a.clone()
+        };
+        assert!(!r.attach("d", again));
+        assert!(
+            !a.replaced.is_cancelled(),
+            "a connection never replaces itself"
+        );
+        assert_eq!(r.online(), 1);
+        assert_eq!(r.live("d").map(|l| l.max_message), Some(128));
+        assert!(r.detach("d", a.conn));
+        assert_eq!(r.online(), 0);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firmware_proto::{
-    Ack, CommandResult, ErrorCode, ErrorMsg, Heartbeat, Hello, Limits, Message, Telemetry, Welcome,
-    PROTOCOL_VERSION,
+    Ack, CommandResult, Compact, ErrorCode, ErrorMsg, Heartbeat, Hello, Layout, Limits, Message,
+    Telemetry, ValueType, Welcome, COMPACT_SINCE, MAX_FIRMWARE_LEN, MAX_LAYOUTS, PROTOCOL_VERSION,
 };
 
 /// Which transport a conversation runs over.
@@ -106,15 +106,22 @@ pub struct SessionInfo {
     pub session: u64,
     /// The device keeps and resends unacknowledged telemetry.
     pub resends: bool,
+    /// The largest message the device can receive: its Hello's `max_message`, at most the
+    /// hub's own, at least [`MIN_MAX_MESSAGE`].
+    pub max_message: u32,
 }
 
-/// Why a conversation ends the connection.
+/// The smallest `max_message` a device may declare in Hello; smaller values are read as
+/// this (PROTOCOL.md §3.1).
+pub const MIN_MAX_MESSAGE: u32 = 128;
+
+/// Why a conversation ends the connection (WebSocket) or the session (serial).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
-    /// Protocol misuse (no Hello first, version).
-    Protocol,
-    /// Identity refused, or too many violations.
+    /// An Error that closes (PROTOCOL.md §3.8): WebSocket status 1008.
     Policy,
+    /// A message over `max_message`: WebSocket status 1009. Serial lines stay up.
+    TooLarge,
 }
 
 /// What to do with one message from the device.
@@ -220,6 +227,8 @@ struct Active {
     /// The lowest sequence the journal refused and the device has not sent again: no
     /// Ack may cover it, whatever is confirmed after it.
     refused: Option<u64>,
+    /// The layouts of the session's Compact messages (protocol 2; empty before).
+    layouts: Vec<Layout>,
 }
 
 /// Token bucket for the per-device message rate.
@@ -388,8 +397,8 @@ impl Conversation {
         memory: impl FnOnce(&str) -> Option<SessionMemory>,
     ) -> Step {
         self.last_heard = Some(now.at);
-        if let Err(v) = self.rules.limits.check_len(bytes.len()) {
-            return self.refuse(ErrorCode::TooLarge, v.to_string(), Violation::TooLarge);
+        if bytes.len() > self.rules.limits.max_message as usize {
+            return self.too_large(bytes.len());
         }
         // Checked before decoding so a flood costs no CBOR parsing. Hellos count too (each
         // one publishes a status); the bucket starts full, so the first always passes.
@@ -416,11 +425,12 @@ impl Conversation {
                 close: match self.transport {
                     // A serial device learns from Error 3 that the hub restarted.
                     Transport::Serial => None,
-                    Transport::WebSocket => Some(Close::Protocol),
+                    Transport::WebSocket => Some(Close::Policy),
                 },
                 reason: Violation::HelloRequired,
             },
             Message::Telemetry(t) => self.telemetry(t),
+            Message::Compact(c) => self.compact(c),
             Message::CommandResult(r) => match self.rules.limits.check_command_result(&r) {
                 Ok(()) => Step::CommandResult(r),
                 Err(v) => self.refuse(ErrorCode::LimitExceeded, v.to_string(), Violation::Limit),
@@ -459,8 +469,8 @@ impl Conversation {
         }
         if let Err(why) = valid_device_id(&hello.device_id) {
             let message = format!(
-                "device id {:?} is not usable: {why}",
-                truncate(&hello.device_id, 64)
+                "device id {:?} is not valid: {why}",
+                truncate(&hello.device_id, 72)
             );
             return self.refuse_closing(ErrorCode::IdentityMismatch, message, Violation::Identity);
         }
@@ -471,23 +481,35 @@ impl Conversation {
                 Violation::Version,
             );
         }
-        if hello.firmware.len() > usize::from(self.rules.limits.max_text_len) {
+        if hello.firmware.len() > MAX_FIRMWARE_LEN {
             let message = format!(
-                "firmware text is {} bytes, max_text_len is {}",
+                "firmware text is {} bytes, at most {MAX_FIRMWARE_LEN} are allowed",
                 hello.firmware.len(),
-                self.rules.limits.max_text_len
             );
             return self.refuse_closing(ErrorCode::LimitExceeded, message, Violation::Limit);
         }
         let protocol = hello.protocol.min(PROTOCOL_VERSION);
+        // Layouts are a protocol 2 field: a session that speaks 1 has none.
+        let layouts = if protocol >= COMPACT_SINCE {
+            hello.layouts
+        } else {
+            Vec::new()
+        };
+        if let Err(why) = check_layouts(&layouts, &self.rules.limits) {
+            return self.refuse_closing(ErrorCode::LimitExceeded, why, Violation::Limit);
+        }
         let known = memory(&hello.device_id).filter(|m| m.session == hello.session);
         let last_seq = known.map_or(0, |m| m.last_seq);
+        let hub_max = self.rules.limits.max_message;
         let info = SessionInfo {
             device: hello.device_id,
             firmware: hello.firmware,
             protocol,
             session: hello.session,
             resends: hello.resends,
+            max_message: hello.max_message.map_or(hub_max, |m| {
+                m.clamp(MIN_MAX_MESSAGE, hub_max.max(MIN_MAX_MESSAGE))
+            }),
         };
         self.active = Some(Active {
             info: info.clone(),
@@ -498,7 +520,9 @@ impl Conversation {
             resend_due: false,
             reack: false,
             refused: None,
+            layouts,
         });
+        let layouts = self.active.as_ref().map_or(0, |a| a.layouts.len());
         Step::Started {
             welcome: Welcome {
                 hub_id: self.rules.hub_id.clone(),
@@ -506,8 +530,35 @@ impl Conversation {
                 protocol,
                 limits: self.rules.limits,
                 acked: known.map(|m| m.last_seq),
+                layouts: u32::try_from(layouts).unwrap_or(u32::MAX),
             },
             info,
+        }
+    }
+
+    /// Compact telemetry: read back as the Telemetry it stands for, with the layout the
+    /// session's Hello declared, then taken like any Telemetry.
+    fn compact(&mut self, compact: Compact) -> Step {
+        let Some(active) = self.active.as_ref() else {
+            return Step::Nothing;
+        };
+        let read = if active.layouts.is_empty() {
+            Err(if active.info.protocol < COMPACT_SINCE {
+                format!(
+                    "compact telemetry needs protocol {COMPACT_SINCE}; this session speaks {}",
+                    active.info.protocol
+                )
+            } else {
+                "compact telemetry needs layouts: this session's Hello declared none".to_owned()
+            })
+        } else {
+            compact
+                .to_telemetry(&active.layouts)
+                .map_err(|e| format!("compact telemetry: {e}"))
+        };
+        match read {
+            Ok(telemetry) => self.telemetry(telemetry),
+            Err(why) => self.refuse(ErrorCode::Malformed, why, Violation::Malformed),
         }
     }
 
@@ -611,6 +662,50 @@ impl Conversation {
         self.last_heard.unwrap_or_else(Instant::now)
     }
 
+    /// A message over `max_message`: Error 5. A WebSocket cannot skip a message it did not
+    /// read whole, and tungstenite refuses larger ones before they are read, so one rule
+    /// for every size: the connection closes (1009). A serial line drops the frame and
+    /// stays up; repeated ones end the session like any violation.
+    fn too_large(&mut self, len: usize) -> Step {
+        let message = format!(
+            "message is {len} bytes, max_message is {}",
+            self.rules.limits.max_message
+        );
+        match self.transport {
+            Transport::WebSocket => {
+                self.allowance.violation(self.clock());
+                Step::Refuse {
+                    error: ErrorMsg::new(ErrorCode::TooLarge, message),
+                    close: Some(Close::TooLarge),
+                    reason: Violation::TooLarge,
+                }
+            }
+            Transport::Serial => self.refuse(ErrorCode::TooLarge, message, Violation::TooLarge),
+        }
+    }
+
+    /// Refuses a message the transport could not take whole because it is over
+    /// `max_message` (a WebSocket message over tungstenite's limit): as
+    /// [`Conversation::receive`] refuses a smaller oversized one.
+    pub fn reject_too_large(&mut self, len: Option<usize>, now: Instant) -> Step {
+        self.last_heard = Some(now);
+        match len {
+            Some(len) => self.too_large(len),
+            None => {
+                let message = format!(
+                    "message is over max_message ({} bytes)",
+                    self.rules.limits.max_message
+                );
+                self.allowance.violation(now);
+                Step::Refuse {
+                    error: ErrorMsg::new(ErrorCode::TooLarge, message),
+                    close: Some(Close::TooLarge),
+                    reason: Violation::TooLarge,
+                }
+            }
+        }
+    }
+
     fn rate_limited(&mut self, now: Instant) -> Step {
         let violations = self.allowance.violation(now);
         // A flooding device is told once a second, not once per message.
@@ -646,33 +741,70 @@ impl Conversation {
         self.allowance.violation(self.clock());
         Step::Refuse {
             error: ErrorMsg::new(code, message),
-            close: Some(match reason {
-                Violation::Version => Close::Protocol,
-                _ => Close::Policy,
-            }),
+            close: Some(Close::Policy),
             reason,
         }
     }
 }
 
-/// A device id must be usable as one MQTT topic level and readable in logs.
-pub fn valid_device_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() {
-        return Err("it is empty");
+/// Checks a Hello's layouts against the limits (PROTOCOL.md §3.1, field 6): at most
+/// [`MAX_LAYOUTS`], each of 1 to `max_readings` fields of known types, with names of 1 to
+/// `max_name_len` bytes, unique within the layout, and units of at most `max_text_len`.
+fn check_layouts(layouts: &[Layout], limits: &Limits) -> Result<(), String> {
+    if layouts.len() > MAX_LAYOUTS {
+        return Err(format!(
+            "{} layouts declared, at most {MAX_LAYOUTS} are allowed",
+            layouts.len()
+        ));
     }
-    if id.len() > 128 {
-        return Err("it is longer than 128 bytes");
-    }
-    if id
-        .chars()
-        .any(|c| matches!(c, '/' | '+' | '#') || c.is_control())
-    {
-        return Err("it contains '/', '+', '#' or a control character");
-    }
-    if id.starts_with('$') {
-        return Err("it starts with '$'");
+    for (l, Layout(fields)) in layouts.iter().enumerate() {
+        if fields.is_empty() || fields.len() > usize::from(limits.max_readings) {
+            return Err(format!(
+                "layout {l} has {} fields: give 1 to {} (max_readings)",
+                fields.len(),
+                limits.max_readings
+            ));
+        }
+        for (f, field) in fields.iter().enumerate() {
+            let name = &field.name;
+            if name.is_empty() || name.len() > usize::from(limits.max_name_len) {
+                return Err(format!(
+                    "layout {l} field {f}: the name is {} bytes, give 1 to {} (max_name_len)",
+                    name.len(),
+                    limits.max_name_len
+                ));
+            }
+            if fields[..f].iter().any(|other| other.name == *name) {
+                return Err(format!(
+                    "layout {l} field {f}: the name {name:?} appears twice in the layout"
+                ));
+            }
+            if field.kind.size().is_none() {
+                return Err(format!(
+                    "layout {l} field {f} ({name:?}): type {} is unknown to this hub, which \
+                     knows 0 to {}",
+                    field.kind.code(),
+                    ValueType::KNOWN.len() - 1
+                ));
+            }
+            if let Some(unit) = &field.unit {
+                if unit.len() > usize::from(limits.max_text_len) {
+                    return Err(format!(
+                        "layout {l} field {f} ({name:?}): the unit is {} bytes, max_text_len is {}",
+                        unit.len(),
+                        limits.max_text_len
+                    ));
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// A device id must follow PROTOCOL.md §3.1: 1 to 64 bytes of `[A-Za-z0-9._-]`, so it is
+/// one MQTT topic level and reads unambiguously in logs.
+pub fn valid_device_id(id: &str) -> Result<(), firmware_proto::DeviceIdError> {
+    firmware_proto::check_device_id(id)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -714,6 +846,7 @@ mod tests {
             session,
             max_message: None,
             resends,
+            layouts: Vec::new(),
         })
         .to_vec()
     }
@@ -801,8 +934,9 @@ mod tests {
     }
 
     #[test]
-    fn device_ids_that_are_not_one_topic_level_are_refused() {
-        for bad in ["", "a/b", "a+", "#", "$sys", "a\nb"] {
+    fn device_ids_outside_the_grammar_are_refused_with_error_4() {
+        let long = "x".repeat(65);
+        for bad in ["", "a/b", "a+", "#", "$sys", "a\nb", "a b", "café", &long] {
             let mut clock = Clock::new();
             let mut c = conversation(Claim::Any);
             assert!(
@@ -829,7 +963,7 @@ mod tests {
             Transport::Serial,
             Allowance::new(rules().message_rate),
         );
-        for (c, close) in [(&mut ws, Some(Close::Protocol)), (&mut serial, None)] {
+        for (c, close) in [(&mut ws, Some(Close::Policy)), (&mut serial, None)] {
             match c.receive(&telemetry(1), clock.tick(1), |_| None) {
                 Step::Refuse {
                     error, close: got, ..
@@ -1096,9 +1230,10 @@ mod tests {
         })
         .to_vec();
         let cases: [(&[u8], ErrorCode, Option<Close>); 3] = [
-            (&big, ErrorCode::TooLarge, None),
             (&[0xff, 0x00, 0x13], ErrorCode::Malformed, None),
-            (&many, ErrorCode::LimitExceeded, Some(Close::Policy)),
+            (&many, ErrorCode::LimitExceeded, None),
+            // Over max_message closes a WebSocket whatever the count (§4.1).
+            (&big, ErrorCode::TooLarge, Some(Close::TooLarge)),
         ];
         for (bytes, code, close) in cases {
             match c.receive(bytes, clock.tick(200), |_| None) {
@@ -1108,6 +1243,114 @@ mod tests {
                     assert_eq!(error.known_code(), Some(code));
                     assert_eq!(got, close);
                 }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn on_a_serial_line_an_oversized_message_is_refused_and_the_session_goes_on() {
+        let mut clock = Clock::new();
+        let mut c = Conversation::new(
+            rules(),
+            Claim::Any,
+            Transport::Serial,
+            Allowance::new(rules().message_rate),
+        );
+        start(&mut c, &mut clock, "d", false);
+        let limit = rules().limits.max_message as usize;
+        match c.receive(&vec![0u8; limit + 1], clock.tick(200), |_| None) {
+            Step::Refuse { error, close, .. } => {
+                assert_eq!(error.known_code(), Some(ErrorCode::TooLarge));
+                assert_eq!(close, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(feed(&mut c, &mut clock, &[1]), [1]);
+    }
+
+    #[test]
+    fn a_second_hello_starts_a_new_session_on_the_same_connection() {
+        for transport in [Transport::WebSocket, Transport::Serial] {
+            let mut clock = Clock::new();
+            let mut c = Conversation::new(
+                rules(),
+                Claim::Any,
+                transport,
+                Allowance::new(rules().message_rate),
+            );
+            start(&mut c, &mut clock, "d", false);
+            assert_eq!(feed(&mut c, &mut clock, &[1, 2]), [1, 2]);
+            c.take_ack();
+            let welcome = match c.receive(&hello("d", 8, false), clock.tick(1), |_| None) {
+                Step::Started { welcome, info } => {
+                    assert_eq!(info.session, 8);
+                    welcome
+                }
+                other => panic!("{transport:?}: {other:?}"),
+            };
+            assert_eq!(welcome.acked, None, "{transport:?}");
+            assert_eq!(feed(&mut c, &mut clock, &[1]), [1], "{transport:?}");
+            assert_eq!(
+                c.take_ack(),
+                Some(Ack {
+                    seq: 1,
+                    resend: false
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn firmware_texts_up_to_64_bytes_are_welcomed_and_longer_ones_refused() {
+        let mut clock = Clock::new();
+        for (len, welcomed) in [(64, true), (65, false)] {
+            let mut c = conversation(Claim::Any);
+            let hello = Message::Hello(Hello {
+                device_id: "d".into(),
+                firmware: "f".repeat(len),
+                protocol: 1,
+                session: 1,
+                max_message: None,
+                resends: false,
+                layouts: Vec::new(),
+            })
+            .to_vec();
+            match c.receive(&hello, clock.tick(1), |_| None) {
+                Step::Started { .. } => assert!(welcomed, "{len}"),
+                Step::Refuse { error, close, .. } => {
+                    assert!(!welcomed, "{len}: {error:?}");
+                    assert_eq!(error.known_code(), Some(ErrorCode::LimitExceeded));
+                    assert!(error.message.contains("64"), "{error:?}");
+                    assert_eq!(close, Some(Close::Policy));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn hello_max_message_is_kept_between_128_and_the_hubs_own() {
+        let mut clock = Clock::new();
+        for (declared, kept) in [
+            (None, 1024),
+            (Some(512), 512),
+            (Some(16), 128),
+            (Some(9000), 1024),
+        ] {
+            let mut c = conversation(Claim::Any);
+            let hello = Message::Hello(Hello {
+                device_id: "d".into(),
+                firmware: "1".into(),
+                protocol: 1,
+                session: 1,
+                max_message: declared,
+                resends: false,
+                layouts: Vec::new(),
+            })
+            .to_vec();
+            match c.receive(&hello, clock.tick(1), |_| None) {
+                Step::Started { info, .. } => assert_eq!(info.max_message, kept, "{declared:?}"),
                 other => panic!("{other:?}"),
             }
         }

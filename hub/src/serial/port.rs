@@ -10,12 +10,12 @@ use firmware_proto::frame::{self, Feed, FrameDecoder, FrameError};
 use firmware_proto::Message;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{counters, PortCounters};
 use crate::config::SerialPortConfig;
-use crate::devices::link::{Link, Pending, Place, MAX_PENDING};
+use crate::devices::link::{Link, Pending, Place};
 use crate::devices::session::Claim;
 use crate::devices::{Downlink, Gateway, Transport};
 
@@ -72,15 +72,15 @@ pub(super) async fn serve(
             biased;
             _ = shutdown.cancelled() => break "hub stopped",
             Some(first) = durable.next(), if !durable.is_empty() => {
-                let mut failed = false;
+                let mut failed = None;
                 for reply in link.durable_ready(first, &mut durable) {
-                    if write(&mut stream, &reply).await.is_err() {
-                        failed = true;
+                    if let Err(e) = write(&mut stream, &reply, &shutdown).await {
+                        failed = Some(e);
                         break;
                     }
                 }
-                if failed {
-                    break "port gone";
+                if let Some(e) = failed {
+                    break e.reason();
                 }
             }
             _ = replaced.cancelled() => {
@@ -101,11 +101,11 @@ pub(super) async fn serve(
                 replaced = link.replaced();
             }
             Some(Downlink::Command(command)) = downlink.recv() => {
-                match write(&mut stream, &Message::Command(command)).await {
+                match write(&mut stream, &Message::Command(command), &shutdown).await {
                     Ok(n) => {
                         gateway.stats.command_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(_) => break "port gone",
+                    Err(e) => break e.reason(),
                 }
             }
             _ = silence.tick() => {
@@ -113,7 +113,9 @@ pub(super) async fn serve(
                     link.end("silent").await;
                 }
             }
-            read = stream.read(&mut buf), if durable.len() < MAX_PENDING => {
+            // A window of telemetry waiting for the disk stops the reading (PROTOCOL.md
+            // §5.3); the line's buffers hold what comes meanwhile, then drop it.
+            read = stream.read(&mut buf), if durable.len() < link.window() => {
                 let n = match read {
                     Ok(0) => break "port gone",
                     Ok(n) => n,
@@ -124,7 +126,7 @@ pub(super) async fn serve(
                 };
                 counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 let mut input = &buf[..n];
-                let mut failed = false;
+                let mut failed = None;
                 while !input.is_empty() {
                     match decoder.feed(input) {
                         Feed::NeedMore => break,
@@ -143,8 +145,8 @@ pub(super) async fn serve(
                                 durable.push_back(pending);
                             }
                             if let Some(reply) = handled.reply {
-                                if write(&mut stream, &reply).await.is_err() {
-                                    failed = true;
+                                if let Err(e) = write(&mut stream, &reply, &shutdown).await {
+                                    failed = Some(e);
                                     break;
                                 }
                             }
@@ -156,12 +158,12 @@ pub(super) async fn serve(
                         }
                     }
                 }
-                if failed {
-                    break "port gone";
+                if let Some(e) = failed {
+                    break e.reason();
                 }
                 if let Some(ack) = link.take_ack() {
-                    if write(&mut stream, &ack).await.is_err() {
-                        break "port gone";
+                    if let Err(e) = write(&mut stream, &ack, &shutdown).await {
+                        break e.reason();
                     }
                 }
             }
@@ -170,6 +172,10 @@ pub(super) async fn serve(
     link.settle(&mut durable).await;
     link.end(reason).await;
     tracing::info!(reason, "serial port closed");
+    // Closing a tty waits for its output to drain (up to 30 s on a USB adapter whose
+    // device stopped reading): discard what is unsent, and close off the async workers.
+    let _ = stream.clear(tokio_serial::ClearBuffer::Output);
+    tokio::task::spawn_blocking(move || drop(stream));
 }
 
 fn count(counters: &PortCounters, error: FrameError) {
@@ -182,14 +188,47 @@ fn count(counters: &PortCounters, error: FrameError) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Writes one message as a frame; returns the frame's length.
-async fn write(stream: &mut SerialStream, message: &Message) -> std::io::Result<usize> {
+/// Why a write to the line did not complete.
+enum WriteError {
+    /// The hub is stopping: the write was abandoned (the device drops the partial frame
+    /// at the next delimiter).
+    Stopped,
+    /// The line failed or took nothing for [`WRITE_TIMEOUT`].
+    Gone,
+}
+
+impl WriteError {
+    /// The status reason for the port's end.
+    fn reason(&self) -> &'static str {
+        match self {
+            WriteError::Stopped => "hub stopped",
+            WriteError::Gone => "port gone",
+        }
+    }
+}
+
+/// Writes one message as a frame; returns the frame's length. A device that stops
+/// reading (flow control, a stalled USB adapter) must not hold the hub's shutdown for
+/// the write timeout: the write yields to `shutdown`.
+async fn write(
+    stream: &mut SerialStream,
+    message: &Message,
+    shutdown: &CancellationToken,
+) -> Result<usize, WriteError> {
     let frame = message.to_frame();
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await {
-        Ok(result) => result.map(|()| frame.len()),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the line took no data for 5 s",
-        )),
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Err(WriteError::Stopped),
+        written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)) => match written {
+            Ok(Ok(())) => Ok(frame.len()),
+            Ok(Err(error)) => {
+                tracing::info!(%error, "serial port write failed");
+                Err(WriteError::Gone)
+            }
+            Err(_) => {
+                tracing::info!(timeout = ?WRITE_TIMEOUT, "the line took no data; treating the port as gone");
+                Err(WriteError::Gone)
+            }
+        },
     }
 }

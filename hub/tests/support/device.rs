@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use firmware_proto::{
-    Ack, Args, Command, CommandResult, ErrorMsg, Hello, Message, Reading, Telemetry, Welcome,
-    PROTOCOL_VERSION, WS_SUBPROTOCOL,
+    Ack, Args, Command, CommandResult, ErrorMsg, Field, Hello, Layout, Message, Reading, Telemetry,
+    ValueType, Welcome, PROTOCOL_VERSION, WS_SUBPROTOCOL,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
@@ -77,6 +77,63 @@ pub fn sample_readings(seq: u64) -> Vec<Reading> {
         Reading::new("n", -(seq as i64)),
         Reading::new("s", "hi"),
     ]
+}
+
+/// Telemetry `seq` exactly `len` bytes long when encoded (at least 16), made of text
+/// readings of at most 100 bytes each, so only its size can be over a limit.
+pub fn telemetry_of_len(seq: u64, len: usize) -> Message {
+    let build = |full: usize, last: usize| {
+        let mut readings: Vec<Reading> = (0..full)
+            .map(|i| Reading::new(format!("n{i}"), "x".repeat(100)))
+            .collect();
+        readings.push(Reading::new("last", "x".repeat(last)));
+        Message::Telemetry(Telemetry {
+            seq,
+            time: None,
+            readings,
+        })
+    };
+    for full in 0..=len / 100 {
+        for last in 0..=100 {
+            let message = build(full, last);
+            if message.to_vec().len() == len {
+                return message;
+            }
+        }
+    }
+    panic!("no telemetry of exactly {len} bytes")
+}
+
+/// The layout of [`sample_readings`] for compact telemetry: `t` (f32, "Cel"), `ok` (bool),
+/// `n` (i64), and no text (a layout carries no text values: `s` stays out).
+pub fn sample_layout() -> Layout {
+    Layout(vec![
+        Field::new("t", ValueType::F32).with_unit("Cel"),
+        Field::new("ok", ValueType::Bool),
+        Field::new("n", ValueType::I64),
+    ])
+}
+
+/// The readings of [`sample_layout`] for `seq`, as Telemetry would carry them.
+pub fn sample_compact_readings(seq: u64) -> Vec<Reading> {
+    sample_readings(seq).into_iter().take(3).collect()
+}
+
+/// Compact telemetry `seq` in [`sample_layout`]: the values of
+/// [`sample_compact_readings`].
+pub fn sample_compact(seq: u64) -> Message {
+    let values: Vec<firmware_proto::Value> = sample_compact_readings(seq)
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    Message::Compact(firmware_proto::Compact {
+        seq,
+        time: None,
+        values: sample_layout()
+            .pack(&values)
+            .expect("the values fit the layout"),
+        layout: 0,
+    })
 }
 
 /// How a connection attempt to `/device` failed.
@@ -278,6 +335,17 @@ impl Device {
         .await
     }
 
+    /// Sends `hello` and returns the hub's Welcome, or the Error it answered with.
+    pub async fn hello_with(&mut self, hello: Hello) -> Result<Welcome, ErrorMsg> {
+        self.send(&Message::Hello(hello));
+        self.next("Welcome or Error", |e| match e {
+            Event::Message(Message::Welcome(w)) => Some(Ok(w.clone())),
+            Event::Message(Message::Error(e)) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
     /// Sends one protocol message as a binary WebSocket message.
     pub fn send(&self, message: &Message) {
         self.send_ws(Ws::Binary(message.to_vec().into()));
@@ -463,13 +531,22 @@ impl Drop for Device {
 /// A Hello as the test devices send it.
 pub fn hello(id: &str, session: u64, resends: bool) -> Message {
     Message::Hello(Hello {
+        resends,
+        ..hello_body(id, session)
+    })
+}
+
+/// The Hello the test devices send, as a struct to change fields of.
+pub fn hello_body(id: &str, session: u64) -> Hello {
+    Hello {
         device_id: id.to_owned(),
         firmware: FIRMWARE.to_owned(),
         protocol: PROTOCOL_VERSION,
         session,
         max_message: None,
-        resends,
-    })
+        resends: false,
+        layouts: Vec::new(),
+    }
 }
 
 /// Moves orders to the socket and what arrives to `events`, until the connection ends.
@@ -679,6 +756,11 @@ impl Watcher {
             .filter(|p| p.topic == topic)
             .map(|p| p.json.clone())
             .collect()
+    }
+
+    /// Every topic received on so far, in arrival order.
+    pub fn topics(&self) -> Vec<String> {
+        self.history.iter().map(|p| p.topic.clone()).collect()
     }
 
     /// The `seq` of every telemetry message of `device` received so far, in arrival order.

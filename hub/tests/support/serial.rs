@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use firmware_proto::frame::max_frame_len;
 use firmware_proto::{
-    Ack, Args, Command, CommandResult, ErrorMsg, Feed, FrameDecoder, Message, Reading, Telemetry,
-    Welcome,
+    Ack, Args, Command, CommandResult, ErrorMsg, Feed, FrameDecoder, Hello, Message, Reading,
+    Telemetry, Welcome,
 };
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
@@ -73,7 +73,7 @@ impl Ports {
 /// never reads EIO while the hub has the port closed.
 struct Pty {
     master: AsyncFd<OwnedFd>,
-    _slave: OwnedFd,
+    slave: OwnedFd,
     tty: PathBuf,
 }
 
@@ -95,7 +95,7 @@ impl Pty {
             .unwrap_or_else(|e| panic!("register the pty master with tokio: {e}"));
         Pty {
             master,
-            _slave: pair.slave,
+            slave: pair.slave,
             tty,
         }
     }
@@ -177,6 +177,14 @@ impl SerialSensor {
         super::peer::eventually(&what, || open_count(&tty) >= 2).await;
     }
 
+    /// Suspends output on the line (`tcflow(TCOOFF)`), as a device that stops reading
+    /// with flow control on: from now on every write the hub makes to the port waits.
+    pub fn stop_reading(&self) {
+        let pty = self.pty.as_ref().expect("plugged in");
+        nix::sys::termios::tcflow(&pty.slave, nix::sys::termios::FlowArg::TCOOFF)
+            .expect("tcflow(TCOOFF) on the pty slave");
+    }
+
     /// Writes `bytes` to the line.
     pub async fn write(&mut self, mut bytes: &[u8]) {
         let pty = self.pty.as_ref().expect("plugged in");
@@ -217,6 +225,19 @@ impl SerialSensor {
     pub async fn hello(&mut self, id: &str, session: u64) -> Result<Welcome, ErrorMsg> {
         self.write(&[0]).await;
         self.send(&super::device::hello(id, session, false)).await;
+        self.next("Welcome or Error", |m| match m {
+            Message::Welcome(w) => Some(Ok(w.clone())),
+            Message::Error(e) => Some(Err(e.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Writes a lone delimiter and `hello`; returns the Welcome or the Error the hub
+    /// answered with.
+    pub async fn hello_with(&mut self, hello: Hello) -> Result<Welcome, ErrorMsg> {
+        self.write(&[0]).await;
+        self.send(&Message::Hello(hello)).await;
         self.next("Welcome or Error", |m| match m {
             Message::Welcome(w) => Some(Ok(w.clone())),
             Message::Error(e) => Some(Err(e.clone())),
