@@ -146,6 +146,7 @@ impl FrontDoor {
                 mqtt_path: s.mqtt_path.clone(),
                 device_path: Some(s.device_path.clone()),
                 allowed_origins: s.allowed_origins.clone(),
+                tls: s.kind.is_tls(),
             };
             let listener = Listener {
                 name: s.name.as_str().into(),
