@@ -576,7 +576,8 @@ fn hub_serves_with_proc_limited_to_its_own_process_as_the_unit_mounts_it() {
 }
 
 /// A configuration in `dir` with data there and listeners on loopback ports the OS picks:
-/// mqtt, and wss with a development PKI made at start (TLS and key generation run).
+/// mqtt, wss with a development PKI made at start (TLS and key generation run), and the
+/// admin endpoint.
 fn loopback_config(dir: &Path) -> PathBuf {
     let config = dir.join("edgehub.toml");
     std::fs::write(

@@ -355,11 +355,39 @@ pub mod tls {
     }
 }
 
-/// Serialises tests that run the embedded default, whose listeners use fixed ports
-/// (8443, 8883, 1883): two at once in one test binary would fight over them.
-pub fn default_ports() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+/// `edgehub` in a network namespace of its own, for tests of the embedded default, whose
+/// listeners and admin endpoint have fixed ports (8443, 8883, 1883, 9180): there they
+/// collide with nothing, neither another test nor an edgehub serving on this machine.
+/// `unshare` execs the hub (no fork), so signals sent to the child reach it. `None`
+/// (and a SKIPPED line naming `test`) where no namespace can be made: without
+/// `unshare`, or where user namespaces are off and the tests do not run as root.
+pub fn edgehub_in_own_network(test: &str) -> Option<Command> {
+    // Root can make a network namespace directly; others need a user namespace first.
+    const WAYS: [&[&str]; 2] = [&["--net"], &["--user", "--map-root-user", "--net"]];
+    let way = WAYS.iter().find(|flags| {
+        Command::new("unshare")
+            .args(flags.iter())
+            .arg("true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(flags) = way else {
+        eprintln!(
+            "SKIPPED {test}: no network namespace for the embedded default's fixed ports \
+             (`unshare --net` needs root, or unprivileged user namespaces)"
+        );
+        return None;
+    };
+    let mut command = Command::new("unshare");
+    command
+        .args(flags.iter())
+        .arg(env!("CARGO_BIN_EXE_edgehub"))
+        .env_remove("RUST_LOG")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NO_COLOR");
+    Some(command)
 }
 
 /// A hub running in-process on loopback ports chosen by the OS, with its development PKI.
