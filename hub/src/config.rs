@@ -16,6 +16,7 @@ mod journal;
 mod log;
 mod shutdown;
 mod uplink;
+mod warnings;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ pub use self::journal::{JournalConfig, WhenFull};
 pub use self::log::{InvalidLogLevel, LogConfig, LogFormat, LogLevel};
 pub use self::shutdown::ShutdownConfig;
 pub use self::uplink::{Backlog, UplinkConfig};
+pub use self::warnings::Warnings;
 
 /// The commented sample configuration, which is also the embedded default: one text, so
 /// the documentation cannot drift from what the hub runs on.

@@ -27,7 +27,7 @@ fn policy() -> Arc<Policy> {
             let mut config = Config::default();
             // Without TLS listeners the policy needs no certificates on disk.
             config.listeners.clear();
-            match Policy::build(&config, 1) {
+            match Policy::build(&config, 1, &mut crate::config::Warnings::default()) {
                 Ok(policy) => Arc::new(policy),
                 Err(e) => panic!("the default policy does not build: {e}"),
             }

@@ -95,6 +95,8 @@ pub enum Phase {
 /// A hub whose stages are built and whose listeners are bound.
 pub struct Hub {
     config: Config,
+    /// The configuration warnings said for the configuration in force.
+    warnings: Arc<std::sync::Mutex<config::Warnings>>,
     phase: tokio::sync::watch::Sender<Phase>,
     /// Where reloads send new rules (not `Shared` itself: that holds the journal, whose
     /// last handle must close at the end of `run` for its final flush).
@@ -125,19 +127,30 @@ impl Hub {
             data_dir = %config.hub.data_dir.display(),
             "edgehub starting"
         );
-        config.limits.max_connections =
-            front::fit_to_open_file_limit(config.limits.max_connections);
+        let configured = config.limits.max_connections;
+        config.limits.max_connections = front::fit_to_open_file_limit(configured);
+        let mut warnings = config::Warnings::default();
+        if config.limits.max_connections < configured {
+            // Said just now; a reload of the same file need not say it again.
+            warnings.warn(max_connections_warning(configured), || {});
+        }
         // Files, key generation, argon2 setup and rumqttd's start all block: do them on the
         // blocking pool rather than on a runtime worker.
         let setup_config = config.clone();
-        let Setup {
-            uplinks,
-            policy,
-            broker,
-            journal,
-        } = tokio::task::spawn_blocking(move || Setup::build(&setup_config))
-            .await
-            .map_err(|_| broker::BrokerError::Thread)??;
+        let (
+            Setup {
+                uplinks,
+                policy,
+                broker,
+                journal,
+            },
+            mut warnings,
+        ) = tokio::task::spawn_blocking(move || {
+            Setup::build(&setup_config, &mut warnings).map(|setup| (setup, warnings))
+        })
+        .await
+        .map_err(|_| broker::BrokerError::Thread)??;
+        warnings.commit();
 
         let (publisher, requests) = publisher::Publisher::new(config.hub.id.as_str());
         let (gateway, router_inbox) = devices::Gateway::new(
@@ -171,6 +184,7 @@ impl Hub {
         };
         Ok(Hub {
             config,
+            warnings: Arc::new(std::sync::Mutex::new(warnings)),
             phase: tokio::sync::watch::Sender::new(Phase::Starting),
             policy,
             front,
@@ -206,6 +220,7 @@ impl Hub {
         Reloader {
             policy: self.policy.clone(),
             running: Arc::new(self.config.clone()),
+            warnings: self.warnings.clone(),
         }
     }
 
@@ -449,26 +464,36 @@ struct Setup {
 }
 
 /// Warns about listeners whose login methods have nothing to check against.
-fn warn_unusable_logins(config: &Config, policy: &Policy) {
+fn warn_unusable_logins(config: &Config, policy: &Policy, warnings: &mut config::Warnings) {
     for l in &config.listeners {
         let wants = |m| l.auth.contains(&m);
         if wants(front::AuthMethod::Password) && !policy.auth.has_users() {
-            tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+            warnings.warn(format!("no-users:{}", l.name), || {
+                tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+            });
         }
         if wants(front::AuthMethod::Jwt) && !policy.auth.has_jwt() {
-            tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+            warnings.warn(format!("no-jwt:{}", l.name), || {
+                tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+            });
         }
     }
 }
 
+/// The key of the warning that `limits.max_connections` (as `configured`) is above what
+/// the hub started with.
+fn max_connections_warning(configured: usize) -> String {
+    format!("max_connections-above-start:{configured}")
+}
+
 impl Setup {
-    fn build(config: &Config) -> Result<Setup, HubError> {
+    fn build(config: &Config, warnings: &mut config::Warnings) -> Result<Setup, HubError> {
         data_dir::prepare(&config.hub.data_dir)?;
         // One TLS server config per client-certificate mode in use: a listener that
         // accepts only certificates requires one; one that also takes passwords or tokens
         // asks for one but lets browsers without a certificate through to CONNECT.
-        let policy = Policy::build(config, config.limits.max_connections)?;
-        warn_unusable_logins(config, &policy);
+        let policy = Policy::build(config, config.limits.max_connections, warnings)?;
+        warn_unusable_logins(config, &policy, warnings);
 
         let uplinks = config
             .uplinks
@@ -519,6 +544,9 @@ pub struct Reloader {
     /// The configuration the hub started with (`limits.max_connections` as fitted to
     /// the open-file limit).
     running: Arc<Config>,
+    /// The configuration warnings said for the configuration in force: a reload says
+    /// only new ones.
+    warnings: Arc<std::sync::Mutex<config::Warnings>>,
 }
 
 /// What a reload did.
@@ -535,25 +563,44 @@ impl Reloader {
     pub async fn reload(&self, config: Config) -> Result<Reloaded, HubError> {
         let max_connections = self.running.limits.max_connections;
         let candidate = config.clone();
-        let policy =
-            tokio::task::spawn_blocking(move || Policy::build(&candidate, max_connections))
-                .await
-                .map_err(|_| broker::BrokerError::Thread)??;
-        warn_unusable_logins(&config, &policy);
-        if config.limits.max_connections > max_connections {
-            tracing::warn!(
-                configured = config.limits.max_connections,
-                allowed = max_connections,
-                "limits.max_connections can only be raised above what the hub started with by a restart"
-            );
+        let mut warnings = std::mem::take(&mut *lock(&self.warnings));
+        let (built, mut warnings) = tokio::task::spawn_blocking(move || {
+            let built = Policy::build(&candidate, max_connections, &mut warnings);
+            (built, warnings)
+        })
+        .await
+        .map_err(|_| broker::BrokerError::Thread)?;
+        let policy = match built {
+            Ok(policy) => policy,
+            Err(error) => {
+                warnings.discard();
+                *lock(&self.warnings) = warnings;
+                return Err(error);
+            }
+        };
+        warn_unusable_logins(&config, &policy, &mut warnings);
+        let configured = config.limits.max_connections;
+        if configured > max_connections {
+            warnings.warn(max_connections_warning(configured), || {
+                tracing::warn!(
+                    configured,
+                    allowed = max_connections,
+                    "limits.max_connections can only be raised above what the hub started with by a restart"
+                );
+            });
         }
         let needs_restart = restart_only_changes(&self.running, &config);
         if !needs_restart.is_empty() {
-            tracing::warn!(
-                settings = needs_restart.join(", "),
-                "these settings changed but take effect only after a restart; the running values stay"
-            );
+            let settings = needs_restart.join(", ");
+            warnings.warn(format!("needs-restart:{settings}"), || {
+                tracing::warn!(
+                    settings,
+                    "these settings changed but take effect only after a restart; the running values stay"
+                );
+            });
         }
+        warnings.commit();
+        *lock(&self.warnings) = warnings;
         self.policy.send_replace(Arc::new(policy));
         Ok(Reloaded { needs_restart })
     }
@@ -583,6 +630,13 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         running.auth.parallel_checks != new.auth.parallel_checks,
     );
     changed
+}
+
+/// Locks `mutex`, also after a panic elsewhere held it: the warnings it holds stay usable.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs the hub until `shutdown` resolves: [`Hub::start`] then [`Hub::run`].

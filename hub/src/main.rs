@@ -314,9 +314,11 @@ fn check_config(path: &Path) -> ExitCode {
     // keys. A development PKI that does not exist yet is made at the first start.
     let dev_pki = config.hub.data_dir.join("pki").join("ca.crt");
     if !config.tls.uses_dev_pki() || dev_pki.exists() {
-        if let Err(error) =
-            hub::front::policy::Policy::build(&config, config.limits.max_connections)
-        {
+        if let Err(error) = hub::front::policy::Policy::build(
+            &config,
+            config.limits.max_connections,
+            &mut hub::config::Warnings::default(),
+        ) {
             eprintln!("edgehub: {}: {error}", path.display());
             return ExitCode::from(EXIT_CONFIG);
         }

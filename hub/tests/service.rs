@@ -234,3 +234,71 @@ fn under_journald_each_line_starts_with_its_syslog_priority_and_has_no_timestamp
     assert!(warning.starts_with("<4> WARN"), "{warning}");
     assert!(!text.contains('\u{1b}'), "no colour codes:\n{text}");
 }
+
+#[test]
+fn a_reload_repeats_no_warning_that_did_not_change_and_says_one_that_did() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Warned at start: the development PKI (a wss listener, no [tls]), a password
+    // listener without users, and max_connections lowered to the open-file limit below.
+    let write = |max_connections: u32| {
+        write_config(
+            dir.path(),
+            &format!(
+                "[limits]\nmax_connections = {max_connections}\n\n\
+                 [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n\
+                 auth = [\"certificate\"]\n\n\
+                 [[listeners]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n\
+                 auth = [\"password\"]\n"
+            ),
+        )
+    };
+    let config = write(20000);
+    let mut command = edgehub();
+    command.arg("run").arg("--config").arg(&config);
+    // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::sys::resource::{setrlimit, Resource};
+            setrlimit(Resource::RLIMIT_NOFILE, 300, 350).map_err(std::io::Error::from)
+        });
+    }
+    let mut hub = RunningHub::start(command);
+    hub.wait_for_line("edgehub ready");
+    let count = |hub: &mut RunningHub, needle: &str| {
+        hub.lines().iter().filter(|l| l.contains(needle)).count()
+    };
+    const DEV_PKI: &str = "using the development PKI";
+    const NO_USERS: &str = "password logins enabled but no [[auth.users]]";
+    const LOWERED: &str = "limits.max_connections lowered";
+    const ABOVE_START: &str = "limits.max_connections can only be raised";
+    for needle in [DEV_PKI, NO_USERS, LOWERED] {
+        assert_eq!(count(&mut hub, needle), 1, "{needle}:\n{}", hub.stderr());
+    }
+
+    // The same file, twice: not a word more.
+    for _ in 0..2 {
+        hub.signal(Signal::SIGHUP);
+        hub.wait_for_line("configuration reloaded");
+    }
+    for needle in [DEV_PKI, NO_USERS, LOWERED] {
+        assert_eq!(count(&mut hub, needle), 1, "{needle}:\n{}", hub.stderr());
+    }
+    assert_eq!(count(&mut hub, ABOVE_START), 0, "{}", hub.stderr());
+
+    // A changed value is news, once.
+    write(30000);
+    for _ in 0..2 {
+        hub.signal(Signal::SIGHUP);
+        hub.wait_for_line("configuration reloaded");
+    }
+    assert_eq!(count(&mut hub, ABOVE_START), 1, "{}", hub.stderr());
+    let line = hub.line(ABOVE_START);
+    assert!(line.contains("configured=30000"), "{line}");
+    assert_eq!(count(&mut hub, DEV_PKI), 1, "{}", hub.stderr());
+
+    hub.signal(Signal::SIGTERM);
+    let (status, stderr) = hub.wait_for_exit();
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+}
