@@ -80,6 +80,27 @@ pub enum HubError {
     Shutdown(#[from] ShutdownError),
 }
 
+impl HubError {
+    /// Whether the error is in the configuration or a file it names (certificates, keys,
+    /// CRLs, users, JWT keys, ACL rules, an uplink's credentials, broker sizing): starting
+    /// again changes nothing until someone fixes it, so `edgehub run` exits with status 2
+    /// and systemd does not restart it. Data directory, journal, ports and the like may
+    /// come right by themselves and are not.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            HubError::Tls(_) | HubError::Acl(_) | HubError::Auth(_) | HubError::Uplink(_) => true,
+            HubError::Broker(broker::BrokerError::Invalid { .. }) => true,
+            HubError::DataDir(_)
+            | HubError::Broker(_)
+            | HubError::Retained(_)
+            | HubError::Journal(_)
+            | HubError::Front(_)
+            | HubError::Admin(_)
+            | HubError::Shutdown(_) => false,
+        }
+    }
+}
+
 /// Where a hub is in its life, for service managers and health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
