@@ -409,6 +409,87 @@ fn unit_reload_checks_the_file_quietly_then_signals_the_hub() {
 }
 
 #[test]
+fn a_pseudo_terminal_made_as_the_readme_says_opens_for_group_dialout_outside_tmp() {
+    let test = "a_pseudo_terminal_made_as_the_readme_says_opens_for_group_dialout_outside_tmp";
+    // The unit allows pseudo-terminals already (DevicePolicy=closed lets /dev/pts/* in);
+    // README must not send people to a DeviceAllow= they do not need.
+    assert_eq!(unit_values("DevicePolicy"), ["closed"]);
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    assert!(
+        !readme.contains("char-pts"),
+        "README still advises char-pts"
+    );
+    let line = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sudo socat pty,"))
+        .unwrap_or_else(|| panic!("no `sudo socat pty,...` line in README"));
+    // `sudo socat PTY-ADDRESS PEER-ADDRESS`
+    let mut words = line.split_whitespace().skip(2);
+    let pty = words.next().expect("the pty address");
+    let link = pty
+        .split(',')
+        .find_map(|o| o.strip_prefix("link="))
+        .unwrap_or_else(|| panic!("no link= in {pty}"));
+    // The service has a private /tmp: a link there is invisible to the hub.
+    assert!(
+        !link.starts_with("/tmp/") && !link.starts_with("/var/tmp/"),
+        "{link}"
+    );
+    let Some(socat) = tool(test, "socat") else {
+        return;
+    };
+    // The README's pty address with the link in a temporary directory, and a listener of
+    // this test in place of the remote sensor.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let here = dir.path().join("sensor");
+    let sensor = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut child = Command::new(socat)
+        .arg(pty.replace(link, &here.display().to_string()))
+        .arg(format!(
+            "tcp:{}",
+            sensor.local_addr().expect("local address")
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn socat");
+    let _peer = sensor.accept().expect("socat connects");
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    while !here.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socat made no {here:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let target = std::fs::canonicalize(&here).expect("the link resolves");
+    assert!(target.starts_with("/dev/pts/"), "{}", target.display());
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(&target).expect("stat the pty");
+    let dialout = nix::unistd::Group::from_name("dialout")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    assert_eq!(Some(meta.gid()), dialout, "the pty's group");
+    assert_eq!(meta.mode() & 0o777, 0o660, "the pty's mode");
+    // A user that is not the pty's owner opens it through group dialout, as the hub does.
+    if nix::unistd::geteuid().is_root() {
+        if let Some(setpriv) = tool(test, "setpriv") {
+            let out = output(
+                Command::new(setpriv)
+                    .args(["--reuid=65534", "--clear-groups"])
+                    .arg(format!("--regid={}", meta.gid()))
+                    .args(["sh", "-c", "exec 3<>\"$0\""])
+                    .arg(&target),
+            );
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn sysusers_file_creates_user_edgehub_in_group_dialout() {
     let test = "sysusers_file_creates_user_edgehub_in_group_dialout";
     let Some(sysusers) = tool(test, "systemd-sysusers") else {
