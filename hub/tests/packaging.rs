@@ -490,6 +490,39 @@ fn a_pseudo_terminal_made_as_the_readme_says_opens_for_group_dialout_outside_tmp
 }
 
 #[test]
+fn the_hub_alone_and_the_whole_workspace_build_shared_crates_with_the_same_features() {
+    // `cargo deb -p hub` builds the hub alone; had a shared crate other features there
+    // than in `cargo build --workspace`, each would rebuild the hub after the other.
+    let features = |selection: &[&str]| -> BTreeSet<String> {
+        let out = output(
+            Command::new(env!("CARGO"))
+                .current_dir(repo())
+                .args(["tree", "--offline", "--quiet", "--edges", "normal,build"])
+                .args(["--prefix", "none", "--format", "{p}|{f}"])
+                .args(selection),
+        );
+        assert!(out.status.success(), "cargo tree: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| l.trim_end_matches(" (*)").to_owned())
+            .collect()
+    };
+    let alone = features(&["--package", "hub"]);
+    let crates: BTreeSet<&str> = alone.iter().filter_map(|l| l.split('|').next()).collect();
+    let workspace: BTreeSet<String> = features(&["--workspace"])
+        .into_iter()
+        .filter(|l| l.split('|').next().is_some_and(|c| crates.contains(c)))
+        .collect();
+    let differ: Vec<_> = alone.symmetric_difference(&workspace).collect();
+    assert!(
+        differ.is_empty(),
+        "crates the hub shares with the workspace resolve other features when the hub is \
+         built alone; turn the workspace's features on in hub/Cargo.toml (see the note \
+         there):\n{differ:#?}"
+    );
+}
+
+#[test]
 fn sysusers_file_creates_user_edgehub_in_group_dialout() {
     let test = "sysusers_file_creates_user_edgehub_in_group_dialout";
     let Some(sysusers) = tool(test, "systemd-sysusers") else {
