@@ -134,6 +134,8 @@ pub struct Hub {
     uplinks: Vec<uplink::task::Uplink>,
     admin: Option<admin::Admin>,
     started: std::time::SystemTime,
+    /// Where the `$SYS` samples go.
+    sys: tokio::sync::watch::Sender<Arc<front::sys::SysTree>>,
 }
 
 impl Hub {
@@ -183,6 +185,7 @@ impl Hub {
         let (mqtt_commands_tx, mqtt_commands) = tokio::sync::mpsc::channel(1024);
 
         let stats = Arc::new(FrontStats::default());
+        let (sys, sys_feed) = tokio::sync::watch::channel(Arc::new(front::sys::SysTree::default()));
         let shared = Arc::new(Shared {
             gateway: gateway.clone(),
             broker: broker.clone(),
@@ -195,6 +198,7 @@ impl Hub {
                     .parallel_checks
                     .unwrap_or_else(auth::default_parallel_checks),
             ),
+            sys: sys_feed,
         });
         let policy = shared.policy.clone();
         let front = FrontDoor::bind(&config.listeners, shared).await?;
@@ -220,6 +224,7 @@ impl Hub {
             uplinks,
             admin,
             started,
+            sys,
         })
     }
 
@@ -281,10 +286,16 @@ impl Hub {
             stats,
             admin,
             started,
+            sys,
             ..
         } = self;
         // Serves first, so that /readyz says "starting" while the publisher connects.
         let admin_stages = Stages::new();
+        let sys_sources = front::sys::SysSources {
+            front: stats.clone(),
+            broker: self.broker.clone(),
+            started,
+        };
         let admin_state = admin.map(|admin| {
             let sources = metrics::Sources {
                 front: stats,
@@ -349,6 +360,11 @@ impl Hub {
         let stats_broker = self.broker.clone();
         device_stages.spawn("stats", move |token| {
             publish_stats(stats_gateway, stats_broker, uplink_status, interval, token)
+        });
+        let sys_interval = config.broker.sys_interval;
+        front::sys::sample_now(&sys, &sys_sources, sys_interval);
+        device_stages.spawn("$SYS", move |token| {
+            front::sys::publish(sys, sys_sources, sys_interval, token)
         });
         let feed_journal = gateway.journal.clone();
         let feed_publisher = publisher.clone();
@@ -584,7 +600,7 @@ impl Reloader {
     pub async fn reload(&self, config: Config) -> Result<Reloaded, HubError> {
         let max_connections = self.running.limits.max_connections;
         let candidate = config.clone();
-        let mut warnings = std::mem::take(&mut *lock(&self.warnings));
+        let mut warnings = std::mem::take(&mut *front::lock(&self.warnings));
         let (built, mut warnings) = tokio::task::spawn_blocking(move || {
             let built = Policy::build(&candidate, max_connections, &mut warnings);
             (built, warnings)
@@ -595,7 +611,7 @@ impl Reloader {
             Ok(policy) => policy,
             Err(error) => {
                 warnings.discard();
-                *lock(&self.warnings) = warnings;
+                *front::lock(&self.warnings) = warnings;
                 return Err(error);
             }
         };
@@ -621,7 +637,7 @@ impl Reloader {
             });
         }
         warnings.commit();
-        *lock(&self.warnings) = warnings;
+        *front::lock(&self.warnings) = warnings;
         self.policy.send_replace(Arc::new(policy));
         Ok(Reloaded { needs_restart })
     }
@@ -651,13 +667,6 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         running.auth.parallel_checks != new.auth.parallel_checks,
     );
     changed
-}
-
-/// Locks `mutex`, also after a panic elsewhere held it: the warnings it holds stay usable.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs the hub until `shutdown` resolves: [`Hub::start`] then [`Hub::run`].

@@ -1158,6 +1158,8 @@ pub mod client {
         PubComp,
         /// SUBACK.
         SubAck(Vec<Sub>),
+        /// UNSUBACK, with its MQTT 5 reasons (none in 3.1.1).
+        UnsubAck(Vec<String>),
         /// A server DISCONNECT (MQTT 5), with its reason.
         Disconnect(String),
         /// The connection ended; the event loop's error.
@@ -1490,6 +1492,20 @@ pub mod client {
             .await
         }
 
+        /// Unsubscribes from `filter` and returns the UNSUBACK's reasons (MQTT 5; none in
+        /// 3.1.1).
+        pub async fn unsubscribe(&mut self, filter: &str) -> Vec<String> {
+            match &self.client {
+                Client::V4(c) => c.unsubscribe(filter).await.expect("unsubscribe queued"),
+                Client::V5(c) => c.unsubscribe(filter).await.expect("unsubscribe queued"),
+            }
+            self.next("UNSUBACK", |s| match s {
+                Seen::UnsubAck(reasons) => Some(reasons.clone()),
+                _ => None,
+            })
+            .await
+        }
+
         /// Publishes and, for QoS 1 and 2, waits for the PUBACK or PUBREC (and, after an
         /// accepting PUBREC, for the PUBCOMP) and returns its verdict.
         pub async fn publish(
@@ -1613,6 +1629,7 @@ pub mod client {
                     })
                     .collect(),
             ),
+            P::UnsubAck(_) => Seen::UnsubAck(Vec::new()),
             _ => return None,
         })
     }
@@ -1648,6 +1665,7 @@ pub mod client {
             P::PubRel(_) => Seen::PubRel,
             P::PubComp(_) => Seen::PubComp,
             P::SubAck(a) => Seen::SubAck(a.return_codes.iter().map(sub_v5).collect()),
+            P::UnsubAck(a) => Seen::UnsubAck(a.reasons.iter().map(|r| format!("{r:?}")).collect()),
             P::Disconnect(d) => Seen::Disconnect(format!("{:?}", d.reason_code)),
             _ => return None,
         })
