@@ -16,6 +16,7 @@ mod journal;
 mod log;
 mod shutdown;
 mod uplink;
+mod warnings;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,11 +25,12 @@ use serde::Deserialize;
 
 pub use self::admin::AdminConfig;
 pub use self::devices::{DevicesConfig, SerialPortConfig, TelemetryFormat};
-pub use self::hub::{HubConfig, HubId, InvalidHubId};
+pub use self::hub::{HubConfig, HubId, InvalidHubId, SERVICE_STATE_DIRECTORY};
 pub use self::journal::{JournalConfig, WhenFull};
 pub use self::log::{InvalidLogLevel, LogConfig, LogFormat, LogLevel};
 pub use self::shutdown::ShutdownConfig;
 pub use self::uplink::{Backlog, UplinkConfig};
+pub use self::warnings::Warnings;
 
 /// The commented sample configuration, which is also the embedded default: one text, so
 /// the documentation cannot drift from what the hub runs on.
@@ -278,6 +280,7 @@ impl Config {
                 snippet,
             });
         }
+        config.hub.data_dir_configured = key_span(text, &["hub", "data_dir"]).is_some();
         config.source = source;
         Ok(config)
     }
@@ -345,14 +348,16 @@ impl Config {
             "admin                 = {}\n",
             self.admin.describe()
         ));
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let state_directory = std::env::var_os("STATE_DIRECTORY");
         let head = format!(
             "hub.id                = {:?}\n\
-             hub.data_dir          = {:?}\n\
+             hub.data_dir          = {}\n\
              log.level             = {:?}\n\
              log.format            = {:?}\n\
              shutdown.grace_period = {:?}\n",
             self.hub.id.as_str(),
-            self.hub.data_dir.display().to_string(),
+            self.hub.describe_data_dir(state_directory.as_deref(), &cwd),
             self.log.level.as_str(),
             self.log.format.as_str(),
             humantime::format_duration(self.shutdown.grace_period).to_string(),

@@ -27,7 +27,7 @@ fn policy() -> Arc<Policy> {
             let mut config = Config::default();
             // Without TLS listeners the policy needs no certificates on disk.
             config.listeners.clear();
-            match Policy::build(&config, 1) {
+            match Policy::build(&config, 1, &mut crate::config::Warnings::default()) {
                 Ok(policy) => Arc::new(policy),
                 Err(e) => panic!("the default policy does not build: {e}"),
             }
@@ -190,6 +190,7 @@ mod tests {
             codes,
             forward: mqtt::Packet::Subscribe(kept, _),
             wanted,
+            sys,
         } = client.filter_subscribe(subscribe, None)
         else {
             panic!("not rebuilt");
@@ -199,5 +200,64 @@ mod tests {
         assert_eq!(kept.filters[0].path, "devices/d1/cmd");
         assert_eq!(wanted.len(), 1);
         assert!(wanted[0].new && wanted[0].sends());
+        assert!(sys.is_empty());
+    }
+
+    #[test]
+    fn sys_filters_are_granted_by_the_hub_and_never_reach_the_router() {
+        let filter = |path: &str| mqtt::Filter {
+            path: path.into(),
+            qos: mqtt::QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: mqtt::RetainForwardRule::OnEverySubscribe,
+        };
+        let subscribe = |filters: &[&str]| mqtt::Subscribe {
+            pkid: 7,
+            filters: filters.iter().map(|f| filter(f)).collect(),
+        };
+        // admin: `$SYS/#` by name; `#` never reaches `$SYS` (MQTT §4.7.2).
+        let admin = Client::new(true, "admin", "root");
+        let SubscribeOutcome::Reply { suback, sys } =
+            admin.filter_subscribe(subscribe(&["$SYS/#"]), None)
+        else {
+            panic!("a $SYS-only SUBSCRIBE is the hub's to answer");
+        };
+        let mqtt::Packet::SubAck(ack, _) = suback else {
+            panic!("{suback:?}");
+        };
+        assert_eq!(
+            ack.return_codes,
+            [mqtt::SubscribeReasonCode::Success(mqtt::QoS::AtLeastOnce)]
+        );
+        assert_eq!(sys.len(), 1);
+        let SubscribeOutcome::Partial {
+            codes,
+            forward: mqtt::Packet::Subscribe(kept, _),
+            sys,
+            ..
+        } = admin.filter_subscribe(subscribe(&["#", "$SYS/broker/+"]), None)
+        else {
+            panic!("a mixed SUBSCRIBE is split");
+        };
+        assert_eq!(
+            codes,
+            [Answer::Router, Answer::Granted(mqtt::QoS::AtLeastOnce)]
+        );
+        assert_eq!(kept.filters.len(), 1);
+        assert_eq!(kept.filters[0].path, "#");
+        assert_eq!(sys[0].filter, "$SYS/broker/+");
+        // dashboard: refused.
+        let dashboard = Client::new(false, "dashboard", "web");
+        let SubscribeOutcome::Reply { suback, sys } =
+            dashboard.filter_subscribe(subscribe(&["$SYS/#"]), None)
+        else {
+            panic!("refused by the hub");
+        };
+        let mqtt::Packet::SubAck(ack, _) = suback else {
+            panic!("{suback:?}");
+        };
+        assert_eq!(ack.return_codes, [mqtt::SubscribeReasonCode::NotAuthorized]);
+        assert!(sys.is_empty());
     }
 }

@@ -80,6 +80,27 @@ pub enum HubError {
     Shutdown(#[from] ShutdownError),
 }
 
+impl HubError {
+    /// Whether the error is in the configuration or a file it names (certificates, keys,
+    /// CRLs, users, JWT keys, ACL rules, an uplink's credentials, broker sizing): starting
+    /// again changes nothing until someone fixes it, so `edgehub run` exits with status 2
+    /// and systemd does not restart it. Data directory, journal, ports and the like may
+    /// come right by themselves and are not.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            HubError::Tls(_) | HubError::Acl(_) | HubError::Auth(_) | HubError::Uplink(_) => true,
+            HubError::Broker(broker::BrokerError::Invalid { .. }) => true,
+            HubError::DataDir(_)
+            | HubError::Broker(_)
+            | HubError::Retained(_)
+            | HubError::Journal(_)
+            | HubError::Front(_)
+            | HubError::Admin(_)
+            | HubError::Shutdown(_) => false,
+        }
+    }
+}
+
 /// Where a hub is in its life, for service managers and health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -95,6 +116,8 @@ pub enum Phase {
 /// A hub whose stages are built and whose listeners are bound.
 pub struct Hub {
     config: Config,
+    /// The configuration warnings said for the configuration in force.
+    warnings: Arc<std::sync::Mutex<config::Warnings>>,
     phase: tokio::sync::watch::Sender<Phase>,
     /// Where reloads send new rules (not `Shared` itself: that holds the journal, whose
     /// last handle must close at the end of `run` for its final flush).
@@ -111,6 +134,8 @@ pub struct Hub {
     uplinks: Vec<uplink::task::Uplink>,
     admin: Option<admin::Admin>,
     started: std::time::SystemTime,
+    /// Where the `$SYS` samples go.
+    sys: tokio::sync::watch::Sender<Arc<front::sys::SysTree>>,
 }
 
 impl Hub {
@@ -125,19 +150,30 @@ impl Hub {
             data_dir = %config.hub.data_dir.display(),
             "edgehub starting"
         );
-        config.limits.max_connections =
-            front::fit_to_open_file_limit(config.limits.max_connections);
+        let configured = config.limits.max_connections;
+        config.limits.max_connections = front::fit_to_open_file_limit(configured);
+        let mut warnings = config::Warnings::default();
+        if config.limits.max_connections < configured {
+            // Said just now; a reload of the same file need not say it again.
+            warnings.warn(max_connections_warning(configured), || {});
+        }
         // Files, key generation, argon2 setup and rumqttd's start all block: do them on the
         // blocking pool rather than on a runtime worker.
         let setup_config = config.clone();
-        let Setup {
-            uplinks,
-            policy,
-            broker,
-            journal,
-        } = tokio::task::spawn_blocking(move || Setup::build(&setup_config))
-            .await
-            .map_err(|_| broker::BrokerError::Thread)??;
+        let (
+            Setup {
+                uplinks,
+                policy,
+                broker,
+                journal,
+            },
+            mut warnings,
+        ) = tokio::task::spawn_blocking(move || {
+            Setup::build(&setup_config, &mut warnings).map(|setup| (setup, warnings))
+        })
+        .await
+        .map_err(|_| broker::BrokerError::Thread)??;
+        warnings.commit();
 
         let (publisher, requests) = publisher::Publisher::new(config.hub.id.as_str());
         let (gateway, router_inbox) = devices::Gateway::new(
@@ -149,6 +185,7 @@ impl Hub {
         let (mqtt_commands_tx, mqtt_commands) = tokio::sync::mpsc::channel(1024);
 
         let stats = Arc::new(FrontStats::default());
+        let (sys, sys_feed) = tokio::sync::watch::channel(Arc::new(front::sys::SysTree::default()));
         let shared = Arc::new(Shared {
             gateway: gateway.clone(),
             broker: broker.clone(),
@@ -161,6 +198,7 @@ impl Hub {
                     .parallel_checks
                     .unwrap_or_else(auth::default_parallel_checks),
             ),
+            sys: sys_feed,
         });
         let policy = shared.policy.clone();
         let front = FrontDoor::bind(&config.listeners, shared).await?;
@@ -171,6 +209,7 @@ impl Hub {
         };
         Ok(Hub {
             config,
+            warnings: Arc::new(std::sync::Mutex::new(warnings)),
             phase: tokio::sync::watch::Sender::new(Phase::Starting),
             policy,
             front,
@@ -185,6 +224,7 @@ impl Hub {
             uplinks,
             admin,
             started,
+            sys,
         })
     }
 
@@ -206,6 +246,7 @@ impl Hub {
         Reloader {
             policy: self.policy.clone(),
             running: Arc::new(self.config.clone()),
+            warnings: self.warnings.clone(),
         }
     }
 
@@ -245,10 +286,16 @@ impl Hub {
             stats,
             admin,
             started,
+            sys,
             ..
         } = self;
         // Serves first, so that /readyz says "starting" while the publisher connects.
         let admin_stages = Stages::new();
+        let sys_sources = front::sys::SysSources {
+            front: stats.clone(),
+            broker: self.broker.clone(),
+            started,
+        };
         let admin_state = admin.map(|admin| {
             let sources = metrics::Sources {
                 front: stats,
@@ -313,6 +360,11 @@ impl Hub {
         let stats_broker = self.broker.clone();
         device_stages.spawn("stats", move |token| {
             publish_stats(stats_gateway, stats_broker, uplink_status, interval, token)
+        });
+        let sys_interval = config.broker.sys_interval;
+        front::sys::sample_now(&sys, &sys_sources, sys_interval);
+        device_stages.spawn("$SYS", move |token| {
+            front::sys::publish(sys, sys_sources, sys_interval, token)
         });
         let feed_journal = gateway.journal.clone();
         let feed_publisher = publisher.clone();
@@ -449,26 +501,36 @@ struct Setup {
 }
 
 /// Warns about listeners whose login methods have nothing to check against.
-fn warn_unusable_logins(config: &Config, policy: &Policy) {
+fn warn_unusable_logins(config: &Config, policy: &Policy, warnings: &mut config::Warnings) {
     for l in &config.listeners {
         let wants = |m| l.auth.contains(&m);
         if wants(front::AuthMethod::Password) && !policy.auth.has_users() {
-            tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+            warnings.warn(format!("no-users:{}", l.name), || {
+                tracing::warn!(listener = %l.name, "password logins enabled but no [[auth.users]] configured: every password login will be refused");
+            });
         }
         if wants(front::AuthMethod::Jwt) && !policy.auth.has_jwt() {
-            tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+            warnings.warn(format!("no-jwt:{}", l.name), || {
+                tracing::warn!(listener = %l.name, "jwt logins enabled but [auth.jwt] is not configured: every token will be refused");
+            });
         }
     }
 }
 
+/// The key of the warning that `limits.max_connections` (as `configured`) is above what
+/// the hub started with.
+fn max_connections_warning(configured: usize) -> String {
+    format!("max_connections-above-start:{configured}")
+}
+
 impl Setup {
-    fn build(config: &Config) -> Result<Setup, HubError> {
+    fn build(config: &Config, warnings: &mut config::Warnings) -> Result<Setup, HubError> {
         data_dir::prepare(&config.hub.data_dir)?;
         // One TLS server config per client-certificate mode in use: a listener that
         // accepts only certificates requires one; one that also takes passwords or tokens
         // asks for one but lets browsers without a certificate through to CONNECT.
-        let policy = Policy::build(config, config.limits.max_connections)?;
-        warn_unusable_logins(config, &policy);
+        let policy = Policy::build(config, config.limits.max_connections, warnings)?;
+        warn_unusable_logins(config, &policy, warnings);
 
         let uplinks = config
             .uplinks
@@ -519,6 +581,9 @@ pub struct Reloader {
     /// The configuration the hub started with (`limits.max_connections` as fitted to
     /// the open-file limit).
     running: Arc<Config>,
+    /// The configuration warnings said for the configuration in force: a reload says
+    /// only new ones.
+    warnings: Arc<std::sync::Mutex<config::Warnings>>,
 }
 
 /// What a reload did.
@@ -535,25 +600,44 @@ impl Reloader {
     pub async fn reload(&self, config: Config) -> Result<Reloaded, HubError> {
         let max_connections = self.running.limits.max_connections;
         let candidate = config.clone();
-        let policy =
-            tokio::task::spawn_blocking(move || Policy::build(&candidate, max_connections))
-                .await
-                .map_err(|_| broker::BrokerError::Thread)??;
-        warn_unusable_logins(&config, &policy);
-        if config.limits.max_connections > max_connections {
-            tracing::warn!(
-                configured = config.limits.max_connections,
-                allowed = max_connections,
-                "limits.max_connections can only be raised above what the hub started with by a restart"
-            );
+        let mut warnings = std::mem::take(&mut *front::lock(&self.warnings));
+        let (built, mut warnings) = tokio::task::spawn_blocking(move || {
+            let built = Policy::build(&candidate, max_connections, &mut warnings);
+            (built, warnings)
+        })
+        .await
+        .map_err(|_| broker::BrokerError::Thread)?;
+        let policy = match built {
+            Ok(policy) => policy,
+            Err(error) => {
+                warnings.discard();
+                *front::lock(&self.warnings) = warnings;
+                return Err(error);
+            }
+        };
+        warn_unusable_logins(&config, &policy, &mut warnings);
+        let configured = config.limits.max_connections;
+        if configured > max_connections {
+            warnings.warn(max_connections_warning(configured), || {
+                tracing::warn!(
+                    configured,
+                    allowed = max_connections,
+                    "limits.max_connections can only be raised above what the hub started with by a restart"
+                );
+            });
         }
         let needs_restart = restart_only_changes(&self.running, &config);
         if !needs_restart.is_empty() {
-            tracing::warn!(
-                settings = needs_restart.join(", "),
-                "these settings changed but take effect only after a restart; the running values stay"
-            );
+            let settings = needs_restart.join(", ");
+            warnings.warn(format!("needs-restart:{settings}"), || {
+                tracing::warn!(
+                    settings,
+                    "these settings changed but take effect only after a restart; the running values stay"
+                );
+            });
         }
+        warnings.commit();
+        *front::lock(&self.warnings) = warnings;
         self.policy.send_replace(Arc::new(policy));
         Ok(Reloaded { needs_restart })
     }

@@ -2,8 +2,10 @@
 //! then hand over to [`hub::run`].
 //!
 //! Exit status: 0 clean stop or valid config; 1 the hub failed while running (data
-//! directory unusable, stages still running after `shutdown.grace_period`); 2 usage or
-//! configuration error; 130/143 a second SIGINT/SIGTERM ended the process during drain.
+//! directory unusable, a port in use, stages still running after
+//! `shutdown.grace_period`); 2 usage or configuration error, including files the
+//! configuration names (the unit does not restart the hub for it); 130/143 a second
+//! SIGINT/SIGTERM ended the process during drain.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,10 @@ enum Command {
         /// Configuration file (TOML) to check.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Print nothing when the file is valid, only an error (for the service's
+        /// ExecReload=, whose output goes to the journal).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Read a password (at a terminal: twice, without echo; else the first line of
     /// standard input) and print its argon2id hash for `password_hash` in [[auth.users]].
@@ -135,7 +141,7 @@ enum PkiCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config } => run(config.as_deref()),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, quiet } => check_config(&config, quiet),
         Command::Pki { command } => pki(command),
         Command::HashPassword => hash_password(),
         Command::Journal { command } => journal(command),
@@ -289,7 +295,7 @@ fn pki(command: PkiCommand) -> ExitCode {
     }
 }
 
-fn check_config(path: &Path) -> ExitCode {
+fn check_config(path: &Path, quiet: bool) -> ExitCode {
     let config = match Config::load(Some(path)) {
         Ok(config) => config,
         Err(error) => {
@@ -314,29 +320,59 @@ fn check_config(path: &Path) -> ExitCode {
     // keys. A development PKI that does not exist yet is made at the first start.
     let dev_pki = config.hub.data_dir.join("pki").join("ca.crt");
     if !config.tls.uses_dev_pki() || dev_pki.exists() {
-        if let Err(error) =
-            hub::front::policy::Policy::build(&config, config.limits.max_connections)
-        {
+        if let Err(error) = hub::front::policy::Policy::build(
+            &config,
+            config.limits.max_connections,
+            &mut hub::config::Warnings::default(),
+        ) {
             eprintln!("edgehub: {}: {error}", path.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    print!("{}: OK\n{}", path.display(), config.summary());
+    if !quiet {
+        print!("{}: OK\n{}", path.display(), config.summary());
+    }
     ExitCode::SUCCESS
+}
+
+/// What to do after a configuration error stopped `edgehub run`, for the journal: under
+/// systemd the service is not restarted for it (RestartPreventExitStatus=2), so the
+/// operator must start it again once the file is fixed.
+fn config_error_hint(path: Option<&Path>) -> String {
+    let file = path.map_or_else(
+        || "the configuration".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let check = path.map_or_else(String::new, |p| {
+        format!(
+            ", check it with `edgehub check-config --config {}`",
+            p.display()
+        )
+    });
+    let under_systemd =
+        std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("NOTIFY_SOCKET").is_some();
+    if under_systemd {
+        format!(
+            "edgehub: configuration error: fix {file}{check}, then `sudo systemctl restart \
+             edgehub`; the service is not restarted until then (exit status 2)"
+        )
+    } else {
+        format!("edgehub: configuration error: fix {file}{check}, then start edgehub again")
+    }
 }
 
 fn run(path: Option<&Path>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("edgehub: {error}");
+            eprintln!("edgehub: {error}\n{}", config_error_hint(path));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let log = match hub::logging::init(&config.log) {
         Ok(log) => log,
         Err(error) => {
-            eprintln!("edgehub: {error}");
+            eprintln!("edgehub: {error}\n{}", config_error_hint(path));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -344,6 +380,15 @@ fn run(path: Option<&Path>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
+            // Files the configuration names (certificates, keys, users, ACL rules...):
+            // starting again changes nothing until someone fixes them.
+            if error
+                .downcast_ref::<hub::HubError>()
+                .is_some_and(hub::HubError::is_configuration)
+            {
+                tracing::error!("{}", config_error_hint(path));
+                return ExitCode::from(EXIT_CONFIG);
+            }
             ExitCode::FAILURE
         }
     }

@@ -560,16 +560,22 @@ pub fn revoke(dir: &Path, target: &RevokeTarget) -> Result<Revoked, PkiError> {
 }
 
 /// The development PKI in `<data_dir>/pki`, created with [`DEFAULT_DEVICES`] devices on
-/// first use. Logs a warning that a development PKI is in use; call it once at startup.
+/// first use. Whoever uses it says so with [`warn_dev_pki_in_use`].
 pub fn ensure_dev_pki(data_dir: &Path) -> Result<PkiFiles, PkiError> {
     let dir = data_dir.join("pki");
-    let files = if dir.join(CA_CERT).exists() {
+    if dir.join(CA_CERT).exists() {
         let mut files = PkiFiles::at(&dir);
         files.devices = list_devices(&dir.join(DEVICES_DIR))?;
-        files
+        Ok(files)
     } else {
-        init(&dir, &PkiOptions::default())?
-    };
+        init(&dir, &PkiOptions::default())
+    }
+}
+
+/// Warns that the development PKI in `dir` serves the listeners, and where its files
+/// are.
+pub fn warn_dev_pki_in_use(dir: &Path) {
+    let files = PkiFiles::at(dir);
     tracing::warn!(
         pki = %files.dir.display(),
         ca = %files.ca_cert.display(),
@@ -578,7 +584,6 @@ pub fn ensure_dev_pki(data_dir: &Path) -> Result<PkiFiles, PkiError> {
         "using the development PKI: fine for trying edgehub out, not for production \
          (set tls.cert, tls.key and tls.client_ca to your own CA's files)"
     );
-    Ok(files)
 }
 
 /// The CA loaded (or just made) for issuing.

@@ -24,6 +24,7 @@ pub use self::identity::{
     check_identity, peer_identity, InvalidIdentity, PeerIdentity, MAX_IDENTITY_BYTES,
 };
 pub use self::settings::{ClientAuth, IdentitySource, ResolvedTlsSettings, TlsSettings};
+use crate::config::Warnings;
 use crate::pki::{self, PkiError};
 
 /// Why a TLS configuration could not be built or a peer identified.
@@ -225,14 +226,17 @@ pub enum TlsError {
 ///
 /// Expiry and the chain to a client CA are checked by webpki during the handshake; CRLs
 /// are checked for every certificate in the chain whose issuer has one.
+/// What is wrong but usable (an expired server certificate, a CA without a CRL) is said
+/// through `warnings`.
 pub fn server_config(
     settings: &ResolvedTlsSettings,
     client_auth: ClientAuth,
+    warnings: &mut Warnings,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     // Always ring, never the process default: nothing else in the process may pick one.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = load_certs(&settings.cert, "server certificate")?;
-    warn_if_expired(&settings.cert, &chain);
+    warn_if_expired(&settings.cert, &chain, warnings);
     let key = load_key(&settings.key)?;
     let verifier = match client_auth {
         ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
@@ -240,6 +244,7 @@ pub fn server_config(
             settings,
             client_auth == ClientAuth::Optional,
             provider.clone(),
+            warnings,
         )?,
     };
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -273,15 +278,17 @@ pub fn server_config(
 /// change (a reload).
 pub fn certificate_checker(
     settings: &ResolvedTlsSettings,
+    warnings: &mut Warnings,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    client_verifier(settings, false, provider)
+    client_verifier(settings, false, provider, warnings)
 }
 
 fn client_verifier(
     settings: &ResolvedTlsSettings,
     optional: bool,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    warnings: &mut Warnings,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     if settings.client_ca.is_empty() {
         return Err(TlsError::NoClientCa);
@@ -302,12 +309,12 @@ fn client_verifier(
     let mut crls = Vec::new();
     for path in &settings.crl {
         for der in load_crls(path)? {
-            check_crl(path, &der, &cas)?;
+            check_crl(path, &der, &cas, warnings)?;
             crls.push(der);
         }
     }
     if !crls.is_empty() {
-        warn_cas_without_crl(&cas, &crls);
+        warn_cas_without_crl(&cas, &crls, warnings);
     }
     // Allowing unknown revocation status: rustls would otherwise refuse every client of
     // a CA that has no CRL configured (a CA bundle where only one CA publishes CRLs), and
@@ -327,6 +334,7 @@ fn check_crl(
     path: &Path,
     der: &[u8],
     cas: &[(&PathBuf, CertificateDer<'static>)],
+    warnings: &mut Warnings,
 ) -> Result<(), TlsError> {
     let bad = |reason: String| TlsError::BadCrl {
         path: path.to_path_buf(),
@@ -337,11 +345,14 @@ fn check_crl(
     // may be offline for months: an old list still revokes), but the operator should know.
     if let Some(next_update) = crl.next_update() {
         if pki::system_time(next_update.timestamp()) < SystemTime::now() {
-            tracing::warn!(
-                crl = %path.display(),
-                next_update = %next_update,
-                "CRL is past its nextUpdate; it is still used, but fetch a current one from its CA"
-            );
+            let key = format!("crl-outdated:{}:{next_update}", path.display());
+            warnings.warn(key, || {
+                tracing::warn!(
+                    crl = %path.display(),
+                    next_update = %next_update,
+                    "CRL is past its nextUpdate; it is still used, but fetch a current one from its CA"
+                );
+            });
         }
     }
     let mut same_name = 0;
@@ -362,17 +373,21 @@ fn check_crl(
             issuer: crl.issuer().to_string(),
         });
     }
-    tracing::warn!(
-        crl = %path.display(),
-        issuer = %crl.issuer(),
-        "CRL issuer is not in tls.client_ca; it only applies if clients present that CA as an intermediate"
-    );
+    let key = format!("crl-issuer-unknown:{}:{}", path.display(), crl.issuer());
+    warnings.warn(key, || {
+        tracing::warn!(
+            crl = %path.display(),
+            issuer = %crl.issuer(),
+            "CRL issuer is not in tls.client_ca; it only applies if clients present that CA as an intermediate"
+        );
+    });
     Ok(())
 }
 
 fn warn_cas_without_crl(
     cas: &[(&PathBuf, CertificateDer<'static>)],
     crls: &[CertificateRevocationListDer<'static>],
+    warnings: &mut Warnings,
 ) {
     let issuers: Vec<Vec<u8>> = crls
         .iter()
@@ -387,16 +402,19 @@ fn warn_cas_without_crl(
             .iter()
             .any(|raw| raw.as_slice() == ca.subject().as_raw())
         {
-            tracing::warn!(
-                client_ca = %path.display(),
-                subject = %ca.subject(),
-                "no CRL in tls.crl for this client CA: its certificates are not checked for revocation"
-            );
+            let key = format!("ca-without-crl:{}:{}", path.display(), ca.subject());
+            warnings.warn(key, || {
+                tracing::warn!(
+                    client_ca = %path.display(),
+                    subject = %ca.subject(),
+                    "no CRL in tls.crl for this client CA: its certificates are not checked for revocation"
+                );
+            });
         }
     }
 }
 
-fn warn_if_expired(path: &Path, chain: &[CertificateDer<'static>]) {
+fn warn_if_expired(path: &Path, chain: &[CertificateDer<'static>], warnings: &mut Warnings) {
     let Some(Ok((_, leaf))) = chain
         .first()
         .map(|der| x509_parser::parse_x509_certificate(der))
@@ -405,11 +423,18 @@ fn warn_if_expired(path: &Path, chain: &[CertificateDer<'static>]) {
     };
     let not_after = pki::system_time(leaf.validity().not_after.timestamp());
     if not_after < SystemTime::now() {
-        tracing::warn!(
-            cert = %path.display(),
-            not_after = %leaf.validity().not_after,
-            "the server certificate has expired: clients will refuse to connect"
+        let key = format!(
+            "server-cert-expired:{}:{}",
+            path.display(),
+            leaf.validity().not_after
         );
+        warnings.warn(key, || {
+            tracing::warn!(
+                cert = %path.display(),
+                not_after = %leaf.validity().not_after,
+                "the server certificate has expired: clients will refuse to connect"
+            );
+        });
     }
 }
 

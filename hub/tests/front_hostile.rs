@@ -306,6 +306,58 @@ async fn a_browser_from_the_allowed_origin_connects_and_exchanges_messages() {
 }
 
 #[tokio::test]
+async fn a_client_whose_origin_is_the_hubs_own_address_connects_and_a_foreign_one_gets_403() {
+    let hub = TestHub::start("").await;
+    // "wss" lists no origins. paho-mqtt for Python sends the address it connects to as
+    // Origin: the same scheme, host and port as the request's Host (localhost:PORT here).
+    let addr = hub.addr(WSS);
+    let own = format!("https://localhost:{}", addr.port());
+    let mut ws = ws_upgrade(&hub, addr, "/mqtt", Some(&own), Some("mqtt"))
+        .await
+        .expect("the hub's own origin is upgraded");
+    let ack = ws_mqtt_roundtrip(&mut ws, connect_packet("same-origin", 30)).await;
+    assert!(
+        matches!(&ack, v4::Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success),
+        "{ack:?}"
+    );
+    // rumqttc sending its own Host as Origin, as paho does, exchanges messages.
+    let mut options = support::mqtt::options_v4(
+        "paho-like",
+        addr,
+        Via::Wss,
+        Some(support::mqtt::tls_config(&hub.pki(), Some("dashboard"))),
+    );
+    options.set_request_modifier(|mut request| async move {
+        let host = request
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .expect("a Host header");
+        request.headers_mut().insert(
+            "origin",
+            HeaderValue::from_str(&format!("https://{host}")).expect("header"),
+        );
+        request
+    });
+    support::peer::exchange_a_message(options).await;
+    assert_eq!(hub.stats.rejected(Reject::Upgrade), 0);
+
+    // Another site, another port of the same host, or plain http to a TLS listener.
+    let foreign = [
+        "https://evil.example".to_owned(),
+        format!("https://evil.example:{}", addr.port()),
+        format!("https://localhost:{}", addr.port().wrapping_add(1)),
+        format!("http://localhost:{}", addr.port()),
+    ];
+    for origin in &foreign {
+        let refused = ws_upgrade(&hub, addr, "/mqtt", Some(origin), Some("mqtt")).await;
+        assert_eq!(http_status(refused), StatusCode::FORBIDDEN, "{origin}");
+    }
+    wait_for_rejects(&hub, Reject::Upgrade, foreign.len() as u64).await;
+}
+
+#[tokio::test]
 async fn an_unknown_path_gets_404_and_an_unsupported_subprotocol_is_refused() {
     let hub = TestHub::start("").await;
     for path in ["/", "/mqtt/extra", "/MQTT"] {

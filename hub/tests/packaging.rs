@@ -233,6 +233,295 @@ fn unit_lets_the_hub_open_every_serial_port_family_the_readme_names() {
     }
 }
 
+/// The unit's settings outside comments, in order, as (key, value).
+fn unit_settings() -> Vec<(String, String)> {
+    let unit = std::fs::read_to_string(unit_file()).expect("read the unit");
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// The values of `key` in the unit, in order.
+fn unit_values(key: &str) -> Vec<String> {
+    unit_settings()
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The config file the unit runs the hub with (ExecStart's `--config`).
+fn unit_config_path() -> String {
+    let start = unit_values("ExecStart");
+    let start = start.first().expect("an ExecStart= line");
+    let mut words = start.split_whitespace();
+    words
+        .find(|w| *w == "--config")
+        .and_then(|_| words.next())
+        .unwrap_or_else(|| panic!("no --config in ExecStart={start}"))
+        .to_owned()
+}
+
+/// A command line of the unit (`ExecStart=` or `ExecReload=`'s value) as a command, with
+/// the built `edgehub` for /usr/bin/edgehub and `config` for the unit's config file.
+fn unit_command(line: &str, config: &Path) -> Command {
+    let unit_config = unit_config_path();
+    let mut words = line.split_whitespace().map(|w| {
+        if w == "/usr/bin/edgehub" {
+            env!("CARGO_BIN_EXE_edgehub").to_owned()
+        } else if w == unit_config {
+            config.display().to_string()
+        } else {
+            w.to_owned()
+        }
+    });
+    let mut command = Command::new(words.next().expect("a program"));
+    command
+        .args(words)
+        .env_remove("RUST_LOG")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("NO_COLOR");
+    command
+}
+
+#[test]
+fn unit_does_not_restart_the_hub_for_a_configuration_error_and_the_journal_says_what_to_fix() {
+    assert_eq!(unit_values("Restart"), ["on-failure"]);
+    // RestartPreventExitStatus= applies to the main process only: a check that fails in
+    // ExecStartPre= is retried every RestartSec= without end (issue 17).
+    for pre in unit_values("ExecStartPre") {
+        assert!(
+            pre.starts_with('-'),
+            "ExecStartPre={pre} would be restarted forever on failure"
+        );
+    }
+    let prevented: Vec<i32> = unit_values("RestartPreventExitStatus")
+        .iter()
+        .flat_map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .map(|s| s.parse().unwrap_or_else(|_| panic!("a status number: {s}")))
+        .collect();
+    assert!(!prevented.is_empty(), "no RestartPreventExitStatus=");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    let cases = [
+        (
+            "a misspelt key",
+            "[log]\nlevle = \"info\"\n".to_owned(),
+            "log.levle",
+        ),
+        (
+            "a missing certificate",
+            format!(
+                "[hub]\ndata_dir = {data:?}\n[admin]\nbind = \"127.0.0.1:0\"\n\
+                 [tls]\ncert = \"missing.crt\"\nkey = \"missing.key\"\n\
+                 client_ca = [\"missing-ca.crt\"]\n\n\
+                 [[listeners]]\nname = \"mqtts\"\nkind = \"mqtts\"\nbind = \"127.0.0.1:0\"\n\
+                 auth = [\"certificate\"]\n"
+            ),
+            "missing.crt",
+        ),
+    ];
+    for (case, file, named) in cases {
+        let config = dir.path().join("edgehub.toml");
+        std::fs::write(&config, file).expect("write config");
+        let start = &unit_values("ExecStart")[0];
+        // As systemd runs it: INVOCATION_ID is set for every service process.
+        let out = output(unit_command(start, &config).env("INVOCATION_ID", "0123456789abcdef"));
+        let stderr = text(&out.stderr);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            prevented.contains(&code),
+            "{case}: exit status {code} is restarted (RestartPreventExitStatus={prevented:?}):\n{stderr}"
+        );
+        assert!(stderr.contains(named), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "check it with `edgehub check-config --config {}`",
+                config.display()
+            )),
+            "{case}: {stderr}"
+        );
+        assert!(
+            stderr.contains("systemctl restart edgehub") && stderr.contains("not restarted"),
+            "{case}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn unit_leaves_etc_edgehub_read_only_to_the_hub() {
+    // ProtectSystem=strict mounts /etc read-only; ConfigurationDirectory= and the
+    // *Paths= settings below would make it writable again.
+    assert_eq!(unit_values("ProtectSystem"), ["strict"]);
+    assert!(
+        unit_values("ConfigurationDirectory").is_empty(),
+        "ConfigurationDirectory= mounts /etc/edgehub read-write"
+    );
+    for key in ["ReadWritePaths", "BindPaths"] {
+        for value in unit_values(key) {
+            assert!(!value.contains("/etc"), "{key}={value}");
+        }
+    }
+    // What it may write: its state directory, nothing under /etc. check-config names it
+    // as the data directory the service uses.
+    assert_eq!(unit_values("StateDirectory"), ["edgehub"]);
+    assert_eq!(hub::config::SERVICE_STATE_DIRECTORY, "/var/lib/edgehub");
+    for key in ["RuntimeDirectory", "CacheDirectory", "LogsDirectory"] {
+        assert!(unit_values(key).is_empty(), "{key}= adds a writable place");
+    }
+    assert!(unit_config_path().starts_with("/etc/edgehub/"));
+}
+
+#[test]
+fn unit_reload_checks_the_file_quietly_then_signals_the_hub() {
+    let reload = unit_values("ExecReload");
+    assert_eq!(reload.len(), 2, "{reload:?}");
+    assert_eq!(reload[1], "/bin/kill -HUP $MAINPID");
+    let check = &reload[0];
+    assert!(
+        check.starts_with("/usr/bin/edgehub check-config")
+            && check.ends_with(&format!("--config {}", unit_config_path())),
+        "{check}"
+    );
+    // Nothing in the journal when the file is good.
+    let out = output(&mut unit_command(
+        check,
+        &repo().join("config/edgehub.toml"),
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    // The error, and a failed reload (the kill is not run), when it is not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("edgehub.toml");
+    std::fs::write(&broken, "[limits]\nmax_conections = 10\n").expect("write config");
+    let out = output(&mut unit_command(check, &broken));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("`limits.max_conections`"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn a_pseudo_terminal_made_as_the_readme_says_opens_for_group_dialout_outside_tmp() {
+    let test = "a_pseudo_terminal_made_as_the_readme_says_opens_for_group_dialout_outside_tmp";
+    // The unit allows pseudo-terminals already (DevicePolicy=closed lets /dev/pts/* in);
+    // README must not send people to a DeviceAllow= they do not need.
+    assert_eq!(unit_values("DevicePolicy"), ["closed"]);
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    assert!(
+        !readme.contains("char-pts"),
+        "README still advises char-pts"
+    );
+    let line = readme
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sudo socat pty,"))
+        .unwrap_or_else(|| panic!("no `sudo socat pty,...` line in README"));
+    // `sudo socat PTY-ADDRESS PEER-ADDRESS`
+    let mut words = line.split_whitespace().skip(2);
+    let pty = words.next().expect("the pty address");
+    let link = pty
+        .split(',')
+        .find_map(|o| o.strip_prefix("link="))
+        .unwrap_or_else(|| panic!("no link= in {pty}"));
+    // The service has a private /tmp: a link there is invisible to the hub.
+    assert!(
+        !link.starts_with("/tmp/") && !link.starts_with("/var/tmp/"),
+        "{link}"
+    );
+    let Some(socat) = tool(test, "socat") else {
+        return;
+    };
+    // The README's pty address with the link in a temporary directory, and a listener of
+    // this test in place of the remote sensor.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let here = dir.path().join("sensor");
+    let sensor = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut child = Command::new(socat)
+        .arg(pty.replace(link, &here.display().to_string()))
+        .arg(format!(
+            "tcp:{}",
+            sensor.local_addr().expect("local address")
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn socat");
+    let _peer = sensor.accept().expect("socat connects");
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    while !here.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socat made no {here:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let target = std::fs::canonicalize(&here).expect("the link resolves");
+    assert!(target.starts_with("/dev/pts/"), "{}", target.display());
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(&target).expect("stat the pty");
+    let dialout = nix::unistd::Group::from_name("dialout")
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    assert_eq!(Some(meta.gid()), dialout, "the pty's group");
+    assert_eq!(meta.mode() & 0o777, 0o660, "the pty's mode");
+    // A user that is not the pty's owner opens it through group dialout, as the hub does.
+    if nix::unistd::geteuid().is_root() {
+        if let Some(setpriv) = tool(test, "setpriv") {
+            let out = output(
+                Command::new(setpriv)
+                    .args(["--reuid=65534", "--clear-groups"])
+                    .arg(format!("--regid={}", meta.gid()))
+                    .args(["sh", "-c", "exec 3<>\"$0\""])
+                    .arg(&target),
+            );
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_hub_alone_and_the_whole_workspace_build_shared_crates_with_the_same_features() {
+    // `cargo deb -p hub` builds the hub alone; had a shared crate other features there
+    // than in `cargo build --workspace`, each would rebuild the hub after the other.
+    let features = |selection: &[&str]| -> BTreeSet<String> {
+        let out = output(
+            Command::new(env!("CARGO"))
+                .current_dir(repo())
+                .args(["tree", "--offline", "--quiet", "--edges", "normal,build"])
+                .args(["--prefix", "none", "--format", "{p}|{f}"])
+                .args(selection),
+        );
+        assert!(out.status.success(), "cargo tree: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| l.trim_end_matches(" (*)").to_owned())
+            .collect()
+    };
+    let alone = features(&["--package", "hub"]);
+    let crates: BTreeSet<&str> = alone.iter().filter_map(|l| l.split('|').next()).collect();
+    let workspace: BTreeSet<String> = features(&["--workspace"])
+        .into_iter()
+        .filter(|l| l.split('|').next().is_some_and(|c| crates.contains(c)))
+        .collect();
+    let differ: Vec<_> = alone.symmetric_difference(&workspace).collect();
+    assert!(
+        differ.is_empty(),
+        "crates the hub shares with the workspace resolve other features when the hub is \
+         built alone; turn the workspace's features on in hub/Cargo.toml (see the note \
+         there):\n{differ:#?}"
+    );
+}
+
 #[test]
 fn sysusers_file_creates_user_edgehub_in_group_dialout() {
     let test = "sysusers_file_creates_user_edgehub_in_group_dialout";
@@ -576,13 +865,14 @@ fn hub_serves_with_proc_limited_to_its_own_process_as_the_unit_mounts_it() {
 }
 
 /// A configuration in `dir` with data there and listeners on loopback ports the OS picks:
-/// mqtt, and wss with a development PKI made at start (TLS and key generation run).
+/// mqtt, wss with a development PKI made at start (TLS and key generation run), and the
+/// admin endpoint.
 fn loopback_config(dir: &Path) -> PathBuf {
     let config = dir.join("edgehub.toml");
     std::fs::write(
         &config,
         format!(
-            "[hub]\nid = \"pkg-test\"\ndata_dir = {:?}\n\n\
+            "[hub]\nid = \"pkg-test\"\ndata_dir = {:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
              [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n\
              auth = [\"certificate\"]\n\n\
              [[listeners]]\nname = \"mqtt\"\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hub::config::Warnings;
 use hub::pki::{self, PkiError, PkiFiles, PkiOptions, RevokeTarget};
 use hub::tls::{
     self, ClientAuth, IdentitySource, InvalidIdentity, ResolvedTlsSettings, TlsError, TlsSettings,
@@ -571,6 +572,7 @@ fn server(files: &PkiFiles, client_auth: ClientAuth) -> Arc<rustls::ServerConfig
     tls::server_config(
         &ResolvedTlsSettings::from_pki(files, IdentitySource::Cn),
         client_auth,
+        &mut Warnings::default(),
     )
     .expect("server config")
 }
@@ -766,7 +768,8 @@ async fn ca_bundle_with_two_cas_accepts_clients_of_both() {
         identity: IdentitySource::Cn,
         dev_pki: false,
     };
-    let config = tls::server_config(&settings, ClientAuth::Required).expect("config");
+    let config = tls::server_config(&settings, ClientAuth::Required, &mut Warnings::default())
+        .expect("config");
 
     let trust_a = |cert: &Path, key: &Path| client_config(&a.ca_cert, Some((cert, key)));
     attempt_accepted(config.clone(), trust_a(&a_good, &a_key)).await;
@@ -903,7 +906,8 @@ async fn client_offering_only_an_unknown_alpn_protocol_still_connects() {
 // ----------------------------------------------------- configuration errors
 
 fn config_error(settings: &ResolvedTlsSettings, client_auth: ClientAuth) -> TlsError {
-    tls::server_config(settings, client_auth).expect_err("configuration must be refused")
+    tls::server_config(settings, client_auth, &mut Warnings::default())
+        .expect_err("configuration must be refused")
 }
 
 #[test]
@@ -984,6 +988,7 @@ fn server_config_errors_name_the_file_and_what_to_do() {
             ..good.clone()
         },
         ClientAuth::None,
+        &mut Warnings::default(),
     )
     .expect("no client CA needed");
 
@@ -1059,6 +1064,7 @@ fn server_config_errors_name_the_file_and_what_to_do() {
             ..good.clone()
         },
         ClientAuth::Required,
+        &mut Warnings::default(),
     )
     .expect("foreign CRL is tolerated");
 
@@ -1075,6 +1081,7 @@ fn server_config_errors_name_the_file_and_what_to_do() {
             ..good
         },
         ClientAuth::Required,
+        &mut Warnings::default(),
     )
     .expect("DER CRLs are read too");
 }
@@ -1093,5 +1100,6 @@ fn default_tls_settings_resolve_to_the_development_pki_in_the_data_dir() {
     assert_eq!(resolved.client_ca, [pki_dir.join("ca.crt")]);
     assert_eq!(resolved.crl, [pki_dir.join("ca.crl")]);
     assert!(resolved.cert.is_file(), "the PKI was generated");
-    tls::server_config(&resolved, ClientAuth::Required).expect("usable as is");
+    tls::server_config(&resolved, ClientAuth::Required, &mut Warnings::default())
+        .expect("usable as is");
 }

@@ -6,16 +6,21 @@ use std::path::Path;
 
 use support::{edgehub, RunningHub, Signal, READY};
 
-/// Starts `edgehub run` with `args` in `cwd`, waits for ready, sends `signal` and
-/// returns the exit status and stderr.
-fn run_until(signal: Signal, cwd: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let _ports = support::default_ports();
-    let mut command = edgehub();
+/// Starts `edgehub run` with `args` in `cwd` on its own network (the embedded default's
+/// ports are fixed), waits for ready, sends `signal` and returns the exit status and
+/// stderr; `None` when no network namespace can be made (the test is skipped).
+fn run_until(
+    test: &str,
+    signal: Signal,
+    cwd: &Path,
+    args: &[&str],
+) -> Option<(std::process::ExitStatus, String)> {
+    let mut command = support::edgehub_in_own_network(test)?;
     command.current_dir(cwd).arg("run").args(args);
     let mut hub = RunningHub::start(command);
     hub.wait_for_line(READY);
     hub.signal(signal);
-    hub.wait_for_exit()
+    Some(hub.wait_for_exit())
 }
 
 /// Runs `edgehub run --config config` in `cwd` until it exits by itself (a start that fails).
@@ -38,7 +43,10 @@ fn assert_clean_stop(status: std::process::ExitStatus, stderr: &str) {
 #[test]
 fn run_on_embedded_default_starts_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (status, stderr) = run_until(Signal::SIGTERM, dir.path(), &[]);
+    let test = "run_on_embedded_default_starts_and_stops_cleanly_on_sigterm";
+    let Some((status, stderr)) = run_until(test, Signal::SIGTERM, dir.path(), &[]) else {
+        return;
+    };
     assert_clean_stop(status, &stderr);
     assert!(stderr.contains("config=embedded default"), "{stderr}");
     assert!(stderr.contains("signal=\"SIGTERM\""), "{stderr}");
@@ -50,7 +58,10 @@ fn run_on_embedded_default_starts_and_stops_cleanly_on_sigterm() {
 #[test]
 fn run_on_embedded_default_starts_and_stops_cleanly_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (status, stderr) = run_until(Signal::SIGINT, dir.path(), &[]);
+    let test = "run_on_embedded_default_starts_and_stops_cleanly_on_sigint";
+    let Some((status, stderr)) = run_until(test, Signal::SIGINT, dir.path(), &[]) else {
+        return;
+    };
     assert_clean_stop(status, &stderr);
     assert!(stderr.contains("signal=\"SIGINT\""), "{stderr}");
     assert!(dir.path().join("edgehub-data").is_dir());
@@ -60,8 +71,10 @@ fn run_on_embedded_default_starts_and_stops_cleanly_on_sigint() {
 fn run_uses_the_first_state_directory_entry_when_data_dir_is_unset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
-    let _ports = support::default_ports();
-    let mut command = edgehub();
+    let test = "run_uses_the_first_state_directory_entry_when_data_dir_is_unset";
+    let Some(mut command) = support::edgehub_in_own_network(test) else {
+        return;
+    };
     command.current_dir(dir.path()).arg("run").env(
         "STATE_DIRECTORY",
         format!("{}:/nonexistent/other", state.display()),
@@ -81,7 +94,11 @@ fn run_with_json_format_writes_one_json_object_per_line() {
     let config = dir.path().join("edgehub.toml");
     std::fs::write(&config, "[log]\nformat = \"json\"\n").expect("write config");
     let config = config.display().to_string();
-    let (status, stderr) = run_until(Signal::SIGTERM, dir.path(), &["--config", &config]);
+    let test = "run_with_json_format_writes_one_json_object_per_line";
+    let args = ["--config", config.as_str()];
+    let Some((status, stderr)) = run_until(test, Signal::SIGTERM, dir.path(), &args) else {
+        return;
+    };
     assert_clean_stop(status, &stderr);
     for line in stderr.lines() {
         let event: serde_json::Value = serde_json::from_str(line)
@@ -120,14 +137,13 @@ fn under_a_low_open_file_limit_max_connections_fits_it_and_extra_clients_are_ref
     use tokio::io::AsyncWriteExt;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = support::free_port();
     let config = dir.path().join("edgehub.toml");
     std::fs::write(
         &config,
         format!(
             "[hub]\nid = \"fds\"\ndata_dir = {:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
              [[listeners]]\nname = \"mqtt\"\nkind = \"mqtt\"\n\
-             bind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n",
+             bind = \"127.0.0.1:0\"\nauth = [\"anonymous\"]\n",
             dir.path().join("data").display().to_string()
         ),
     )
@@ -149,10 +165,11 @@ fn under_a_low_open_file_limit_max_connections_fits_it_and_extra_clients_are_ref
     assert!(line.contains("allowed=94"), "{line}");
     assert!(line.contains("LimitNOFILE"), "says what to do: {line}");
     hub.wait_for_line(READY);
+    // Logged once the front door runs, just after ready.
+    let addr = hub.listener_addr("mqtt");
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let connect = |id: String| async move {
             let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP");
             tcp.write_all(&support::peer::connect_packet(&id, 60))

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use support::mqtt::{connect_v4, options_v4, Via};
-use support::{edgehub, free_port, RunningHub, Signal, DEADLINE};
+use support::{edgehub, RunningHub, Signal, DEADLINE};
 
 /// What the hub sends to its `$NOTIFY_SOCKET`, one datagram at a time.
 struct Notifications {
@@ -61,14 +61,16 @@ impl Notifications {
     }
 }
 
-/// A config with one anonymous MQTT listener on loopback `port` and `extra` TOML.
-fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+/// A config with one anonymous MQTT listener on a loopback port the OS picks, and
+/// `extra` TOML. Written again with other `extra`, the listener is the same: a reload
+/// keeps the port the hub has.
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let config = dir.join("edgehub.toml");
     std::fs::write(
         &config,
         format!(
             "[hub]\nid = \"svc\"\ndata_dir = {:?}\n[admin]\nbind = \"127.0.0.1:0\"\n{extra}\n\n[[listeners]]\nname = \"mqtt\"\n\
-             kind = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\nauth = [\"anonymous\"]\n",
+             kind = \"mqtt\"\nbind = \"127.0.0.1:0\"\nauth = [\"anonymous\"]\n",
             dir.join("data")
         ),
     )
@@ -76,14 +78,14 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     config
 }
 
-/// `edgehub run` on a config with the MQTT listener on a free port, told to notify a
-/// socket the test binds (and to feed a watchdog every half `watchdog_usec`, if given).
+/// `edgehub run` on a config with the MQTT listener on a port the OS picks (returned),
+/// told to notify a socket the test binds (and to feed a watchdog every half
+/// `watchdog_usec`, if given).
 fn start_notified(
     dir: &Path,
     watchdog_usec: Option<&str>,
 ) -> (RunningHub, Notifications, u16, PathBuf) {
-    let port = free_port();
-    let config = write_config(dir, port, "");
+    let config = write_config(dir, "");
     let notify = Notifications::bind(dir);
     let mut command = edgehub();
     command
@@ -94,7 +96,10 @@ fn start_notified(
     if let Some(usec) = watchdog_usec {
         command.env("WATCHDOG_USEC", usec);
     }
-    (RunningHub::start(command), notify, port, config)
+    let mut hub = RunningHub::start(command);
+    // Logged once the hub serves (just after "edgehub ready").
+    let port = hub.listener_addr("mqtt").port();
+    (hub, notify, port, config)
 }
 
 /// An MQTT client connects and gets its CONNACK: the hub serves.
@@ -119,14 +124,15 @@ async fn systemd_hears_ready_once_the_hub_serves_then_watchdog_reload_and_stoppi
     );
     // READY means serving: a client is admitted at once.
     serves(port).await;
-    hub.wait_for_line("edgehub ready");
+    // Logged before the listener's line, which start_notified waited for.
+    hub.line("edgehub ready");
     // The watchdog is fed at half of WATCHDOG_USEC while the hub runs.
     for _ in 0..3 {
         notify.until("WATCHDOG=1");
     }
 
     // SIGHUP: RELOADING=1 with the monotonic time, then READY=1 once applied.
-    write_config(dir.path(), port, "[log]\nlevel = \"debug\"\n");
+    write_config(dir.path(), "[log]\nlevel = \"debug\"\n");
     hub.signal(Signal::SIGHUP);
     let reloading = notify.until("RELOADING=1");
     let reloading = reloading.last().expect("one message");
@@ -151,7 +157,7 @@ async fn a_sighup_with_a_broken_file_keeps_serving_and_names_the_file() {
     let (mut hub, mut notify, port, config) = start_notified(dir.path(), None);
     notify.until("READY=1");
 
-    write_config(dir.path(), port, "[limits]\nmax_connections = \"lots\"\n");
+    write_config(dir.path(), "[limits]\nmax_connections = \"lots\"\n");
     hub.signal(Signal::SIGHUP);
     let line = hub.wait_for_line("reload failed");
     assert!(line.contains(&config.display().to_string()), "{line}");
@@ -162,7 +168,7 @@ async fn a_sighup_with_a_broken_file_keeps_serving_and_names_the_file() {
     serves(port).await;
 
     // Fixed, the next SIGHUP applies.
-    write_config(dir.path(), port, "");
+    write_config(dir.path(), "");
     hub.signal(Signal::SIGHUP);
     hub.wait_for_line("configuration reloaded");
     serves(port).await;
@@ -176,11 +182,9 @@ async fn a_sighup_with_a_broken_file_keeps_serving_and_names_the_file() {
 #[test]
 fn under_journald_each_line_starts_with_its_syslog_priority_and_has_no_timestamp() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     // A password listener without users: a warning at start, to see priority 4.
     let config = write_config(
         dir.path(),
-        port,
         "[[listeners]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nauth = [\"password\"]\n",
     );
     let (reader, writer) = std::io::pipe().expect("pipe");
@@ -229,4 +233,72 @@ fn under_journald_each_line_starts_with_its_syslog_priority_and_has_no_timestamp
         .expect("warning line");
     assert!(warning.starts_with("<4> WARN"), "{warning}");
     assert!(!text.contains('\u{1b}'), "no colour codes:\n{text}");
+}
+
+#[test]
+fn a_reload_repeats_no_warning_that_did_not_change_and_says_one_that_did() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Warned at start: the development PKI (a wss listener, no [tls]), a password
+    // listener without users, and max_connections lowered to the open-file limit below.
+    let write = |max_connections: u32| {
+        write_config(
+            dir.path(),
+            &format!(
+                "[limits]\nmax_connections = {max_connections}\n\n\
+                 [[listeners]]\nname = \"wss\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\n\
+                 auth = [\"certificate\"]\n\n\
+                 [[listeners]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n\
+                 auth = [\"password\"]\n"
+            ),
+        )
+    };
+    let config = write(20000);
+    let mut command = edgehub();
+    command.arg("run").arg("--config").arg(&config);
+    // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            use nix::sys::resource::{setrlimit, Resource};
+            setrlimit(Resource::RLIMIT_NOFILE, 300, 350).map_err(std::io::Error::from)
+        });
+    }
+    let mut hub = RunningHub::start(command);
+    hub.wait_for_line("edgehub ready");
+    let count = |hub: &mut RunningHub, needle: &str| {
+        hub.lines().iter().filter(|l| l.contains(needle)).count()
+    };
+    const DEV_PKI: &str = "using the development PKI";
+    const NO_USERS: &str = "password logins enabled but no [[auth.users]]";
+    const LOWERED: &str = "limits.max_connections lowered";
+    const ABOVE_START: &str = "limits.max_connections can only be raised";
+    for needle in [DEV_PKI, NO_USERS, LOWERED] {
+        assert_eq!(count(&mut hub, needle), 1, "{needle}:\n{}", hub.stderr());
+    }
+
+    // The same file, twice: not a word more.
+    for _ in 0..2 {
+        hub.signal(Signal::SIGHUP);
+        hub.wait_for_line("configuration reloaded");
+    }
+    for needle in [DEV_PKI, NO_USERS, LOWERED] {
+        assert_eq!(count(&mut hub, needle), 1, "{needle}:\n{}", hub.stderr());
+    }
+    assert_eq!(count(&mut hub, ABOVE_START), 0, "{}", hub.stderr());
+
+    // A changed value is news, once.
+    write(30000);
+    for _ in 0..2 {
+        hub.signal(Signal::SIGHUP);
+        hub.wait_for_line("configuration reloaded");
+    }
+    assert_eq!(count(&mut hub, ABOVE_START), 1, "{}", hub.stderr());
+    let line = hub.line(ABOVE_START);
+    assert!(line.contains("configured=30000"), "{line}");
+    assert_eq!(count(&mut hub, DEV_PKI), 1, "{}", hub.stderr());
+
+    hub.signal(Signal::SIGTERM);
+    let (status, stderr) = hub.wait_for_exit();
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
 }

@@ -7,14 +7,16 @@
 //! codes; the rest is the client's byte stream.
 //!
 //! Checks: no panic; the router gets exactly the filters the ACL allowed, in order, with
-//! their options; the SUBACK the client gets has one code per filter it sent, the hub's
-//! refusal where it refused and the router's codes in order elsewhere, and encodes for the
-//! client's version; a CONNECT's router client id holds none of the characters the router
+//! their options, and never a `$` filter (the hub answers those itself); the SUBACK the
+//! client gets has one code per filter it sent, the hub's refusal where it refused, its
+//! grant of the requested QoS for an allowed `$` filter, and the router's codes in order
+//! elsewhere, and encodes for the client's version; a CONNECT's router client id holds none of the characters the router
 //! never answers, and two different (identity, client id) pairs never share one.
 
 #![no_main]
 
 use bytes::BytesMut;
+use hub::front::sys::{is_reserved_filter, is_sys_filter};
 use hub::fuzzing::{session_id, Answer, Client, SubscribeOutcome};
 use hub::mqtt::{self, Packet, QoS, SubAck, SubscribeReasonCode, Version};
 use libfuzzer_sys::fuzz_target;
@@ -74,18 +76,37 @@ fuzz_target!(|data: &[u8]| {
                 wanted,
             } => {
                 assert_eq!(forward.filters, sent, "handed on as it is");
+                assert!(!sent.iter().any(|f| is_reserved_filter(&f.path)));
                 assert_eq!(wanted.len(), sent.len(), "one retained request per filter");
             }
-            SubscribeOutcome::Refuse(suback) => {
-                let denied = vec![SubscribeReasonCode::NotAuthorized; sent.len()];
-                check_suback(&suback, version, pkid, &denied);
+            SubscribeOutcome::Reply { suback, sys } => {
+                let Packet::SubAck(ack, _) = &suback else {
+                    panic!("the client's answer is not a SUBACK: {suback:?}");
+                };
+                // Each filter refused, or a `$` filter granted at the QoS asked for.
+                let expected: Vec<_> = sent
+                    .iter()
+                    .zip(&ack.return_codes)
+                    .map(|(f, code)| match code {
+                        SubscribeReasonCode::Success(q) => {
+                            assert!(is_reserved_filter(&f.path), "{f:?} granted by the hub");
+                            assert_eq!(*q, f.qos);
+                            *code
+                        }
+                        _ => SubscribeReasonCode::NotAuthorized,
+                    })
+                    .collect();
+                check_suback(&suback, version, pkid, &expected);
+                assert!(sys.iter().all(|s| is_sys_filter(&s.filter)));
             }
             SubscribeOutcome::Partial {
                 pkid: partial_pkid,
                 forward: Packet::Subscribe(forward, _),
                 codes,
                 wanted,
+                sys,
             } => {
+                assert!(sys.iter().all(|s| is_sys_filter(&s.filter)));
                 assert_eq!(partial_pkid, pkid);
                 assert_eq!(codes.len(), sent.len(), "one answer per filter");
                 let kept: Vec<_> = sent
@@ -95,6 +116,7 @@ fuzz_target!(|data: &[u8]| {
                     .map(|(f, _)| f.clone())
                     .collect();
                 assert!(!kept.is_empty() && kept.len() < sent.len());
+                assert!(!kept.iter().any(|f| is_reserved_filter(&f.path)));
                 assert_eq!(forward.filters, kept, "exactly the allowed filters, in order");
                 assert_eq!(wanted.len(), kept.len(), "one retained request per allowed filter");
                 let from_router = router_codes(kept.len(), *seed);
@@ -107,6 +129,7 @@ fuzz_target!(|data: &[u8]| {
                     .iter()
                     .map(|c| match c {
                         Answer::Denied => SubscribeReasonCode::NotAuthorized,
+                        Answer::Granted(q) => SubscribeReasonCode::Success(*q),
                         Answer::Router => router.next().expect("one per kept filter"),
                     })
                     .collect();

@@ -10,7 +10,7 @@
 //! exactly the bytes it read (a prefix of the stream), and its verdict does not depend on
 //! the chunking; the handshake's route agrees with the preflight's (the WebSocket limits
 //! are chosen by it); an accepted upgrade answers with a subprotocol the client offered
-//! and the route speaks, and only for an allowed Origin.
+//! and the route speaks, and only for an allowed or same-origin Origin.
 
 #![no_main]
 
@@ -21,8 +21,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use hub::front::ws::{
-    preflight, ws_config, HandshakeRequest, HandshakeResponse, Preflight, Rewind, Route,
-    UpgradeRules, MAX_REQUEST_HEAD, MQTT_SUBPROTOCOLS,
+    preflight, same_origin, ws_config, HandshakeRequest, HandshakeResponse, Preflight, Rewind,
+    Route, UpgradeRules, MAX_REQUEST_HEAD, MQTT_SUBPROTOCOLS,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -105,9 +105,13 @@ fn check_decision(
     resp: &HandshakeResponse,
 ) {
     let origin = req.headers().get("origin");
+    let host = req.headers().get("host").and_then(|h| h.to_str().ok());
     assert!(
         rules.allowed_origins.iter().any(|o| o == "*")
-            || origin.is_none_or(|o| o.as_bytes().eq_ignore_ascii_case(ORIGIN.as_bytes())),
+            || origin.is_none_or(|o| {
+                o.as_bytes().eq_ignore_ascii_case(ORIGIN.as_bytes())
+                    || o.to_str().is_ok_and(|o| same_origin(o, host, rules.tls))
+            }),
         "upgraded for origin {origin:?}"
     );
     if let Some(chosen) = resp.headers().get("sec-websocket-protocol") {
@@ -136,6 +140,7 @@ fn rules(any_origin: bool) -> UpgradeRules {
         mqtt_path: "/mqtt".into(),
         device_path: Some("/device".into()),
         allowed_origins: vec![if any_origin { "*" } else { ORIGIN }.into()],
+        tls: true,
     }
 }
 

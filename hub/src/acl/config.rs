@@ -80,7 +80,8 @@ impl Default for AclConfig {
                     "dashboard".to_owned(),
                     rules(&["devices/+/cmd"], &["devices/#", "edgehub/#"]),
                 ),
-                ("admin".to_owned(), rules(&["#"], &["#"])),
+                // `#` does not reach `$SYS` (MQTT §4.7.2): it is granted by name.
+                ("admin".to_owned(), rules(&["#"], &["#", "$SYS/#"])),
             ]),
         }
     }

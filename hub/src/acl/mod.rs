@@ -278,12 +278,17 @@ mod tests {
     }
 
     #[test]
-    fn admin_gets_everything_but_dollar_topics() {
+    fn admin_gets_everything_and_reads_sys_but_no_other_dollar_topic() {
         let acl = acl();
         let admin = subject("root", "admin");
         assert!(acl.can_subscribe(&admin, "#"));
         assert!(acl.can_publish(&admin, "anything/at/all"));
-        assert!(!acl.can_subscribe(&admin, "$SYS/#"));
+        // `$SYS/#` is granted by name: `#` alone does not reach `$` topics.
+        assert!(acl.can_subscribe(&admin, "$SYS/#"));
+        assert!(acl.can_subscribe(&admin, "$SYS/broker/clients/+"));
+        assert!(!acl.can_subscribe(&admin, "$internal/#"));
+        assert!(!acl.can_publish(&admin, "$SYS/broker/version"));
+        assert!(!acl.can_subscribe(&subject("web", "dashboard"), "$SYS/#"));
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct BrokerSettings {
     pub max_retained_messages: usize,
     /// Most bytes of retained topics and payloads kept, likewise.
     pub max_retained_bytes: usize,
+    /// How often the `$SYS/broker/...` topics are sampled and sent to their subscribers
+    /// (Mosquitto's `sys_interval`); zero sends none.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
+    pub sys_interval: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -77,6 +81,8 @@ impl Default for BrokerSettings {
             // serves, in memory a Pi can spare.
             max_retained_messages: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
+            // Mosquitto's default.
+            sys_interval: Duration::from_secs(10),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -20,6 +20,10 @@ pub struct HubConfig {
     /// How often the hub publishes `edgehub/{id}/stats`.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub stats_interval: std::time::Duration,
+    /// Whether the file sets `data_dir` (else it is the default above, which depends on
+    /// where the hub runs). Never read from the file.
+    #[serde(skip)]
+    pub data_dir_configured: bool,
 }
 
 impl Default for HubConfig {
@@ -28,7 +32,46 @@ impl Default for HubConfig {
             id: HubId::from_machine(),
             data_dir: default_data_dir(std::env::var_os("STATE_DIRECTORY").as_deref()),
             stats_interval: std::time::Duration::from_secs(10),
+            data_dir_configured: false,
         }
+    }
+}
+
+/// The data directory of `edgehub.service`: its `StateDirectory=edgehub`, which systemd
+/// passes as `$STATE_DIRECTORY` (hub/tests/packaging.rs checks the unit says so).
+pub const SERVICE_STATE_DIRECTORY: &str = "/var/lib/edgehub";
+
+/// The working directory of a system service that sets none, which a relative
+/// `data_dir` is taken from under `edgehub.service`.
+const SERVICE_WORKING_DIRECTORY: &str = "/";
+
+impl HubConfig {
+    /// `data_dir` as a person checking the file needs it: what this process would use,
+    /// and, where it differs, what `edgehub.service` will (with `$STATE_DIRECTORY` set by
+    /// systemd and `/` as its working directory). `state_directory` is this process's
+    /// `$STATE_DIRECTORY`, `cwd` its working directory.
+    pub fn describe_data_dir(&self, state_directory: Option<&OsStr>, cwd: &Path) -> String {
+        let shown = |p: &Path| format!("{:?}", p.display().to_string());
+        if !self.data_dir_configured {
+            if state_directory.is_some_and(|s| !s.is_empty()) {
+                return format!("{} ($STATE_DIRECTORY)", shown(&self.data_dir));
+            }
+            return format!(
+                "{} under edgehub.service ($STATE_DIRECTORY, unset here); {} when run \
+                 here without it",
+                shown(Path::new(SERVICE_STATE_DIRECTORY)),
+                shown(&cwd.join(&self.data_dir)),
+            );
+        }
+        if self.data_dir.is_absolute() {
+            return shown(&self.data_dir);
+        }
+        format!(
+            "{} (relative to the working directory: {} here, {} under edgehub.service)",
+            shown(&self.data_dir),
+            shown(&cwd.join(&self.data_dir)),
+            shown(&Path::new(SERVICE_WORKING_DIRECTORY).join(&self.data_dir)),
+        )
     }
 }
 
@@ -188,6 +231,47 @@ mod tests {
             default_data_dir(Some(OsStr::new(""))),
             PathBuf::from("./edgehub-data")
         );
+    }
+
+    #[test]
+    fn an_unset_data_dir_is_described_as_the_service_and_this_shell_will_use_it() {
+        let hub = HubConfig {
+            data_dir: default_data_dir(None),
+            ..HubConfig::default()
+        };
+        let cwd = Path::new("/home/pi");
+        let text = hub.describe_data_dir(None, cwd);
+        assert!(
+            text.starts_with("\"/var/lib/edgehub\" under edgehub.service"),
+            "{text}"
+        );
+        assert!(text.contains("\"/home/pi/./edgehub-data\""), "{text}");
+        // Inside the service (check-config in ExecReload=) it is the one in force.
+        let inside = HubConfig {
+            data_dir: default_data_dir(Some(OsStr::new("/var/lib/edgehub"))),
+            ..HubConfig::default()
+        };
+        let text = inside.describe_data_dir(Some(OsStr::new("/var/lib/edgehub")), cwd);
+        assert_eq!(text, "\"/var/lib/edgehub\" ($STATE_DIRECTORY)");
+    }
+
+    #[test]
+    fn a_configured_data_dir_is_described_as_written_or_resolved_both_ways() {
+        let absolute = HubConfig {
+            data_dir: PathBuf::from("/srv/edgehub"),
+            data_dir_configured: true,
+            ..HubConfig::default()
+        };
+        let cwd = Path::new("/home/pi");
+        assert_eq!(absolute.describe_data_dir(None, cwd), "\"/srv/edgehub\"");
+        let relative = HubConfig {
+            data_dir: PathBuf::from("data"),
+            data_dir_configured: true,
+            ..HubConfig::default()
+        };
+        let text = relative.describe_data_dir(None, cwd);
+        assert!(text.contains("\"/home/pi/data\" here"), "{text}");
+        assert!(text.contains("\"/data\" under edgehub.service"), "{text}");
     }
 
     #[test]

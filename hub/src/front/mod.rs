@@ -15,6 +15,7 @@ mod relay;
 pub(crate) mod session;
 pub mod settings;
 pub mod stats;
+pub mod sys;
 mod traffic;
 pub mod ws;
 
@@ -55,6 +56,8 @@ pub struct Shared {
     /// Runs password checks a few at a time in reused memory, and refuses unchecked the
     /// logins of addresses and names that failed too often.
     pub password_checks: crate::auth::PasswordChecks,
+    /// The latest `$SYS` sample, for clients that subscribe to `$SYS` topics.
+    pub sys: sys::SysFeed,
 }
 
 impl Shared {
@@ -146,6 +149,7 @@ impl FrontDoor {
                 mqtt_path: s.mqtt_path.clone(),
                 device_path: Some(s.device_path.clone()),
                 allowed_origins: s.allowed_origins.clone(),
+                tls: s.kind.is_tls(),
             };
             let listener = Listener {
                 name: s.name.as_str().into(),
@@ -605,6 +609,7 @@ where
         },
         session.clone(),
         policy_changes,
+        shared.sys.clone(),
         shutdown,
     ))
     .await;

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use super::settings::{AuthMethod, Limits, ListenerSettings};
 use crate::acl::{Acl, Subject};
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, Warnings};
 use crate::tls::{self, ClientAuth};
 use crate::HubError;
 
@@ -89,8 +89,13 @@ pub fn client_auth_mode(l: &ListenerSettings) -> ClientAuth {
 impl Policy {
     /// Reads the ACL, users, JWT keys, certificates, client CAs and CRLs that `config`
     /// names. `max_connections` caps `limits.max_connections`: the embedded broker and
-    /// the open-file limit were sized for it at start. Blocking (files, key parsing).
-    pub fn build(config: &Config, max_connections: usize) -> Result<Policy, HubError> {
+    /// the open-file limit were sized for it at start. What is usable but wrong is said
+    /// through `warnings`. Blocking (files, key parsing).
+    pub fn build(
+        config: &Config,
+        max_connections: usize,
+        warnings: &mut Warnings,
+    ) -> Result<Policy, HubError> {
         let acl = Arc::new(Acl::new(&config.acl)?);
         let auth = Arc::new(Authenticator::new(
             &config.auth.resolve(&config.base_dir()),
@@ -107,13 +112,21 @@ impl Policy {
             let resolved = config
                 .tls
                 .resolve(&config.hub.data_dir, &config.base_dir())?;
+            if resolved.dev_pki {
+                let dir = std::path::absolute(config.hub.data_dir.join("pki"))
+                    .unwrap_or_else(|_| config.hub.data_dir.join("pki"));
+                warnings.warn(format!("dev-pki:{}", dir.display()), || {
+                    crate::pki::warn_dev_pki_in_use(&dir)
+                });
+            }
             for l in tls_listeners {
                 let mode = client_auth_mode(l);
                 if let std::collections::hash_map::Entry::Vacant(e) = tls.entry(mode) {
-                    e.insert(TlsAcceptor::from(tls::server_config(&resolved, mode)?));
+                    let server = tls::server_config(&resolved, mode, warnings)?;
+                    e.insert(TlsAcceptor::from(server));
                 }
                 if mode != ClientAuth::None && certificates.is_none() {
-                    certificates = Some(tls::certificate_checker(&resolved)?);
+                    certificates = Some(tls::certificate_checker(&resolved, warnings)?);
                 }
             }
         }

@@ -27,13 +27,14 @@ use super::packet::{check_topic, Violation};
 use super::policy::Policy;
 use super::session::{Answer, DeliveryOptions, Goodbye, RetainedWanted, Session, SubscribeOutcome};
 use super::stats::Reject;
+use super::sys::{self, is_reserved_filter, Occasion, SysFeed, SysFilter};
 use crate::broker::stamp::now_ms;
 use crate::broker::{
     FromRouter, Gaps, Link, LinkError, LinkReceiver, LinkSender, RetainedMessage, Stamp,
 };
 use crate::mqtt::{
     self, DisconnectReasonCode, Packet, PingResp, PubRel, PubRelReason, Publish, PublishProperties,
-    QoS, SubscribeReasonCode, Version,
+    QoS, SubscribeReasonCode, UnsubAck, UnsubAckReason, Version,
 };
 
 /// Why a relayed connection ended.
@@ -99,10 +100,12 @@ struct Between {
 
 /// A SUBSCRIBE handed to the router, until its SUBACK.
 struct PendingSubscribe {
-    /// The hub's answers per original filter, when it refused some.
+    /// The hub's answers per original filter, when it answered some itself.
     answers: Option<Vec<Answer>>,
     /// What each filter handed on wants of the retained messages.
     wanted: Vec<RetainedWanted>,
+    /// `$SYS` filters the hub granted that want the current values after the SUBACK.
+    sys: Vec<SysFilter>,
 }
 
 /// rumqttd's router keeps at most this many QoS 1/2 deliveries in flight per session (a
@@ -146,6 +149,7 @@ pub async fn run<C>(
     }: Opened,
     session: Arc<Session>,
     mut policy: tokio::sync::watch::Receiver<Arc<Policy>>,
+    sys: SysFeed,
     shutdown: CancellationToken,
 ) -> (Ended, Option<crate::broker::sessions::DelayedWill>)
 where
@@ -174,6 +178,7 @@ where
     // every connection a 12 KiB block); tiny, as each is a reply to a packet the up half
     // just read, and up waits when it is full.
     let (inject_tx, inject_rx) = mpsc::channel::<Bytes>(32);
+    let max_packet_size = max_packet_size.map_or(usize::MAX, |m| m as usize);
 
     let up = upstream(
         client_rd,
@@ -183,6 +188,7 @@ where
         &between,
         &acked,
         inject_tx,
+        (&sys, max_packet_size),
     );
     // `down` says goodbye to the client when the hub shuts down, when the client's token
     // expires and when a reload withdraws its rights; the session's goodbye says which.
@@ -194,6 +200,7 @@ where
         &between,
         (window, &acked, max_packet_size),
         inject_rx,
+        sys.clone(),
         stop.clone(),
     );
     // A session lasts as long as its token and its certificate.
@@ -303,6 +310,7 @@ fn will_packet(will: Will) -> Packet {
     Packet::Publish(publish, properties)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn upstream<R: AsyncRead + Unpin>(
     mut client: R,
     mut buf: BytesMut,
@@ -311,6 +319,7 @@ async fn upstream<R: AsyncRead + Unpin>(
     between: &Mutex<Between>,
     acked: &tokio::sync::Notify,
     inject: mpsc::Sender<Bytes>,
+    (sys_feed, max_packet_size): (&SysFeed, usize),
 ) -> Ended {
     let version = session.version();
     let max = session.limits.max_packet_size;
@@ -347,6 +356,8 @@ async fn upstream<R: AsyncRead + Unpin>(
                 (published, bytes) = (0, 0);
                 tokio::time::sleep(pause).await;
             }
+            // What the relay answers the client itself, encoded.
+            let mut answer = None;
             let reply = match packet {
                 Packet::Publish(publish, properties) => {
                     match publish_allowed(publish, properties, session, &mut aliases) {
@@ -430,6 +441,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                                 PendingSubscribe {
                                     answers: None,
                                     wanted,
+                                    sys: Vec::new(),
                                 },
                             );
                             lock(link).push(packet);
@@ -440,30 +452,73 @@ async fn upstream<R: AsyncRead + Unpin>(
                             forward,
                             codes,
                             wanted,
+                            sys,
                         } => {
                             lock(between).pending.insert(
                                 pkid,
                                 PendingSubscribe {
                                     answers: Some(codes),
                                     wanted,
+                                    sys,
                                 },
                             );
                             lock(link).push(forward);
                             None
                         }
-                        SubscribeOutcome::Refuse(suback) => Some(suback),
+                        SubscribeOutcome::Reply { suback, sys } => {
+                            // The SUBACK, then the current `$SYS` values (MQTT §3.3.1.3,
+                            // as retained messages follow theirs), in one write.
+                            let mut bytes = BytesMut::new();
+                            encode(&suback, version, &mut bytes);
+                            if !sys.is_empty() {
+                                let tree = sys_feed.borrow().clone();
+                                // Not counted as messages sent: only the down half
+                                // counts those (its counters have one writer).
+                                sys::encode(
+                                    &tree,
+                                    &sys,
+                                    session,
+                                    max_packet_size,
+                                    Occasion::Subscribed,
+                                    &mut bytes,
+                                );
+                            }
+                            answer = Some(bytes);
+                            None
+                        }
                     }
                 }
                 Packet::Unsubscribe(unsubscribe, properties) => {
-                    session.note_unsubscribe(&unsubscribe);
+                    let held = session.note_unsubscribe(&unsubscribe);
                     {
                         let mut between = lock(between);
                         for filter in &unsubscribe.filters {
                             between.gaps.unsubscribed(filter);
                         }
                     }
-                    lock(link).push(Packet::Unsubscribe(unsubscribe, properties));
-                    None
+                    // `$` filters are the hub's (the router never had them): an
+                    // UNSUBSCRIBE of only those is answered here, the others go on.
+                    if unsubscribe.filters.iter().all(|f| is_reserved_filter(f)) {
+                        let reasons = held
+                            .iter()
+                            .map(|held| match held {
+                                true => UnsubAckReason::Success,
+                                false => UnsubAckReason::NoSubscriptionExisted,
+                            })
+                            .collect();
+                        Some(Packet::UnsubAck(
+                            UnsubAck {
+                                pkid: unsubscribe.pkid,
+                                reasons,
+                            },
+                            None,
+                        ))
+                    } else {
+                        let mut unsubscribe = unsubscribe;
+                        unsubscribe.filters.retain(|f| !is_reserved_filter(f));
+                        lock(link).push(Packet::Unsubscribe(unsubscribe, properties));
+                        None
+                    }
                 }
                 // Answered here: the router would only echo it.
                 Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
@@ -507,6 +562,9 @@ async fn upstream<R: AsyncRead + Unpin>(
             if let Some(reply) = reply {
                 let mut bytes = BytesMut::new();
                 encode(&reply, version, &mut bytes);
+                answer = Some(bytes);
+            }
+            if let Some(bytes) = answer {
                 if inject.send(bytes.freeze()).await.is_err() {
                     return Ended::ClientGone(None);
                 }
@@ -591,13 +649,15 @@ fn publish_allowed(
     Ok(Ok(Packet::Publish(publish, properties)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn downstream<W: AsyncWrite + Unpin>(
     (mut link, link_tx): (LinkReceiver, &Mutex<LinkSender>),
     mut client: W,
     session: &Session,
     between: &Mutex<Between>,
-    (window, acked, max_packet_size): (usize, &tokio::sync::Notify, Option<u32>),
+    (window, acked, max_packet_size): (usize, &tokio::sync::Notify, usize),
     mut inject: mpsc::Receiver<Bytes>,
+    mut sys: SysFeed,
     shutdown: CancellationToken,
 ) -> Ended {
     let version = session.version();
@@ -608,15 +668,26 @@ async fn downstream<W: AsyncWrite + Unpin>(
         between,
         link_tx,
         window,
-        max_packet_size: max_packet_size.map_or(usize::MAX, |m| m as usize),
+        max_packet_size,
         origin: link.origin(),
         parked: VecDeque::new(),
         published: 0,
         paused: false,
         hub_pkid: *HUB_PKIDS.end(),
         acks_due: false,
+        sys_due: Vec::new(),
     };
+    // The `$SYS` sampler runs (its sender lives until shutdown).
+    let mut sys_open = true;
+    let mut was_feeding = false;
     loop {
+        // Only a client holding `$SYS` filters wakes for the samples. One that just got
+        // its first one has had the current values with its SUBACK.
+        let feeding = sys_open && session.has_sys();
+        if feeding && !was_feeding {
+            sys.borrow_and_update();
+        }
+        was_feeding = feeding;
         let mut ended = None;
         // A client whose window stays full without one acknowledgement for the write
         // timeout reads but does not acknowledge: as good as not reading.
@@ -660,6 +731,16 @@ async fn downstream<W: AsyncWrite + Unpin>(
             from = link.next(), if room => {
                 ended = down.deliver(from, &link, &mut out);
             }
+            sampled = sys.changed(), if feeding => match sampled {
+                Ok(()) => {
+                    let tree = sys.borrow_and_update().clone();
+                    let filters = session.sys_filters();
+                    down.published += sys::encode(
+                        &tree, &filters, session, down.max_packet_size, Occasion::Sampled, &mut out,
+                    );
+                }
+                Err(_) => sys_open = false,
+            },
         }
         // Everything else already waiting shares the write.
         while ended.is_none() && out.len() < WRITE_BATCH && down.parked.len() < PARKED_MAX {
@@ -667,6 +748,19 @@ async fn downstream<W: AsyncWrite + Unpin>(
             ended = down.deliver(from, &link, &mut out);
         }
         down.release(&mut out);
+        if !down.sys_due.is_empty() {
+            // After the SUBACK that granted them, already in `out`.
+            let filters = std::mem::take(&mut down.sys_due);
+            let tree = sys.borrow().clone();
+            down.published += sys::encode(
+                &tree,
+                &filters,
+                session,
+                down.max_packet_size,
+                Occasion::Subscribed,
+                &mut out,
+            );
+        }
         if down.acks_due {
             down.acks_due = false;
             if lock(link_tx).flush_now().is_err() {
@@ -766,6 +860,8 @@ struct Down<'a> {
     hub_pkid: u16,
     /// Acknowledgements were handed to the router and need a flush.
     acks_due: bool,
+    /// `$SYS` filters granted in a SUBACK just encoded, owed the current values.
+    sys_due: Vec<SysFilter>,
 }
 
 /// The higher of two QoS levels.
@@ -853,6 +949,7 @@ impl Down<'_> {
                             self.park_retained(link, &wanted.filter, granted);
                         }
                     }
+                    self.sys_due.extend(pending.sys);
                 }
                 self.release(out);
             }

@@ -14,6 +14,7 @@ use super::packet::truncate;
 use super::policy::{Login, Policy, Standing};
 use super::settings::Limits;
 use super::stats::{FrontStats, Reject};
+use super::sys::{is_reserved_filter, is_sys_filter, SysFilter};
 use crate::acl::Subject;
 use crate::mqtt::{
     Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
@@ -32,20 +33,29 @@ pub enum SubscribeOutcome {
         /// What each filter wants of the retained messages.
         wanted: Vec<RetainedWanted>,
     },
-    /// Some filters are denied: hand the router this SUBSCRIBE of the allowed ones, and
-    /// answer with `codes` merged with the router's SUBACK.
+    /// Some filters are denied or the hub's own (`$` topics, see `front::sys`): hand the
+    /// router this SUBSCRIBE of the others, and answer with `codes` merged with the
+    /// router's SUBACK.
     Partial {
         /// The packet id shared by both.
         pkid: u16,
-        /// The SUBSCRIBE without the denied filters.
+        /// The SUBSCRIBE of the filters for the router.
         forward: Packet,
         /// Per original filter.
         codes: Vec<Answer>,
-        /// What each allowed filter wants of the retained messages.
+        /// What each filter for the router wants of the retained messages.
         wanted: Vec<RetainedWanted>,
+        /// The `$SYS` filters granted that want the current values after the SUBACK.
+        sys: Vec<SysFilter>,
     },
-    /// Every filter is denied: answer the client with this SUBACK, forward nothing.
-    Refuse(Packet),
+    /// No filter is for the router (each is denied or the hub's own): answer the client
+    /// with this SUBACK, then the current `$SYS` values for `sys`; forward nothing.
+    Reply {
+        /// The SUBACK.
+        suback: Packet,
+        /// The `$SYS` filters granted that want the current values after it.
+        sys: Vec<SysFilter>,
+    },
 }
 
 pub use crate::broker::Subscription;
@@ -90,6 +100,8 @@ pub struct DeliveryOptions {
 pub enum Answer {
     /// Refused by the hub.
     Denied,
+    /// Granted by the hub, which serves the filter itself (a `$` topic).
+    Granted(QoS),
     /// The router's answer.
     Router,
 }
@@ -127,6 +139,8 @@ pub struct Session {
     /// Some subscription has No Local or Retain As Published: deliveries must be matched
     /// against the subscriptions (most clients have neither, and skip that).
     has_options: std::sync::atomic::AtomicBool,
+    /// Some subscription is a `$SYS` filter: the relay sends it the samples.
+    has_sys: std::sync::atomic::AtomicBool,
     stats: Arc<FrontStats>,
     keep_alive: u16,
     /// The MQTT 5 reason code of the hub's DISCONNECT, should it end the session.
@@ -246,6 +260,7 @@ impl Session {
             expires_at,
             subscriptions: Mutex::new(Vec::new()),
             has_options: std::sync::atomic::AtomicBool::new(false),
+            has_sys: std::sync::atomic::AtomicBool::new(false),
             traffic: stats.relay(),
             stats,
             keep_alive,
@@ -412,6 +427,7 @@ impl Session {
                 .collect()
         };
         let mut wanted = Vec::new();
+        let mut sys = Vec::new();
         {
             let mut subscriptions = lock(&self.subscriptions);
             for (f, _) in subscribe
@@ -438,14 +454,21 @@ impl Session {
                         true
                     }
                 };
-                wanted.push(RetainedWanted {
+                let retained = RetainedWanted {
                     filter: f.path.clone(),
                     rule: f.retain_forward_rule.clone(),
                     new,
-                });
+                };
+                if !is_reserved_filter(&f.path) {
+                    wanted.push(retained);
+                } else if is_sys_filter(&f.path) && retained.sends() {
+                    sys.push(SysFilter {
+                        filter: f.path.clone(),
+                        retain_as_published: f.preserve_retain,
+                    });
+                }
             }
-            let options = subscriptions.iter().any(Subscription::has_options);
-            self.has_options.store(options, Ordering::Relaxed);
+            self.note_options(&subscriptions);
         }
         for (f, ok) in subscribe.filters.iter().zip(&allowed) {
             if !ok {
@@ -460,44 +483,88 @@ impl Session {
                 }
             }
         }
-        if allowed.iter().all(|a| *a) {
+        // `$` filters never reach the router, which would end the session for them; the
+        // hub grants them itself (and serves `$SYS`).
+        let codes: Vec<Answer> = subscribe
+            .filters
+            .iter()
+            .zip(&allowed)
+            .map(|(f, ok)| match (ok, is_reserved_filter(&f.path)) {
+                (false, _) => Answer::Denied,
+                (true, true) => Answer::Granted(f.qos),
+                (true, false) => Answer::Router,
+            })
+            .collect();
+        if codes.iter().all(|c| *c == Answer::Router) {
             return SubscribeOutcome::Forward {
                 packet: Packet::Subscribe(subscribe, properties),
                 wanted,
             };
         }
-        let codes: Vec<Answer> = allowed
-            .iter()
-            .map(|ok| if *ok { Answer::Router } else { Answer::Denied })
-            .collect();
         let pkid = subscribe.pkid;
-        if allowed.iter().all(|a| !*a) {
-            return SubscribeOutcome::Refuse(suback(pkid, &codes, &[]));
+        if !codes.contains(&Answer::Router) {
+            return SubscribeOutcome::Reply {
+                suback: suback(pkid, &codes, &[]),
+                sys,
+            };
         }
         let mut subscribe = subscribe;
-        let mut keep = allowed.iter();
-        subscribe.filters.retain(|_| *keep.next().unwrap_or(&false));
+        let mut keep = codes.iter();
+        subscribe
+            .filters
+            .retain(|_| keep.next() == Some(&Answer::Router));
         SubscribeOutcome::Partial {
             pkid,
             forward: Packet::Subscribe(subscribe, properties),
             codes,
             wanted,
+            sys,
         }
     }
 
-    /// The client unsubscribes: a reload no longer judges those filters.
-    pub fn note_unsubscribe(&self, unsubscribe: &Unsubscribe) {
-        let mut subscriptions = lock(&self.subscriptions);
-        subscriptions.retain(|s| !unsubscribe.filters.contains(&s.filter));
+    /// Notes which per-delivery options and which `$SYS` filters the subscriptions hold.
+    fn note_options(&self, subscriptions: &[Subscription]) {
         let options = subscriptions.iter().any(Subscription::has_options);
         self.has_options.store(options, Ordering::Relaxed);
+        let sys = subscriptions.iter().any(|s| is_sys_filter(&s.filter));
+        self.has_sys.store(sys, Ordering::Relaxed);
+    }
+
+    /// Whether the client holds a `$SYS` filter.
+    pub fn has_sys(&self) -> bool {
+        self.has_sys.load(Ordering::Relaxed)
+    }
+
+    /// The `$SYS` filters the client holds.
+    pub fn sys_filters(&self) -> Vec<SysFilter> {
+        lock(&self.subscriptions)
+            .iter()
+            .filter(|s| is_sys_filter(&s.filter))
+            .map(|s| SysFilter {
+                filter: s.filter.clone(),
+                retain_as_published: s.retain_as_published,
+            })
+            .collect()
+    }
+
+    /// The client unsubscribes: a reload no longer judges those filters. Returns, per
+    /// filter of the UNSUBSCRIBE, whether the client held it.
+    pub fn note_unsubscribe(&self, unsubscribe: &Unsubscribe) -> Vec<bool> {
+        let mut subscriptions = lock(&self.subscriptions);
+        let held = unsubscribe
+            .filters
+            .iter()
+            .map(|f| subscriptions.iter().any(|s| &s.filter == f))
+            .collect();
+        subscriptions.retain(|s| !unsubscribe.filters.contains(&s.filter));
+        self.note_options(&subscriptions);
+        held
     }
 
     /// Takes over what a resumed session held.
     pub fn resume(&self, held: Vec<Subscription>) {
-        let options = held.iter().any(Subscription::has_options);
+        self.note_options(&held);
         *lock(&self.subscriptions) = held;
-        self.has_options.store(options, Ordering::Relaxed);
     }
 
     /// What the session holds, for the broker to keep with a session that outlives the
@@ -540,6 +607,7 @@ fn suback(pkid: u16, codes: &[Answer], router_codes: &[SubscribeReasonCode]) -> 
         .iter()
         .map(|c| match c {
             Answer::Denied => DENIED,
+            Answer::Granted(qos) => SubscribeReasonCode::Success(*qos),
             Answer::Router => *from_router
                 .next()
                 .unwrap_or(&SubscribeReasonCode::Unspecified),

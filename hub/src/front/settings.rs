@@ -108,8 +108,9 @@ fn default_device_path() -> String {
 }
 
 impl ListenerSettings {
-    /// The listeners of the contract (DESIGN.md): wss on 8443, mqtts on 8883 with client
-    /// certificates, plain MQTT on loopback 1883 without credentials.
+    /// The listeners of the contract (ARCHITECTURE.md, "Security model"; README.md,
+    /// "Connecting"): wss on 8443, mqtts on 8883 with client certificates, plain MQTT on
+    /// loopback 1883 without credentials.
     pub fn defaults() -> Vec<ListenerSettings> {
         let l = |name: &str, kind, bind: &str, auth: Vec<AuthMethod>| ListenerSettings {
             name: name.into(),

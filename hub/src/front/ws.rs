@@ -46,9 +46,13 @@ pub struct UpgradeRules {
     pub mqtt_path: String,
     /// Path for devices, if the device gateway is enabled on this listener.
     pub device_path: Option<String>,
-    /// Allowed values of the Origin header. A request without Origin (not a browser) is
-    /// always allowed; a browser's request must match one entry (`*` allows any).
+    /// Allowed values of the Origin header besides the listener's own (see
+    /// [`same_origin`]). A request without Origin (not a browser) is always allowed;
+    /// another must be same-origin or match one entry (`*` allows any).
     pub allowed_origins: Vec<String>,
+    /// The listener terminates TLS (wss): its own origin is `https://`. A plain one (ws)
+    /// sits behind a TLS-terminating proxy or on loopback: `https://` or `http://`.
+    pub tls: bool,
 }
 
 /// Why an upgrade was refused; logged and counted by the caller.
@@ -68,7 +72,10 @@ impl std::fmt::Display for UpgradeRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpgradeRefusal::UnknownPath(p) => write!(f, "unknown path {p:?}"),
-            UpgradeRefusal::Origin(o) => write!(f, "origin {o:?} is not in allowed_origins"),
+            UpgradeRefusal::Origin(o) => write!(
+                f,
+                "origin {o:?} is neither this listener's own address nor in allowed_origins"
+            ),
             UpgradeRefusal::Subprotocol(s) => write!(f, "no supported subprotocol in {s:?}"),
             UpgradeRefusal::CertificateRequired => {
                 f.write_str("devices must present a client certificate")
@@ -100,13 +107,17 @@ impl UpgradeRules {
         };
 
         // Cross-site WebSocket hijacking: a page on any site can open a WebSocket to us
-        // with the user's browser; only the Origin header tells us which site it is.
+        // with the user's browser; only the Origin header tells us which site it is. A
+        // page of the hub's own address may (browsers set Host, pages cannot), and so may
+        // clients that send their target as Origin (paho-mqtt for Python).
         if let Some(origin) = request.headers().get("origin") {
             let origin = origin.to_str().unwrap_or("<not text>");
-            let allowed = self
-                .allowed_origins
-                .iter()
-                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+            let host = request.headers().get("host").and_then(|h| h.to_str().ok());
+            let allowed = same_origin(origin, host, self.tls)
+                || self
+                    .allowed_origins
+                    .iter()
+                    .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
             if !allowed {
                 return Err((
                     UpgradeRefusal::Origin(origin.chars().take(128).collect()),
@@ -152,6 +163,61 @@ impl UpgradeRules {
         }
         Ok((route, response))
     }
+}
+
+/// Whether `origin` (an Origin header) is the listener's own address as the request's
+/// `host` header names it (RFC 6454): the same scheme (`https` on a TLS listener; `http`
+/// or `https` on a plain one, behind a proxy that terminates TLS), host (letter case
+/// aside) and port, where a port left out is the scheme's default. Anything that is not
+/// a plain `scheme://host[:port]` (a path, user info, `null`) is not.
+pub fn same_origin(origin: &str, host: Option<&str>, tls: bool) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => 443,
+        "http" if !tls => 80,
+        _ => return false,
+    };
+    let (Some(theirs), Some(ours)) = (
+        host_and_port(authority, default_port),
+        host_and_port(host.trim(), default_port),
+    ) else {
+        return false;
+    };
+    theirs.0.eq_ignore_ascii_case(ours.0) && theirs.1 == ours.1
+}
+
+/// Splits `host[:port]` (a bracketed IPv6 address for host), with `default_port` when it
+/// names none; `None` for anything else.
+fn host_and_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#', ' ']) {
+        return None;
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end + 1);
+        match rest {
+            "" => (host, None),
+            _ => (host, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default_port,
+    };
+    Some((host, port))
 }
 
 /// An HTTP error answer to an upgrade request.
@@ -415,5 +481,65 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn an_origin_is_the_listeners_own_when_scheme_host_and_port_match_the_host_header() {
+        // wss: https only; ports explicit or the default on either side.
+        assert!(same_origin(
+            "https://gw.local:8443",
+            Some("gw.local:8443"),
+            true
+        ));
+        assert!(same_origin(
+            "https://GW.local:8443",
+            Some("gw.LOCAL:8443"),
+            true
+        ));
+        assert!(same_origin("https://gw.local", Some("gw.local:443"), true));
+        assert!(same_origin("https://gw.local:443", Some("gw.local"), true));
+        assert!(same_origin("https://[::1]:8443", Some("[::1]:8443"), true));
+        assert!(same_origin(
+            "https://192.0.2.7:8443",
+            Some("192.0.2.7:8443"),
+            true
+        ));
+        // ws behind a TLS-terminating proxy: the page is https, the listener plain.
+        assert!(same_origin("https://gw.local", Some("gw.local"), false));
+        assert!(same_origin(
+            "http://127.0.0.1:8080",
+            Some("127.0.0.1:8080"),
+            false
+        ));
+    }
+
+    #[test]
+    fn a_foreign_or_malformed_origin_is_not_the_listeners_own() {
+        for (origin, host) in [
+            ("https://evil.example:8443", Some("gw.local:8443")),
+            ("https://gw.local:9443", Some("gw.local:8443")),
+            ("https://gw.local.evil.example:8443", Some("gw.local:8443")),
+            ("http://gw.local:8443", Some("gw.local:8443")),
+            ("https://gw.local:8443", None),
+            ("https://gw.local:8443/", Some("gw.local:8443")),
+            ("https://user@gw.local:8443", Some("gw.local:8443")),
+            ("null", Some("gw.local:8443")),
+            ("https://", Some("")),
+            ("https://[::1]8443", Some("[::1]8443")),
+            ("wss://gw.local:8443", Some("gw.local:8443")),
+        ] {
+            assert!(!same_origin(origin, host, true), "{origin} {host:?}");
+        }
+        // A plain listener's own http origin is not https on another port.
+        assert!(!same_origin(
+            "http://gw.local",
+            Some("gw.local:8080"),
+            false
+        ));
     }
 }

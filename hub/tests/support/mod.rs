@@ -355,11 +355,39 @@ pub mod tls {
     }
 }
 
-/// Serialises tests that run the embedded default, whose listeners use fixed ports
-/// (8443, 8883, 1883): two at once in one test binary would fight over them.
-pub fn default_ports() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+/// `edgehub` in a network namespace of its own, for tests of the embedded default, whose
+/// listeners and admin endpoint have fixed ports (8443, 8883, 1883, 9180): there they
+/// collide with nothing, neither another test nor an edgehub serving on this machine.
+/// `unshare` execs the hub (no fork), so signals sent to the child reach it. `None`
+/// (and a SKIPPED line naming `test`) where no namespace can be made: without
+/// `unshare`, or where user namespaces are off and the tests do not run as root.
+pub fn edgehub_in_own_network(test: &str) -> Option<Command> {
+    // Root can make a network namespace directly; others need a user namespace first.
+    const WAYS: [&[&str]; 2] = [&["--net"], &["--user", "--map-root-user", "--net"]];
+    let way = WAYS.iter().find(|flags| {
+        Command::new("unshare")
+            .args(flags.iter())
+            .arg("true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(flags) = way else {
+        eprintln!(
+            "SKIPPED {test}: no network namespace for the embedded default's fixed ports \
+             (`unshare --net` needs root, or unprivileged user namespaces)"
+        );
+        return None;
+    };
+    let mut command = Command::new("unshare");
+    command
+        .args(flags.iter())
+        .arg(env!("CARGO_BIN_EXE_edgehub"))
+        .env_remove("RUST_LOG")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NO_COLOR");
+    Some(command)
 }
 
 /// A hub running in-process on loopback ports chosen by the OS, with its development PKI.
@@ -1130,6 +1158,8 @@ pub mod client {
         PubComp,
         /// SUBACK.
         SubAck(Vec<Sub>),
+        /// UNSUBACK, with its MQTT 5 reasons (none in 3.1.1).
+        UnsubAck(Vec<String>),
         /// A server DISCONNECT (MQTT 5), with its reason.
         Disconnect(String),
         /// The connection ended; the event loop's error.
@@ -1462,6 +1492,20 @@ pub mod client {
             .await
         }
 
+        /// Unsubscribes from `filter` and returns the UNSUBACK's reasons (MQTT 5; none in
+        /// 3.1.1).
+        pub async fn unsubscribe(&mut self, filter: &str) -> Vec<String> {
+            match &self.client {
+                Client::V4(c) => c.unsubscribe(filter).await.expect("unsubscribe queued"),
+                Client::V5(c) => c.unsubscribe(filter).await.expect("unsubscribe queued"),
+            }
+            self.next("UNSUBACK", |s| match s {
+                Seen::UnsubAck(reasons) => Some(reasons.clone()),
+                _ => None,
+            })
+            .await
+        }
+
         /// Publishes and, for QoS 1 and 2, waits for the PUBACK or PUBREC (and, after an
         /// accepting PUBREC, for the PUBCOMP) and returns its verdict.
         pub async fn publish(
@@ -1585,6 +1629,7 @@ pub mod client {
                     })
                     .collect(),
             ),
+            P::UnsubAck(_) => Seen::UnsubAck(Vec::new()),
             _ => return None,
         })
     }
@@ -1620,6 +1665,7 @@ pub mod client {
             P::PubRel(_) => Seen::PubRel,
             P::PubComp(_) => Seen::PubComp,
             P::SubAck(a) => Seen::SubAck(a.return_codes.iter().map(sub_v5).collect()),
+            P::UnsubAck(a) => Seen::UnsubAck(a.reasons.iter().map(|r| format!("{r:?}")).collect()),
             P::Disconnect(d) => Seen::Disconnect(format!("{:?}", d.reason_code)),
             _ => return None,
         })
