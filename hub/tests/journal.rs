@@ -79,7 +79,7 @@ async fn every_record_acknowledged_before_a_kill_9_is_held_after_the_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_stats_refuses_a_journal_in_use_and_reports_cursors_once_the_hub_stopped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (hub, addr) = tokio::task::block_in_place(|| start_hub(dir.path()));
+    let (mut hub, addr) = tokio::task::block_in_place(|| start_hub(dir.path()));
     let mut device = device(dir.path(), addr).await;
     device
         .hello(D1, new_session(), false)
@@ -89,6 +89,17 @@ async fn journal_stats_refuses_a_journal_in_use_and_reports_cursors_once_the_hub
         device.telemetry(seq, sample_readings(seq));
     }
     device.expect_ack(5).await;
+    // An ack says the record is durable; the feed hands it to the local broker after.
+    // A stop does not wait for the feed (what it has not taken waits for the next start),
+    // so the stop comes once it has taken all five.
+    let admin = tokio::task::block_in_place(|| hub.admin_addr());
+    scrape_until(
+        admin,
+        "edgehub_messages_total",
+        &[("path", "journal_to_broker")],
+        5.0,
+    )
+    .await;
     let config = dir.path().join("edgehub.toml");
     let stats = || {
         edgehub()
