@@ -285,7 +285,7 @@ pub async fn run(
         None,
     ));
     let mut ready = Some(ready);
-    if session.link.flush().await.is_err() {
+    if session.link.flush().is_err() {
         tracing::error!("the embedded broker closed the hub's own session at once");
         return;
     }
@@ -308,7 +308,7 @@ pub async fn run(
                         Some(Request::Stop(done)) => {
                             let offline = hub_status(&session.hub_id, "offline", Some("stopped"));
                             session.push(offline);
-                            let _ = session.link.flush().await;
+                            let _ = session.link.flush();
                             session.link.close().await;
                             let _ = done.send(());
                             return;
@@ -316,7 +316,7 @@ pub async fn run(
                         None => break,
                     }
                 }
-                if session.link.flush().await.is_err() {
+                if session.link.flush().is_err() {
                     break;
                 }
             }
@@ -341,7 +341,7 @@ pub async fn run(
                                 PubAck { pkid: meta.pkid, reason: PubAckReason::Success },
                                 None,
                             ));
-                            if session.link.flush().await.is_err() {
+                            if session.link.flush().is_err() {
                                 break;
                             }
                         }

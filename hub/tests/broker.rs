@@ -33,7 +33,7 @@ async fn subscribe(link: &mut Link, path: &str, qos: QoS) {
         filters: vec![filter(path, qos)],
     };
     link.push(Packet::Subscribe(subscribe, None));
-    link.flush().await.expect("sent");
+    link.flush().expect("sent");
     loop {
         match next(link).await {
             FromRouter::Ack(Packet::SubAck(..)) => return,
@@ -75,7 +75,7 @@ async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_
         false,
     );
     publisher.push(Packet::Publish(publish, Some(properties.clone())));
-    publisher.flush().await.expect("sent");
+    publisher.flush().expect("sent");
     let acked = loop {
         match next(&mut publisher).await {
             FromRouter::Ack(Packet::PubAck(ack, _)) => break ack.pkid,
@@ -110,7 +110,7 @@ async fn a_qos1_message_with_properties_crosses_the_router_between_links_and_no_
         },
         None,
     ));
-    sub.flush().await.expect("acked");
+    sub.flush().expect("acked");
     // Inherited descriptors may close meanwhile; none may open.
     let after = sockets();
     assert!(
@@ -190,7 +190,7 @@ async fn a_subscriber_that_falls_behind_the_log_shows_a_gap_that_is_counted() {
             );
             publisher.push(Packet::Publish(publish, None));
         }
-        publisher.flush().await.expect("sent");
+        publisher.flush().expect("sent");
         if round == 0 {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }

@@ -527,6 +527,40 @@ async fn a_delayed_will_waits_its_interval_and_a_resumed_session_cancels_it() {
 }
 
 #[tokio::test]
+async fn delayed_wills_due_at_the_same_time_all_arrive() {
+    // Each delayed will goes out on a link of its own; two due together must not take
+    // each other's link over before their PUBLISH is in.
+    let hub = TestHub::start("").await;
+    let mut watcher = observer(&hub, "devices/+/status").await;
+    let mut devices = Vec::new();
+    for stem in [DEVICE_1, DEVICE_2] {
+        let id = stem.trim_start_matches("devices/");
+        let dev = Connect::new(MQTTS, Version::V5, &format!("dev-will-{id}"))
+            .cert(stem)
+            .will(&format!("devices/{id}/status"), "offline", 1, false)
+            .will_delay(1)
+            .persistent()
+            .to(&hub)
+            .await
+            .expect("device connects");
+        devices.push(dev);
+    }
+    for dev in devices {
+        dev.kill().await;
+    }
+    let mut got = vec![watcher.message().await, watcher.message().await];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            msg("devices/device-0001/status", "offline", 1, false),
+            msg("devices/device-0002/status", "offline", 1, false),
+        ]
+    );
+    hub.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn a_device_whose_connection_dies_has_its_will_published_and_retained() {
     let hub = TestHub::start("").await;
     for (version, stem) in [(Version::V311, DEVICE_1), (Version::V5, DEVICE_2)] {

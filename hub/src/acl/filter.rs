@@ -73,7 +73,9 @@ pub fn parse_subscription(filter: &str) -> Result<Vec<FilterLevel<'_>>, TopicErr
     parse_levels(strip_share(filter)?)
 }
 
-fn strip_share(filter: &str) -> Result<&str, TopicError> {
+/// The filter a subscription matches topics with: itself, or a shared subscription's
+/// inner filter.
+pub fn strip_share(filter: &str) -> Result<&str, TopicError> {
     let Some(rest) = filter.strip_prefix(SHARE_PREFIX) else {
         return Ok(filter);
     };

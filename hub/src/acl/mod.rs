@@ -26,7 +26,8 @@ pub use self::config::{
     AclConfig, IdentityGlob, InvalidAclConfig, InvalidGlob, RoleAssignment, RoleRules,
 };
 pub use self::filter::{
-    is_substitutable, validate_topic, InvalidPattern, TopicError, TopicPattern, MAX_TOPIC_BYTES,
+    is_substitutable, strip_share, validate_topic, InvalidPattern, TopicError, TopicPattern,
+    MAX_TOPIC_BYTES,
 };
 
 /// Who is asking: the authenticated identity, the role it was given, and its client id.

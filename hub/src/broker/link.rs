@@ -133,8 +133,8 @@ impl Link {
     }
 
     /// See [`LinkSender::flush`].
-    pub async fn flush(&mut self) -> Result<(), LinkError> {
-        self.sender.flush().await
+    pub fn flush(&mut self) -> Result<(), LinkError> {
+        self.sender.flush()
     }
 
     /// See [`LinkReceiver::next`].
@@ -200,14 +200,9 @@ impl LinkSender {
 
     /// Tells the router about every packet pushed since the last flush. Blocks the
     /// thread briefly if the router's event queue is full: that is its backpressure.
-    pub async fn flush(&mut self) -> Result<(), LinkError> {
-        self.flush_now()
-    }
-
-    /// [`flush`](Self::flush) without an await point: rumqttd's `send` has none (it
-    /// signals with a blocking send), so it completes on its first poll. For callers
-    /// that hold a lock.
-    pub fn flush_now(&mut self) -> Result<(), LinkError> {
+    /// Not async: rumqttd's `send` has no await point (it signals with a blocking send)
+    /// and completes on its first poll, so callers may hold a lock across it.
+    pub fn flush(&mut self) -> Result<(), LinkError> {
         if !self.unflushed {
             return Ok(());
         }
@@ -229,7 +224,7 @@ impl LinkSender {
     pub async fn close(mut self) {
         self.ended = true;
         self.push(disconnect());
-        let _ = self.flush().await;
+        let _ = self.flush();
     }
 }
 

@@ -47,6 +47,8 @@ impl Subscription {
 #[derive(Default)]
 pub(super) struct Sessions {
     by_id: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Delayed wills published so far: the next one's link id.
+    wills: std::sync::atomic::AtomicU64,
 }
 
 /// One client id's session state, locked while a connection opens or a discard runs.
@@ -232,12 +234,15 @@ impl Broker {
         });
     }
 
-    /// Publishes a will whose connection is gone, through a link of its own.
+    /// Publishes a will whose connection is gone, through a link of its own. Each gets a
+    /// client id of its own: two wills due at once must not take each other's link over
+    /// before their PUBLISH is in.
     async fn publish_will(&self, packet: Packet) {
         let n = self
             .inner
-            .origins
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .sessions
+            .wills
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.open(&format!("edgehub-will-{n}"), true).await {
             Ok(mut link) => {
                 link.push(packet);

@@ -830,10 +830,14 @@ mod tests {
     }
 
     fn conversation(claim: Claim) -> Conversation {
+        conversation_on(claim, Transport::WebSocket)
+    }
+
+    fn conversation_on(claim: Claim, transport: Transport) -> Conversation {
         Conversation::new(
             rules(),
             claim,
-            Transport::WebSocket,
+            transport,
             Allowance::new(rules().message_rate),
         )
     }
@@ -957,12 +961,7 @@ mod tests {
     fn telemetry_before_hello_is_refused_closing_websocket_but_not_serial() {
         let mut clock = Clock::new();
         let mut ws = conversation(Claim::Any);
-        let mut serial = Conversation::new(
-            rules(),
-            Claim::Any,
-            Transport::Serial,
-            Allowance::new(rules().message_rate),
-        );
+        let mut serial = conversation_on(Claim::Any, Transport::Serial);
         for (c, close) in [(&mut ws, Some(Close::Policy)), (&mut serial, None)] {
             match c.receive(&telemetry(1), clock.tick(1), |_| None) {
                 Step::Refuse {
@@ -1251,12 +1250,7 @@ mod tests {
     #[test]
     fn on_a_serial_line_an_oversized_message_is_refused_and_the_session_goes_on() {
         let mut clock = Clock::new();
-        let mut c = Conversation::new(
-            rules(),
-            Claim::Any,
-            Transport::Serial,
-            Allowance::new(rules().message_rate),
-        );
+        let mut c = conversation_on(Claim::Any, Transport::Serial);
         start(&mut c, &mut clock, "d", false);
         let limit = rules().limits.max_message as usize;
         match c.receive(&vec![0u8; limit + 1], clock.tick(200), |_| None) {
@@ -1273,12 +1267,7 @@ mod tests {
     fn a_second_hello_starts_a_new_session_on_the_same_connection() {
         for transport in [Transport::WebSocket, Transport::Serial] {
             let mut clock = Clock::new();
-            let mut c = Conversation::new(
-                rules(),
-                Claim::Any,
-                transport,
-                Allowance::new(rules().message_rate),
-            );
+            let mut c = conversation_on(Claim::Any, transport);
             start(&mut c, &mut clock, "d", false);
             assert_eq!(feed(&mut c, &mut clock, &[1, 2]), [1, 2]);
             c.take_ack();
@@ -1359,12 +1348,7 @@ mod tests {
     #[test]
     fn heartbeat_is_answered_with_the_hub_clock_and_silence_is_detected() {
         let mut clock = Clock::new();
-        let mut c = Conversation::new(
-            rules(),
-            Claim::Any,
-            Transport::Serial,
-            Allowance::new(rules().message_rate),
-        );
+        let mut c = conversation_on(Claim::Any, Transport::Serial);
         let begin = clock.tick(0).at;
         start(&mut c, &mut clock, "d", false);
         let hb = Message::Heartbeat(Heartbeat { time: None }).to_vec();

@@ -349,7 +349,7 @@ async fn upstream<R: AsyncRead + Unpin>(
             if let Some(pause) = budget.take(len, Instant::now()) {
                 session.reject(Reject::Throttled);
                 // Over the rate: hand on what we have, then stop reading for a while.
-                if lock(link).flush_now().is_err() {
+                if lock(link).flush().is_err() {
                     return Ended::TakenOver;
                 }
                 session.traffic.up(published, bytes);
@@ -523,7 +523,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                 // Answered here: the router would only echo it.
                 Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
                 Packet::Disconnect(disconnect, properties) => {
-                    let _ = lock(link).flush_now();
+                    let _ = lock(link).flush();
                     if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
                         use std::sync::atomic::Ordering::Relaxed;
                         // §3.14.2.2.2: a session that was to end with the connection
@@ -570,7 +570,7 @@ async fn upstream<R: AsyncRead + Unpin>(
                 }
             }
         }
-        if lock(link).flush_now().is_err() {
+        if lock(link).flush().is_err() {
             return Ended::TakenOver;
         }
         session.traffic.up(published, bytes);
@@ -763,7 +763,7 @@ async fn downstream<W: AsyncWrite + Unpin>(
         }
         if down.acks_due {
             down.acks_due = false;
-            if lock(link_tx).flush_now().is_err() {
+            if lock(link_tx).flush().is_err() {
                 return Ended::TakenOver;
             }
         }
@@ -1200,9 +1200,9 @@ fn delivery_options(
     };
     let mut router_qos = QoS::AtMostOnce;
     for s in subscriptions {
-        let filter = match s.filter.strip_prefix("$share/") {
-            Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
-            None => &s.filter,
+        // The router refused a malformed shared filter: nothing matches it.
+        let Ok(filter) = crate::acl::strip_share(&s.filter) else {
+            continue;
         };
         if crate::broker::retained::topic_matches(filter, topic) {
             matched = true;
